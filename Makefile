@@ -1,0 +1,41 @@
+# chat-pipeline: `make demo` runs the pipeline on built-in data, `make test` runs the tests.
+# Both create or refresh .venv first (torch's CPU wheel first, then the pinned set in requirements.lock).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test test-slow bench repro clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	chatpipe ingest --params configs/tiny.yaml
+	chatpipe tokenizer --params configs/tiny.yaml
+	chatpipe shard --params configs/tiny.yaml
+
+test: setup
+	$(BIN)/pytest
+
+test-slow: setup
+	$(BIN)/pytest -m slow
+
+bench: setup
+	$(BIN)/python bench/data.py
+
+repro: setup
+	dvc repro
+
+clean:
+	rm -rf data/documents data/shards artifacts metrics .dvc/tmp

@@ -1,0 +1,1 @@
+"""chatpipe: the command line, the top driver (chatpipe → flows → tasks → model → kernels)."""

@@ -1,0 +1,101 @@
+"""`chatpipe`: run one stage by hand (and from DVC's stage commands).
+
+Each command loads params (params.yaml, `--params` overlays, `-S key=value` overrides), calls the
+stage's `run`, and prints its one-line summary. User errors are one line on stderr and a non-zero exit;
+`--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+import yaml
+
+from tasks.config import load_params, params_dict
+from tasks.errors import ChatpipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="chat-pipeline: raw conversations and code → a small served chat/code model.")
+
+ParamsOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--params", "-p", help="Overlay file merged over params.yaml (repeatable), e.g. configs/tiny.yaml.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-S", help="Override one key, e.g. -S tokenizer.vocab_size=8192 (repeatable).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DirOpt = Annotated[Path, typer.Option("--dir", "-C", help="Project directory to run in.")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"chatpipe: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _call(fn: Callable, debug: bool):
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="chatpipe: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return fn()
+    except ChatpipeError as e:
+        if debug:
+            raise
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; no partial output was kept", 130)
+    except Exception as e:  # a bug: still one line for the user, the traceback with --debug
+        if debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", 1)
+
+
+def _stage(module: str, params: ParamsOpt, set_: SetOpt, debug: bool, directory: Path) -> None:
+    def go():
+        import importlib
+
+        os.chdir(directory)
+        cfg = load_params(params or [], set_ or [])
+        result = importlib.import_module(f"tasks.{module}").run(cfg)
+        typer.echo(result.summary)
+    _call(go, debug)
+
+
+@app.command()
+def ingest(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+           directory: DirOpt = Path(".")) -> None:
+    """Read every enabled source, clean and dedup → data/documents/ and metrics/ingest.json."""
+    _stage("ingest", params, set_, debug, directory)
+
+
+@app.command()
+def tokenizer(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+              directory: DirOpt = Path(".")) -> None:
+    """Train the byte-level BPE tokenizer → artifacts/tokenizer/ and metrics/tokenizer.json."""
+    _stage("tokenizer", params, set_, debug, directory)
+
+
+@app.command()
+def shard(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+          directory: DirOpt = Path(".")) -> None:
+    """Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json."""
+    _stage("shard", params, set_, debug, directory)
+
+
+@app.command("params")
+def show_params(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+                directory: DirOpt = Path(".")) -> None:
+    """Validate and print the resolved params (params.yaml + overlays + overrides)."""
+    def go():
+        os.chdir(directory)
+        typer.echo(yaml.safe_dump(params_dict(load_params(params or [], set_ or [])), sort_keys=False))
+    _call(go, debug)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""params.yaml, validated.
+
+`params.yaml` is the single source of truth for every stage: DVC reads it as its params file, the CLI
+and the Prefect flow load it through `load_params`. This module turns it (plus overlay files and
+`-S key=value` overrides) into typed, frozen configs; an unknown key or a bad value becomes one
+`ConfigError` line that names the key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- ingest sources
+
+class _Source(_Strict):
+    enabled: bool = True
+    code: bool = False  # code documents go through the license allow-list
+
+
+class ChatTextSource(_Source):
+    """A text file of conversations in the chat grammar (docs/chat-format.md)."""
+    kind: Literal["chat_text"]
+    path: Path
+
+
+class ChitchatSource(_Source):
+    """The `chitchat-dataset` PyPI package: 7,168 human conversations (MIT)."""
+    kind: Literal["chitchat"]
+    max_conversations: int | None = Field(default=None, ge=1)
+
+
+class HFSource(_Source):
+    """Any dataset `datasets.load_dataset` can open, with a chat `messages` column or a text column."""
+    kind: Literal["hf"]
+    path: str
+    name: str | None = None
+    data_files: str | list[str] | None = None
+    data_dir: str | None = None
+    split: str = "train"
+    streaming: bool = True
+    messages_column: str = "messages"
+    text_column: str = "text"
+    max_documents: int | None = Field(default=None, ge=1)
+
+
+class TheStackSource(_Source):
+    """The Stack (streamed from the hub) or local Parquet files with its schema."""
+    kind: Literal["the_stack"]
+    code: bool = True
+    dataset: str = "bigcode/the-stack-dedup"
+    data_dir: str = "data/python"
+    parquet: list[str] | None = None  # local files or globs; when set, the hub is not used
+    max_documents: int | None = Field(default=None, ge=1)
+
+
+class LocalCodeSource(_Source):
+    """Source trees on disk read into The Stack's schema; `stdlib` means this interpreter's stdlib."""
+    kind: Literal["local_code"]
+    code: bool = True
+    roots: list[str]
+    extensions: list[str] = [".py"]
+    exclude: list[str] = ["site-packages", "__pycache__"]
+    license: str
+    max_files: int | None = Field(default=None, ge=1)
+
+
+class SyntheticCodeSource(_Source):
+    """Generated Python functions with tests; only samples whose tests pass are kept."""
+    kind: Literal["synthetic_code"]
+    code: bool = True
+    n: int = Field(ge=1)
+    seed: int = 0
+    families: list[str] | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+    memory_mb: int = Field(default=512, ge=64)
+
+
+Source = Annotated[
+    Union[ChatTextSource, ChitchatSource, HFSource, TheStackSource, LocalCodeSource, SyntheticCodeSource],
+    Field(discriminator="kind"),
+]
+
+
+class CleanConfig(_Strict):
+    min_chars: int = Field(ge=0)
+    max_chars: int = Field(ge=1)
+    max_line_chars: int = Field(ge=1)
+    near_dup_threshold: float | None = Field(gt=0, le=1)  # MinHash-LSH Jaccard; null disables
+    minhash_perm: int = Field(ge=16)
+    shingle_words: int = Field(ge=1)
+    licenses: list[str]  # allow-list for code documents (lower-case SPDX ids)
+    decontam_ngram: int | None = Field(ge=4)  # tokens shared with HumanEval; null disables
+
+    @field_validator("licenses")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [x.lower() for x in v]
+
+
+class IngestConfig(_Strict):
+    sources: dict[str, Source]
+    clean: CleanConfig
+    part_docs: int = Field(ge=1)  # documents per Parquet part
+    strict: bool  # an invalid conversation is an error instead of a counted skip
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"source name {name!r} must be letters, digits, '-' or '_'")
+        return v
+
+
+# ---------------------------------------------------------------- tokenizer, shards
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(ge=256 + len(SPECIAL_TOKENS) + 1, le=1 << 20)
+    min_frequency: int = Field(ge=1)
+    max_train_chars: int | None = Field(ge=1)  # cap on training text; null = all train documents
+
+
+class ShardConfig(_Strict):
+    val_fraction: float = Field(gt=0, lt=0.5)
+    shard_tokens: int = Field(ge=1024)
+    batch_docs: int = Field(ge=1)
+    threads: int = Field(ge=0)  # tokenizer threads; 0 = all cores
+
+
+# ---------------------------------------------------------------- model, training (seed values)
+
+class ModelConfig(_Strict):
+    n_layer: int = Field(ge=1)
+    n_embd: int = Field(ge=8)
+    n_head: int = Field(ge=1)
+    block_size: int = Field(ge=8)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    lr_min: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    beta2: float = Field(gt=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float = Field(gt=0)
+    sample_every: int = Field(ge=1)
+    pilot_steps: int = Field(ge=1)
+    full_steps: int = Field(ge=1)
+
+
+class Params(_Strict):
+    seed: int
+    ingest: IngestConfig
+    tokenizer: TokenizerConfig
+    shard: ShardConfig
+    model: ModelConfig
+    train: TrainConfig
+
+
+# ---------------------------------------------------------------- loading
+
+def base_params_file() -> Path:
+    """`params.yaml` in the working directory, else the project's own."""
+    here = Path("params.yaml")
+    return here if here.exists() else PROJECT_ROOT / "params.yaml"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_override(data: dict, override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. tokenizer.vocab_size=8192")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None:
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: missing")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_params(overlays: list[Path] | tuple = (), overrides: list[str] | tuple = (),
+                base: Path | None = None) -> Params:
+    """Base params file, then each overlay merged in, then each `key=value` override."""
+    base = base or base_params_file()
+    data = _read_yaml(base)
+    for overlay in overlays:
+        data = _merge(data, _read_yaml(overlay))
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"params: {_format(e)}") from None
+
+
+def params_dict(params: Params) -> dict:
+    """Plain, YAML/JSON-friendly form (for provenance files and `chatpipe params`)."""
+    return params.model_dump(mode="json")
