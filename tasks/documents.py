@@ -1,7 +1,8 @@
 """The documents dataset: the contract between ingest and everything after it.
 
 `data/documents/<source>/part-NNNNN.parquet` with columns id (sha256 of text), source, text and meta
-(JSON), plus `manifest.json`. The train/val split is a pure function of the document id, so the
+(JSON), plus `manifest.json` (counts, drop reasons, params, and a fingerprint of the content that later
+stages record as their input hash). The train/val split is a pure function of the document id, so the
 tokenizer's held-out set and the validation shards are the same documents on every run.
 """
 from __future__ import annotations
@@ -53,6 +54,11 @@ def load_manifest(documents: Path) -> dict:
     if not path.exists():
         raise InputError(f"{documents}: no documents (manifest.json missing); run `chatpipe ingest` first")
     return json.loads(path.read_text())
+
+
+def fingerprint(documents: Path) -> str:
+    """sha256 over every kept document's source and id, in order: equal data, equal fingerprint."""
+    return load_manifest(documents)["fingerprint"]
 
 
 def parts(documents: Path) -> list[Path]:

@@ -6,6 +6,7 @@ document read is accounted for: kept, or dropped under a counted reason.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -28,7 +29,7 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     enabled = {name: src for name, src in cfg.sources.items() if src.enabled}
     if not enabled:
         raise ConfigError("params: ingest.sources: no source is enabled")
-    timer, cleaner = Timer(), Cleaner(cfg.clean)
+    timer, cleaner, fingerprint = Timer(), Cleaner(cfg.clean), hashlib.sha256()
     per_source = {}
     with atomic.atomic_dir(layout.documents) as tmp:
         for name, src in enabled.items():
@@ -44,6 +45,7 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                     drops[reason] += 1
                     continue
                 writer.add(did, doc.text, doc.meta)
+                fingerprint.update(f"{name}/{did}\n".encode())
                 chars += len(doc.text)
             writer.flush()
             kept = read - sum(drops.values())
@@ -60,7 +62,8 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
             "skipped": sum(sum(s["skipped"].values()) for s in per_source.values()),
             "dropped": dict(sum((Counter(s["dropped"]) for s in per_source.values()), Counter())),
         }
-        manifest = {"stage": "ingest", "totals": totals, "sources": per_source,
+        manifest = {"stage": "ingest", "fingerprint": fingerprint.hexdigest(), "totals": totals,
+                    "sources": per_source,
                     "params": params_dict(params)["ingest"], "seconds": timer.seconds}
         atomic.write_json(tmp / "manifest.json", manifest)
     metrics = {k: v for k, v in manifest.items() if k != "params"}

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from tasks import atomic
 from tasks.config import Params
-from tasks.documents import is_val, iter_batches
+from tasks.documents import fingerprint, is_val, iter_batches
 from tasks.errors import InputError
 from tasks.stage import Layout, StageResult, Timer, finish
 from tasks.tokenizer import file_hash, load
@@ -94,6 +94,7 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
         splits = streams.close(layout.documents)
         sources = streams.per_source()
         manifest = {"stage": "shard", "tokenizer_sha256": file_hash(layout.tokenizer),
+                    "documents_fingerprint": fingerprint(layout.documents),
                     "vocab_size": tok.get_vocab_size(), "dtype": dtype.name, "eot_id": eot,
                     "val_fraction": cfg.val_fraction, "splits": splits, "sources": sources}
         atomic.write_json(tmp / "manifest.json", manifest)

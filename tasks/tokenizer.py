@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from tasks import atomic
 from tasks.config import SPECIAL_TOKENS, Params
-from tasks.documents import is_val, iter_batches
+from tasks.documents import fingerprint, is_val, iter_batches
 from tasks.errors import InputError
 from tasks.stage import Layout, StageResult, Timer, finish
 
@@ -105,7 +105,8 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     sha = file_hash(layout.tokenizer)
     metrics = {"vocab_size": tok.get_vocab_size(), "requested_vocab_size": cfg.vocab_size,
                "training_documents": n, "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
-               "heldout": heldout, "sha256": sha, "seconds": timer.seconds}
+               "heldout": heldout, "sha256": sha, "documents_fingerprint": fingerprint(layout.documents),
+               "seconds": timer.seconds}
     bpt = ", ".join(f"{s} {v['bytes_per_token']:.2f}" for s, v in heldout.items())
     summary = (f"tokenizer: byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents; held-out "
                f"bytes/token: {bpt or 'n/a'} → {os.path.relpath(layout.tokenizer)}/tokenizer.json "

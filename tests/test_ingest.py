@@ -65,3 +65,23 @@ def test_interrupted_ingest_leaves_previous_output_intact(tmp_path, monkeypatch)
             ingest.run(params, Layout(root))
     assert sorted(p.name for p in (root / "data" / "documents").rglob("*")) == before
     assert [p.name for p in (root / "data").iterdir() if p.name.startswith(".")] == []   # no temp dirs
+
+
+def test_fingerprint_is_recorded_downstream(built):
+    layout, _, _ = built
+    fp = load_manifest(layout.documents)["fingerprint"]
+    assert len(fp) == 64
+    assert json.loads(layout.metrics("tokenizer").read_text())["documents_fingerprint"] == fp
+    assert json.loads((layout.shards / "manifest.json").read_text())["documents_fingerprint"] == fp
+
+
+def test_ingest_is_deterministic(tmp_path):
+    params = test_params("ingest.sources.chitchat.max_conversations=200", "ingest.sources.stdlib.max_files=10",
+                         "ingest.sources.synthetic.n=40")
+    prints = []
+    for run_dir in ("a", "b"):
+        root = make_project(tmp_path / run_dir)
+        with contextlib.chdir(root):
+            ingest.run(params, Layout(root))
+        prints.append(load_manifest(root / "data" / "documents")["fingerprint"])
+    assert prints[0] == prints[1]
