@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from tasks import atomic
 from tasks.config import Params
-from tasks.documents import fingerprint, is_val, iter_batches
+from tasks.documents import fingerprint, is_val, iter_batches, load_manifest
 from tasks.errors import InputError
 from tasks.stage import Layout, StageResult, Timer, finish
 from tasks.tokenizer import file_hash, load
@@ -83,12 +84,15 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
 
     with atomic.atomic_dir(layout.shards) as tmp:
         streams = Streams(tmp, dtype, cfg.shard_tokens, eot, cfg.val_fraction)
-        with ThreadPoolExecutor(1) as pool:  # encode batch i+1 (GIL released) while writing batch i
+        bar = tqdm(total=load_manifest(layout.documents)["totals"]["documents"], desc="shard: tokenizing",
+                   unit="doc", leave=False, mininterval=1.0)
+        with bar, ThreadPoolExecutor(1) as pool:  # encode batch i+1 (GIL released) while writing batch i
             pending = None
             for batch in iter_batches(layout.documents, batch_rows=cfg.batch_docs):
                 ready, pending = pending, pool.submit(encode, batch)
                 if ready:
                     streams.add(*ready.result())
+                    bar.update(ready.result()[0].num_rows)
             if pending:
                 streams.add(*pending.result())
         splits = streams.close(layout.documents)
