@@ -24,6 +24,7 @@ demo: setup
 	chatpipe ingest --params configs/tiny.yaml
 	chatpipe tokenizer --params configs/tiny.yaml
 	chatpipe shard --params configs/tiny.yaml
+	chatpipe train --phase pilot --params configs/tiny.yaml
 
 test: setup
 	$(BIN)/pytest
@@ -33,9 +34,10 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/train.py
 
 repro: setup
 	dvc repro
 
 clean:
-	rm -rf data/documents data/shards artifacts metrics .dvc/tmp
+	rm -rf data/documents data/shards artifacts metrics checkpoints mlruns mlflow.db .dvc/tmp

@@ -51,14 +51,15 @@ def _call(fn: Callable, debug: bool):
         _fail(f"internal error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", 1)
 
 
-def _stage(module: str, params: ParamsOpt, set_: SetOpt, debug: bool, directory: Path) -> None:
+def _stage(module: str, params: ParamsOpt, set_: SetOpt, debug: bool, directory: Path, **kwargs) -> None:
     def go():
         import importlib
 
         os.chdir(directory)
         cfg = load_params(params or [], set_ or [])
-        result = importlib.import_module(f"tasks.{module}").run(cfg)
-        typer.echo(result.summary)
+        result = importlib.import_module(f"tasks.{module}").run(cfg, **kwargs)
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(result.summary)
     _call(go, debug)
 
 
@@ -81,6 +82,31 @@ def shard(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False
           directory: DirOpt = Path(".")) -> None:
     """Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json."""
     _stage("shard", params, set_, debug, directory)
+
+
+@app.command()
+def train(phase: Annotated[str, typer.Option(help="pilot or full.")] = "pilot", params: ParamsOpt = None,
+          set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path(".")) -> None:
+    """Train on the shards → checkpoints/<phase>/, metrics/<phase>.json, an MLflow run.
+
+    Resumes from the latest checkpoint of the phase. Data-parallel under torchrun:
+    `torchrun --nproc_per_node 2 $(which chatpipe) train`.
+    """
+    _stage("train", params, set_, debug, directory, phase=phase)
+
+
+@app.command("model-info")
+def model_info(preset: Annotated[str, typer.Argument(help="A preset name, e.g. chat-7m.")],
+               debug: DebugOpt = False) -> None:
+    """Parameters (total/active), FLOPs per token and training memory of a model preset."""
+    def go():
+        from model import PRESETS, describe
+
+        if preset not in PRESETS:
+            from tasks.errors import ConfigError
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        typer.echo(describe(preset))
+    _call(go, debug)
 
 
 @app.command("params")

@@ -1,1 +1,21 @@
-"""model"""
+"""model: the transformer this project trains, and what you need around it.
+
+A LLaMA/Qwen3-style decoder (RMSNorm, RoPE, GQA, optional QK-norm, SwiGLU or mixture-of-experts MLPs),
+a KV cache and a sampler, named shapes, and analytic parameter/FLOP/memory counts. It depends on torch
+and the standard library only: the pipeline (tasks, flows, chatpipe) imports it, never the reverse.
+
+    config.py       ModelConfig, MoEConfig: validated, JSON round trip
+    transformer.py  Transformer, KVCache
+    moe.py          the MoE MLP (router, capacity, Switch load-balancing loss)
+    generate.py     generate(): prefill + cached decoding; temperature, top-k, top-p, stop tokens, seed
+    presets.py      PRESETS, preset(): chat-7m, nano-125m, nano-1b, qwen3-hybrid(-mini)
+    info.py         param_counts, flops_per_token, train_memory, describe (no allocation)
+"""
+from .config import ModelConfig, MoEConfig
+from .generate import generate
+from .info import describe, flops_per_token, param_counts, train_memory
+from .presets import PRESETS, preset
+from .transformer import KVCache, Transformer
+
+__all__ = ["ModelConfig", "MoEConfig", "Transformer", "KVCache", "generate", "preset", "PRESETS",
+           "param_counts", "flops_per_token", "train_memory", "describe"]

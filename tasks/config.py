@@ -141,26 +141,63 @@ class ShardConfig(_Strict):
     threads: int = Field(ge=0)  # tokenizer threads; 0 = all cores
 
 
-# ---------------------------------------------------------------- model, training (seed values)
+# ---------------------------------------------------------------- model, training
 
-class ModelConfig(_Strict):
-    n_layer: int = Field(ge=1)
-    n_embd: int = Field(ge=8)
-    n_head: int = Field(ge=1)
-    block_size: int = Field(ge=8)
+class MoEParams(_Strict):
+    n_experts: int = Field(ge=2)
+    top_k: int = Field(ge=1)
+    capacity_factor: float = Field(default=1.25, gt=0)
+    aux_loss_coef: float = Field(default=0.01, ge=0)
+    every: int = Field(default=1, ge=1)
 
 
-class TrainConfig(_Strict):
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    lr_min: float = Field(ge=0)
+class ModelParams(_Strict):
+    """A preset from `model/presets.py`; any other key overrides that preset's field."""
+    preset: str
+    n_layer: int | None = Field(default=None, ge=1)
+    n_embd: int | None = Field(default=None, ge=8)
+    n_head: int | None = Field(default=None, ge=1)
+    n_kv_heads: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=8)
+    ffn_mult: float | None = Field(default=None, gt=0)
+    qk_norm: bool | None = None
+    tie_embeddings: bool | None = None
+    moe: MoEParams | None = None
+
+    def overrides(self) -> dict:
+        return self.model_dump(exclude={"preset"}, exclude_none=True)
+
+
+class TrainParams(_Strict):
+    device: Literal["auto", "cpu", "cuda"]
+    optimizer: Literal["adamw", "muon"]
+    batch_size: int = Field(ge=1)       # sequences per optimizer step, across all ranks and micro-steps
+    grad_accum: int = Field(ge=1)       # micro-steps per optimizer step
+    lr: float = Field(gt=0)             # peak AdamW learning rate
+    lr_min: float = Field(ge=0)         # cosine floor
     warmup_steps: int = Field(ge=0)
+    beta1: float = Field(gt=0, lt=1)
     beta2: float = Field(gt=0, lt=1)
-    weight_decay: float = Field(ge=0)
+    weight_decay: float = Field(ge=0)   # on matrices only
     grad_clip: float = Field(gt=0)
-    sample_every: int = Field(ge=1)
+    muon_lr: float = Field(gt=0)        # peak Muon learning rate (hidden matrices), same schedule
+    muon_momentum: float = Field(gt=0, lt=1)
     pilot_steps: int = Field(ge=1)
     full_steps: int = Field(ge=1)
+    full_init: Literal["pilot", "scratch"]  # the full run starts from the pilot's final weights, or from scratch
+    eval_every: int = Field(ge=1)
+    eval_batches: int = Field(ge=1)
+    sample_every: int = Field(ge=1)
+    sample_tokens: int = Field(ge=1)
+    checkpoint_every: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    log_every: int = Field(ge=1)        # MLflow flush and terminal refresh; every step is still recorded
+    compile: bool                       # torch.compile the model
+
+
+class TrackingParams(_Strict):
+    uri: str | None                     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str
 
 
 class Params(_Strict):
@@ -168,8 +205,9 @@ class Params(_Strict):
     ingest: IngestConfig
     tokenizer: TokenizerConfig
     shard: ShardConfig
-    model: ModelConfig
-    train: TrainConfig
+    model: ModelParams
+    train: TrainParams
+    tracking: TrackingParams
 
 
 # ---------------------------------------------------------------- loading

@@ -15,3 +15,7 @@ class ConfigError(ChatpipeError):
 
 class InputError(ChatpipeError):
     """An input file, directory or dataset cannot be used; the message names it (and the line)."""
+
+
+class TrainingError(ChatpipeError):
+    """Training cannot go on (a NaN or inf loss); the last good checkpoint is kept."""

@@ -29,6 +29,10 @@ class Layout:
     def shards(self) -> Path:
         return self.root / "data" / "shards"
 
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
 

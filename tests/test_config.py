@@ -7,6 +7,7 @@ from tasks.errors import ConfigError
 def test_defaults_are_the_seed_chat_config():
     p = load_params(base=PROJECT_ROOT / "params.yaml")
     assert p.tokenizer.vocab_size == 4096
+    assert p.model.preset == "chat-7m"
     assert (p.model.n_layer, p.model.n_embd, p.model.n_head, p.model.block_size) == (6, 256, 8, 256)
     assert (p.train.batch_size, p.train.lr, p.train.lr_min, p.train.warmup_steps) == (16, 3e-4, 3e-5, 1000)
     assert (p.train.beta2, p.train.weight_decay, p.train.grad_clip) == (0.95, 0.1, 1.0)

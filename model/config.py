@@ -1,0 +1,121 @@
+"""The shape of a model, as two frozen dataclasses.
+
+A config is plain data: it is validated once, here, and then read by `Transformer.__init__` (which passes
+plain numbers to the layers, not the config) and by `model.info` (which counts parameters and FLOPs
+without building anything). `to_dict`/`from_dict` give a JSON round trip so a checkpoint can carry the
+exact shape it was trained with.
+
+The derived sizes (head_dim, the SwiGLU hidden width, which layers are MoE) live here as properties so the
+model and the analytic counts can never disagree about them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+def _check(ok: bool, field: str, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}: {msg}")
+
+
+def ffn_hidden(mult: float, n_embd: int, multiple_of: int) -> int:
+    """LLaMA's rounding: truncate mult * n_embd, then round up to a multiple of `multiple_of`.
+
+    Truncating first makes the usual 2.667 ("8/3") give 2048 for 768, not 2112.
+    """
+    return multiple_of * math.ceil(int(mult * n_embd) / multiple_of)
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    n_experts: int
+    top_k: int
+    capacity_factor: float = 1.25   # per-expert cap: ceil(capacity_factor * top_k * tokens / n_experts)
+    aux_loss_coef: float = 0.01     # Switch-style load-balancing loss weight
+    expert_ffn_mult: float | None = None  # expert hidden width / n_embd (None: the model's ffn_mult)
+    every: int = 1                  # MoE MLP in every `every`-th layer (the others dense); 1 = all
+
+    def __post_init__(self):
+        _check(self.n_experts >= 1, "moe.n_experts", f"must be >= 1, got {self.n_experts}")
+        _check(1 <= self.top_k <= self.n_experts, "moe.top_k",
+               f"must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+        _check(self.capacity_factor > 0, "moe.capacity_factor", f"must be > 0, got {self.capacity_factor}")
+        _check(self.aux_loss_coef >= 0, "moe.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
+        _check(self.expert_ffn_mult is None or self.expert_ffn_mult > 0, "moe.expert_ffn_mult",
+               f"must be > 0 or None, got {self.expert_ffn_mult}")
+        _check(self.every >= 1, "moe.every", f"must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    block_size: int
+    n_kv_heads: int | None = None   # None: n_head (MHA); must divide n_head (GQA)
+    ffn_mult: float = 2.667         # SwiGLU hidden = ffn_hidden(ffn_mult, n_embd, multiple_of)
+    multiple_of: int = 64
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    moe: MoEConfig | None = None
+
+    def __post_init__(self):
+        for f in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "multiple_of"):
+            _check(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
+        _check(self.n_embd % self.n_head == 0, "n_embd",
+               f"{self.n_embd} is not divisible by n_head={self.n_head}")
+        _check(self.head_dim % 2 == 0, "n_head",
+               f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE")
+        _check(self.n_kv_heads is None or (self.n_kv_heads >= 1 and self.n_head % self.n_kv_heads == 0),
+               "n_kv_heads", f"{self.n_kv_heads} must be >= 1 and divide n_head={self.n_head}")
+        _check(self.ffn_mult > 0, "ffn_mult", f"must be > 0, got {self.ffn_mult}")
+        _check(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
+        _check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+        _check(self.moe is None or isinstance(self.moe, MoEConfig), "moe",
+               f"must be a MoEConfig or None, got {type(self.moe).__name__}")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden(self.ffn_mult, self.n_embd, self.multiple_of)
+
+    @property
+    def expert_hidden(self) -> int:
+        mult = self.moe.expert_ffn_mult if self.moe and self.moe.expert_ffn_mult else self.ffn_mult
+        return ffn_hidden(mult, self.n_embd, self.multiple_of)
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Layer i (0-based) is MoE when (i + 1) % every == 0: with every=2 the 2nd, 4th, ... layers."""
+        return self.moe is not None and (i + 1) % self.moe.every == 0
+
+    # ------------------------------------------------------------------ JSON round trip
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of to_dict; an unknown key is an error (a typo must not silently become a default)."""
+        d = dict(d)
+        _check_keys(d, cls, "model")
+        if isinstance(d.get("moe"), dict):
+            _check_keys(d["moe"], MoEConfig, "moe")
+            d["moe"] = MoEConfig(**d["moe"])
+        return cls(**d)
+
+
+def _check_keys(d: dict, kind: type, name: str) -> None:
+    unknown = set(d) - {f.name for f in dataclasses.fields(kind)}
+    _check(not unknown, name, f"unknown field(s) {sorted(unknown)}")

@@ -1,0 +1,183 @@
+"""A decoder-only transformer in the LLaMA/Qwen3 mould, readable top to bottom.
+
+    tokens -> embedding -> n_layer x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> LM head -> logits
+
+- RMSNorm before each sublayer (pre-norm) and once at the end: the residual stream stays an identity path,
+  which is what lets deep stacks train without warmup tricks. No biases anywhere (they add nothing at
+  this scale and complicate weight decay).
+- Rotary position embeddings (RoPE) on q and k: relative positions come out of the q·k dot product, there
+  is no learned position table, and a KV cache only needs to know the offset of the new tokens.
+- Grouped-query attention: n_kv_heads <= n_head key/value heads, each shared by n_head / n_kv_heads query
+  heads. It shrinks the KV cache by that factor at little cost in quality; n_kv_heads = n_head is MHA.
+- Optional QK-norm (Qwen3, OLMo2): RMSNorm over head_dim on q and k before RoPE, which bounds attention
+  logits and keeps large-learning-rate training stable.
+- SwiGLU MLP (w2(silu(w1 x) * w3 x)), or in MoE layers a router over several SwiGLU experts (model/moe.py).
+- Init: normal(0, 0.02) everywhere, output projections (attention wo, MLP/expert w2) scaled by
+  1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2).
+- The LM head shares the embedding matrix when tie_embeddings (fewer parameters for small models).
+
+Loss = mean cross-entropy (targets of -1 are ignored) + aux_loss_coef * the sum of the MoE layers'
+load-balancing losses; `last_aux_loss` keeps the unweighted sum for logging.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .moe import MoE
+
+
+class KVCache:
+    """Per-layer keys and values, preallocated for max_len positions; `pos` = positions filled so far.
+
+    The model writes each layer's new k/v at [pos, pos + T) and attends over [0, pos + T); the
+    Transformer advances `pos` by T after the last layer.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 device=None, dtype=torch.float32):
+        shape = (n_layer, batch_size, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len, self.pos = max_len, 0
+
+    @classmethod
+    def for_model(cls, model: Transformer, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        c, p = model.config, next(model.parameters())
+        return cls(c.n_layer, batch_size, c.kv_heads, max_len or c.block_size, c.head_dim, p.device, p.dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len={self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)   # [max_len, head_dim / 2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[i], x[i + d/2]) of x [B, T, H, d] by position-dependent angles (HF's layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, n_embd // n_head
+        self.wq = nn.Linear(n_embd, n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_head * self.head_dim, n_embd, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.q_norm(self.wq(x).view(B, T, self.n_head, self.head_dim))
+        k = self.k_norm(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim))
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        S = k.size(2)
+        if S == T:  # no past: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:       # new chunk after S - T cached positions: query i sees keys 0 .. S - T + i
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU. Returns (output, aux loss) like MoE so a block need not know which one it holds."""
+
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(n_embd, hidden, bias=False)  # gate
+        self.w3 = nn.Linear(n_embd, hidden, bias=False)  # up
+        self.w2 = nn.Linear(hidden, n_embd, bias=False)  # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x)), x.new_zeros((), dtype=torch.float32)
+
+
+class Block(nn.Module):
+    def __init__(self, attn: Attention, mlp: nn.Module, n_embd: int, eps: float):
+        super().__init__()
+        self.attn_norm, self.attn = nn.RMSNorm(n_embd, eps=eps), attn
+        self.mlp_norm, self.mlp = nn.RMSNorm(n_embd, eps=eps), mlp
+
+    def forward(self, x, cos, sin, cache, layer):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        h, aux = self.mlp(self.mlp_norm(x))
+        return x + h, aux
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        moe = c.moe
+        self.aux_loss_coef = moe.aux_loss_coef if moe else 0.0
+        self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
+        self.blocks = nn.ModuleList(
+            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.qk_norm, c.norm_eps),
+                  MoE(c.n_embd, c.expert_hidden, moe.n_experts, moe.top_k, moe.capacity_factor)
+                  if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden),
+                  c.n_embd, c.norm_eps)
+            for i in range(c.n_layer))
+        self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rope_tables(c.head_dim, c.block_size, c.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.last_aux_loss = torch.zeros(())
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        out_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():  # a tied matrix appears once, as tok_emb.weight
+            if p.dim() >= 2:
+                nn.init.normal_(p, 0.0, out_std if name.endswith(("wo.weight", "w2.weight", ".w2")) else 0.02)
+            else:
+                nn.init.ones_(p)  # RMSNorm gains
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size={self.config.block_size}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.tok_emb(idx)
+        aux = []
+        for i, block in enumerate(self.blocks):
+            x, a = block(x, cos, sin, cache, i)
+            aux.append(a)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(self.norm(x)).float()  # a no-op in float32; upcasts bf16 for the softmax
+        self.last_aux_loss = torch.stack(aux).sum()
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss + self.aux_loss_coef * self.last_aux_loss
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Parameters, a tied matrix counted once; exclude_embedding drops the token table (tied: the head too)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if exclude_embedding else n

@@ -1,0 +1,46 @@
+"""This process's place under `torchrun` (or alone), and the few collectives training needs.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them we are rank 0 of 1 and nothing here does
+any communication. gloo on CPU, NCCL on CUDA.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as torch_dist
+
+
+class Ranks:
+    """This process's place under torchrun (or alone), and the few collectives training needs."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+
+    def start(self, device_type: str) -> None:
+        if self.world > 1 and not torch_dist.is_initialized():
+            torch_dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DistributedDataParallel when there is more than one process, else the model itself."""
+        if self.world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.local] if device.type == "cuda" else None)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: torch.Tensor) -> float:
+        if self.world > 1:
+            value = value.clone()
+            torch_dist.all_reduce(value)
+            value /= self.world
+        return value.item()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()

@@ -1,0 +1,85 @@
+"""MLflow tracking for every stage: one place that knows the tracking URI, the run and the buffering.
+
+The URI comes from params (`tracking.uri`), else `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` with
+artifacts under `mlruns/` in the project directory (MLflow's file store is deprecated). Per-step metrics
+are buffered and sent in batches, so logging every step costs little. A run can be resumed by id: a
+training run restarted from a checkpoint keeps appending to the same MLflow run.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from tasks.config import TrackingParams
+
+_SECRET = re.compile(r"(key|token|secret|password|credential)", re.I)
+
+
+def tracking_uri(cfg: TrackingParams, root: Path = Path(".")) -> str:
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params → MLflow's flat `a.b.c` keys; anything that looks like a secret is left out."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if _SECRET.search(str(key)):
+            continue
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class Run:
+    """An MLflow run that buffers metrics; `None`-safe on non-zero ranks via `Run.disabled()`."""
+
+    def __init__(self, cfg: TrackingParams, root: Path, run_name: str, run_id: str | None = None,
+                 tags: dict | None = None, params: dict | None = None, flush_every: int = 10) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(cfg, root)
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        experiment = self.client.get_experiment_by_name(cfg.experiment)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            cfg.experiment, artifact_location=(root / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None)
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+            self.run_id = run.info.run_id
+            items = sorted(flatten(params or {}).items())
+            for i in range(0, len(items), 100):
+                from mlflow.entities import Param
+                self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        self.uri, self.flush_every, self.buffer = uri, flush_every, []
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if len(self.buffer) >= self.flush_every * 4:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self.buffer[i:i + 1000])
+        self.buffer = []
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,258 @@
+"""Training: `chatpipe train --phase pilot|full`.
+
+A plain loop: schedule the learning rate, accumulate gradients over micro-batches, clip, step, record.
+Around it: resume from the latest checkpoint (exactly: weights, optimizer, RNG and the reader's position
+are restored, so a killed run continues with the same per-step losses), periodic validation loss and
+sample generations, MLflow metrics, and `metrics/<phase>.json` with the loss curve as DVC plots.
+Data-parallel under `torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import Transformer, flops_per_token, generate, param_counts, preset
+from model.config import ModelConfig
+from tasks import atomic, checkpoint, devices
+from tasks.config import Params, params_dict
+from tasks.distributed import Ranks
+from tasks.errors import ConfigError, InputError, TrainingError
+from tasks.optim import Optimizers, lr_multiplier
+from tasks.reader import TokenReader
+from tasks.stage import Layout, StageResult, Timer, finish
+from tasks.tokenizer import load as load_tokenizer
+from tasks.tracking import Run
+
+PHASES = ("pilot", "full")
+SAMPLE_PROMPTS = ("<|user|> Hi! How are you doing today?\n<|assistant|>",
+                  "<|user|> What do you like to do on the weekend?\n<|assistant|>",
+                  "<|user|> Can you recommend a good book?\n<|assistant|>")
+
+
+def model_config(params: Params, vocab_size: int) -> ModelConfig:
+    try:
+        return preset(params.model.preset, vocab_size=vocab_size, **params.model.overrides())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"params: model: {e}") from None
+
+
+def _check_compatible(saved: dict, cfg: ModelConfig, tokenizer_sha256: str, path: Path) -> None:
+    if saved["tokenizer_sha256"] != tokenizer_sha256:
+        raise ConfigError(f"{path}: trained with tokenizer {saved['tokenizer_sha256'][:12]}, but the shards use "
+                          f"{tokenizer_sha256[:12]}; move {path.parent} away to start over")
+    if saved["model_config"] != cfg.to_dict():
+        diff = sorted(k for k in cfg.to_dict() if saved["model_config"].get(k) != cfg.to_dict()[k])
+        raise ConfigError(f"{path}: trained with a different model config ({', '.join(diff)} differ); "
+                          f"move {path.parent} away to start over")
+
+
+def _start(phase: str, full_init: str, layout: Layout, model: Transformer, optimizers: Optimizers,
+           reader: TokenReader, mcfg: ModelConfig, tokenizer_sha256: str) -> dict:
+    """Resume from the phase's latest checkpoint, or start the full run from the pilot, or from scratch."""
+    state = {"step": 0, "curve": [], "val": [], "samples": [], "mlflow_run_id": None, "init": "scratch"}
+    if resume := checkpoint.latest(layout.checkpoints / phase):
+        _check_compatible(checkpoint.read_state(resume), mcfg, tokenizer_sha256, resume)
+        opt_state, rng, saved = checkpoint.load(resume, model)
+        optimizers.load_state_dict(opt_state)
+        checkpoint.set_rng_state(rng)
+        reader.load_state_dict(saved["reader"])
+        return saved["train"]
+    if phase == "full" and full_init == "pilot":
+        pilot = checkpoint.latest(layout.checkpoints / "pilot")
+        if pilot is None:
+            raise InputError(f"{layout.checkpoints / 'pilot'}: no pilot checkpoint to start the full run from "
+                             "(run the pilot first, or set train.full_init=scratch)")
+        _check_compatible(checkpoint.read_state(pilot), mcfg, tokenizer_sha256, pilot)
+        checkpoint.load_weights(model, pilot)
+        state["init"] = str(pilot)
+    return state
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int, batches: int,
+             device: torch.device, autocast) -> float:
+    """Mean loss over the first `batches` validation batches, in a fixed order."""
+    model.eval()
+    reader = TokenReader(shards, "val", block_size, batch_size, shuffle=False)
+    losses = []
+    for _ in range(min(batches, max(1, reader.n_blocks // batch_size))):
+        x, y = reader.next_batch()
+        with autocast():
+            losses.append(model(x.to(device), y.to(device))[1].float().item())
+    model.train()
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def samples(model: Transformer, tokenizer, max_tokens: int, seed: int) -> list[dict]:
+    model.eval()
+    stop = [tokenizer.token_to_id(t) for t in ("<|user|>", "<|endoftext|>", "<|system|>")]
+    out = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = generate(model, tokenizer.encode(prompt, add_special_tokens=False).ids, max_tokens,
+                       temperature=0.8, top_k=50, stop=stop, seed=seed)
+        out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=False)})
+    model.train()
+    return out
+
+
+def _write_curves(layout: Layout, phase: str, state: dict) -> None:
+    for name, header, rows in ((f"{phase}_curve.csv", ("step", "loss", "lr", "grad_norm"), state["curve"]),
+                               (f"{phase}_val.csv", ("step", "val_loss"), state["val"])):
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic.write_bytes(layout.root / "metrics" / name, buf.getvalue().encode())
+
+
+def _summary_metrics(state: dict, window: int = 50) -> dict:
+    losses = [row[1] for row in state["curve"]]
+    norms = [row[3] for row in state["curve"]]
+    return {
+        "steps": len(losses),
+        "final_loss": float(np.mean(losses[-window:])) if losses else None,
+        "min_loss": min(losses) if losses else None,
+        "final_val_loss": state["val"][-1][1] if state["val"] else None,
+        "grad_norm_p99": float(np.percentile(norms, 99)) if norms else None,
+        "grad_norm_max": max(norms) if norms else None,
+    }
+
+
+def run(params: Params, layout: Layout = Layout(), phase: str = "pilot") -> StageResult:
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
+    cfg, timer, ranks = params.train, Timer(), Ranks()
+    device_kind, why = devices.pick(cfg.device)
+    ranks.start(device_kind.name)
+    device = device_kind.torch_device(ranks.local)
+    autocast = (lambda: torch.autocast(device.type, dtype=device_kind.autocast)) if device_kind.autocast \
+        else contextlib.nullcontext
+
+    shard_manifest = layout.shards / "manifest.json"
+    if not shard_manifest.exists():
+        raise InputError(f"{layout.shards}: no shards; run `chatpipe shard` first")
+    manifest = json.loads(shard_manifest.read_text())
+    tokenizer = load_tokenizer(layout.tokenizer)
+    mcfg = model_config(params, manifest["vocab_size"])
+    per_rank = cfg.batch_size // (cfg.grad_accum * ranks.world)
+    if per_rank * cfg.grad_accum * ranks.world != cfg.batch_size:
+        raise ConfigError(f"params: train.batch_size: {cfg.batch_size} is not divisible by grad_accum "
+                          f"({cfg.grad_accum}) × processes ({ranks.world})")
+
+    torch.manual_seed(params.seed)
+    model = Transformer(mcfg).to(device)
+    optimizers = Optimizers(model, cfg)
+    reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
+                         rank=ranks.rank, world_size=ranks.world)
+    total = cfg.pilot_steps if phase == "pilot" else cfg.full_steps
+    directory = layout.checkpoints / phase
+    state = _start(phase, cfg.full_init, layout, model, optimizers, reader, mcfg, manifest["tokenizer_sha256"])
+
+    train_model = ranks.wrap(model, device)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    counts = param_counts(mcfg)
+    tracker = None
+    if ranks.main:
+        tracker = Run(params.tracking, layout.root, run_name=phase, run_id=state["mlflow_run_id"],
+                      tags={"chatpipe.phase": phase, "chatpipe.device": device_kind.name,
+                            "chatpipe.tokenizer_sha256": manifest["tokenizer_sha256"],
+                            "chatpipe.documents_fingerprint": manifest.get("documents_fingerprint", "")},
+                      params={"phase": phase, **params_dict(params), "model_config": mcfg.to_dict(),
+                              "params_total": counts["total"], "world_size": ranks.world},
+                      flush_every=cfg.log_every)
+        state["mlflow_run_id"] = tracker.run_id
+
+    tokens_per_step = cfg.batch_size * mcfg.block_size
+    flops = flops_per_token(mcfg, mcfg.block_size)
+    peak = device_kind.peak_flops(ranks.local)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {phase}", unit="step", disable=not ranks.main,
+               mininterval=1.0)
+    start_step, last_tps = state["step"], None
+    status = "FAILED"
+    try:
+        for step in range(state["step"], total):
+            t0 = time.perf_counter()
+            multiplier = lr_multiplier(step, cfg, total)
+            optimizers.set_lr(multiplier)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                x, y = (t.to(device, non_blocking=True) for t in reader.next_batch())
+                sync = micro == cfg.grad_accum - 1 or ranks.world == 1
+                with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast():
+                    _, loss = train_model(x, y)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().float() / cfg.grad_accum
+            loss_value = ranks.mean(loss_sum)
+            if not math.isfinite(loss_value):
+                last = checkpoint.latest(directory)
+                raise TrainingError(f"step {step + 1}: loss is {loss_value}; training stopped. Last good "
+                                    f"checkpoint: {last or 'none'}")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            optimizers.step()
+            optimizers.zero_grad()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            lr = cfg.lr * multiplier
+            state["curve"].append([step + 1, loss_value, lr, grad_norm])
+            state["step"] = step + 1
+            last_tps = tokens_per_step / dt
+            if tracker:
+                mfu = flops * last_tps / (peak * ranks.world) if peak else None
+                tracker.log(step + 1, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                                       "tokens_per_s": last_tps, "mfu": mfu,
+                                       "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0)})
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last_tps:,.0f}", refresh=False)
+            bar.update(1)
+            done = step + 1 == total
+            if (step + 1) % cfg.eval_every == 0 or done:
+                val = evaluate(model, layout.shards, mcfg.block_size, per_rank, cfg.eval_batches, device, autocast)
+                state["val"].append([step + 1, val])
+                if tracker:
+                    tracker.log(step + 1, {"val_loss": val, "val_ppl": math.exp(min(val, 50))})
+            if ranks.main and ((step + 1) % cfg.sample_every == 0 or done):
+                state["samples"] = samples(model, tokenizer, cfg.sample_tokens, seed=params.seed + step + 1)
+                tracker.log_text("\n\n".join(f"{s['prompt']}{s['completion']}" for s in state["samples"]),
+                                 f"samples/{phase}-step-{step + 1:06d}.txt")
+            if (step + 1) % cfg.checkpoint_every == 0 or done:
+                if ranks.main:
+                    tracker.flush()
+                    checkpoint.save(directory, step + 1, model, optimizers.state_dict(),
+                                    {"step": step + 1, "phase": phase, "model_config": mcfg.to_dict(),
+                                     "tokenizer_sha256": manifest["tokenizer_sha256"],
+                                     "reader": reader.state_dict(), "train": state},
+                                    keep=cfg.keep_checkpoints)
+                    _write_curves(layout, phase, state)
+                ranks.barrier()
+        status = "FINISHED"
+    finally:
+        bar.close()
+        if tracker:
+            tracker.finish(status)
+
+    latest = checkpoint.latest(directory)
+    metrics = {"phase": phase, **_summary_metrics(state), "tokens_per_s": last_tps,
+               "resumed_at": start_step if start_step else None, "device": why, "world_size": ranks.world,
+               "params_total": counts["total"], "params_active": counts["active"],
+               "flops_per_token": flops, "checkpoint": str(latest) if latest else None,
+               "mlflow_run_id": state["mlflow_run_id"], "tracking_uri": tracker.uri if tracker else None,
+               "init": state["init"], "samples": state["samples"], "seconds": timer.seconds}
+    summary = (f"train {phase}: {metrics['steps']} steps on {why}, loss {metrics['final_loss']:.3f}"
+               f" (val {metrics['final_val_loss']:.3f}), grad norm p99 {metrics['grad_norm_p99']:.2f}, "
+               f"{(last_tps or 0):,.0f} tokens/s → {latest} [{timer.seconds:.1f}s]")
+    if not ranks.main:
+        return StageResult(f"train_{phase}", summary, metrics, ())
+    _write_curves(layout, phase, state)
+    return finish(layout, phase, summary, metrics, [directory])
