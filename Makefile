@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test test-slow bench repro clean
+.PHONY: setup demo up down test test-slow bench repro clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: setup
-	chatpipe ingest --params configs/tiny.yaml
-	chatpipe tokenizer --params configs/tiny.yaml
-	chatpipe shard --params configs/tiny.yaml
-	chatpipe train --phase pilot --params configs/tiny.yaml
+	chatpipe run --params configs/tiny.yaml
+
+up: setup
+	chatpipe up
+
+down: setup
+	chatpipe down
 
 test: setup
 	$(BIN)/pytest
@@ -40,4 +43,4 @@ repro: setup
 	dvc repro
 
 clean:
-	rm -rf data/documents data/shards artifacts metrics checkpoints mlruns mlflow.db .dvc/tmp
+	rm -rf data/documents data/shards artifacts metrics checkpoints reports mlruns mlflow.db .dvc/tmp .chatpipe.lock

@@ -34,9 +34,27 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+class _NoTraceback(logging.Filter):
+    """Libraries (Prefect) log a failed task with its traceback; the user gets our one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_libraries(debug: bool) -> None:
+    for name in ("httpx", "httpcore", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(_NoTraceback())
+
+
 def _call(fn: Callable, debug: bool):
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="chatpipe: %(levelname)s: %(message)s", stream=sys.stderr)
+    _quiet_libraries(debug)
     try:
         return fn()
     except ChatpipeError as e:
@@ -86,13 +104,69 @@ def shard(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False
 
 @app.command()
 def train(phase: Annotated[str, typer.Option(help="pilot or full.")] = "pilot", params: ParamsOpt = None,
-          set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path(".")) -> None:
+          set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path("."),
+          replace_stale: Annotated[bool, typer.Option(
+              "--replace-stale", help="Checkpoints from other inputs are moved aside instead of refused.")] = False,
+          ) -> None:
     """Train on the shards → checkpoints/<phase>/, metrics/<phase>.json, an MLflow run.
 
     Resumes from the latest checkpoint of the phase. Data-parallel under torchrun:
     `torchrun --nproc_per_node 2 $(which chatpipe) train`.
     """
-    _stage("train", params, set_, debug, directory, phase=phase)
+    _stage("train", params, set_, debug, directory, phase=phase, replace_stale=replace_stale)
+
+
+@app.command()
+def gate(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+         directory: DirOpt = Path(".")) -> None:
+    """Judge the pilot (loss, NaN, spikes, grad norm, trend, samples) → metrics/gate.json; fails if unhealthy."""
+    _stage("gate", params, set_, debug, directory)
+
+
+@app.command("run")
+def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+             directory: DirOpt = Path("."),
+             train_pool: Annotated[Optional[str], typer.Option(
+                 help="Run training as the train/<pool> deployment on a worker of that pool.")] = None) -> None:
+    """Run the whole chat-pipeline Prefect flow here (Prefect's ephemeral server unless PREFECT_API_URL is set)."""
+    def go():
+        from flows.chat_pipeline import chat_pipeline
+
+        _quiet_libraries(debug)  # Prefect's handlers exist once it is imported
+        summary = chat_pipeline(overlays=[str(p.resolve()) for p in params or []], overrides=list(set_ or []),
+                                workdir=str(directory.resolve()), train_pool=train_pool)
+        uri = summary["tracking_uri"]
+        typer.echo(f"chat-pipeline: gate {summary['gate']}; pilot loss {summary['pilot_loss']:.3f} "
+                   f"(val {summary['pilot_val_loss']:.3f}); full loss {summary['full_loss']:.3f} "
+                   f"(val {summary['full_val_loss']:.3f})\n  checkpoint: {summary['checkpoint']}\n"
+                   f"  MLflow run: {summary['mlflow_run_id']} in {uri}\n  report: {summary['report']}\n"
+                   f"  open the runs: mlflow ui --backend-store-uri {uri}")
+    _call(go, debug)
+
+
+@app.command()
+def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
+       debug: DebugOpt = False) -> None:
+    """Start a local Prefect server, the `local` and `cpu` process pools, the deployments and their workers."""
+    def go():
+        from flows.local import POOLS, up as start
+
+        url = start(port)
+        typer.echo(f"Prefect server {url.removesuffix('/api')} (UI), pools {', '.join(POOLS)} with a worker each, "
+                   f"deployments from prefect.yaml.\n  run: prefect deployment run chat-pipeline/local --watch"
+                   f"\n  stop: chatpipe down")
+    _call(go, debug)
+
+
+@app.command()
+def down(debug: DebugOpt = False) -> None:
+    """Stop the workers and the Prefect server that `chatpipe up` started."""
+    def go():
+        from flows.local import down as stop
+
+        stop()
+        typer.echo("stopped the workers and the Prefect server")
+    _call(go, debug)
 
 
 @app.command("model-info")

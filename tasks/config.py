@@ -195,9 +195,20 @@ class TrainParams(_Strict):
     compile: bool                       # torch.compile the model
 
 
+class GateParams(_Strict):
+    """The health gate between the pilot and the full run (tasks/gate.py)."""
+    max_loss: float = Field(gt=0)          # smoothed train and val loss must be below this (seed: 4.0)
+    window: int = Field(ge=2)              # steps to smooth over and to judge the trend on
+    spike_factor: float = Field(gt=1)      # a step loss above factor × median of the window before it is a spike
+    max_grad_norm_p99: float = Field(gt=0)
+    min_improvement: float = Field(ge=0)   # last half-window mean must be below the first half's by this much
+    min_turn_rate: float = Field(ge=0, le=1)  # samples that end their turn cleanly
+
+
 class TrackingParams(_Strict):
     uri: str | None                     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str
+    parent_run_id: str | None = None    # set by the Prefect flow: stage runs nest under the flow's run
 
 
 class Params(_Strict):
@@ -207,6 +218,7 @@ class Params(_Strict):
     shard: ShardConfig
     model: ModelParams
     train: TrainParams
+    gate: GateParams
     tracking: TrackingParams
 
 

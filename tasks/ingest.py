@@ -72,4 +72,5 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                f"{len(per_source)} sources; read {totals['read']:,}, skipped {totals['skipped']:,}, "
                f"dropped {sum(totals['dropped'].values()):,}{f' ({dropped})' if dropped else ''} "
                f"→ {os.path.relpath(layout.documents)} [{timer.seconds:.1f}s]")
-    return finish(layout, "ingest", summary, metrics, [layout.documents])
+    return finish(layout, "ingest", summary, metrics, [layout.documents],
+                  params.tracking, {"ingest": params_dict(params)["ingest"]})

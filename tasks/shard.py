@@ -19,7 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from tasks import atomic
-from tasks.config import Params
+from tasks.config import Params, params_dict
 from tasks.documents import fingerprint, is_val, iter_batches, load_manifest
 from tasks.errors import InputError
 from tasks.stage import Layout, StageResult, Timer, finish
@@ -111,7 +111,8 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     summary = (f"shard: {splits['train']['tokens']:,} train + {splits['val']['tokens']:,} val tokens "
                f"({dtype.name}) in {metrics['shards']} shards, {metrics['mb_per_s']} MB/s of text "
                f"→ {os.path.relpath(layout.shards)} [{timer.seconds:.1f}s]")
-    return finish(layout, "shard", summary, metrics, [layout.shards])
+    return finish(layout, "shard", summary, metrics, [layout.shards],
+                  params.tracking, {"shard": params_dict(params)["shard"]})
 
 
 class Streams:

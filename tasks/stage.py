@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks import atomic
+from tasks.config import TrackingParams
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class StageResult:
     summary: str
     metrics: dict = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
+    mlflow_run_id: str | None = None
 
 
 class Timer:
@@ -54,6 +56,13 @@ class Timer:
         return round(time.perf_counter() - self.start, 3)
 
 
-def finish(layout: Layout, stage: str, summary: str, metrics: dict, outputs: list[Path]) -> StageResult:
+def finish(layout: Layout, stage: str, summary: str, metrics: dict, outputs: list[Path],
+           tracking: TrackingParams | None = None, params: dict | None = None) -> StageResult:
+    """Write metrics/<stage>.json and, given `tracking`, record the stage as an MLflow run."""
     atomic.write_json(layout.metrics(stage), metrics)
-    return StageResult(stage, summary, metrics, tuple(str(p) for p in outputs))
+    run_id = None
+    if tracking is not None:
+        from tasks.tracking import record_stage
+
+        run_id = record_stage(tracking, layout.root, stage, metrics, params or {}, [layout.metrics(stage)])
+    return StageResult(stage, summary, metrics, tuple(str(p) for p in outputs), run_id)

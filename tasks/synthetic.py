@@ -1190,7 +1190,7 @@ def _nested_op(rng: random.Random) -> _Draft:
                        f"        flat.extend({name}({item}))", "    else:",
                        f"        flat.append({item})", "return flat") if style == 0 else
                 _lines(f"if not {xs}:", "    return []", f"head, rest = {xs}[0], {xs}[1:]",
-                       f"if isinstance(head, list):", f"    return {name}(head) + {name}(rest)",
+                       "if isinstance(head, list):", f"    return {name}(head) + {name}(rest)",
                        f"return [head] + {name}(rest)"))
         summary = f"Flatten the nested list {xs} into a flat list of its integers, left to right."
         ref = lambda v: [y for e in v for y in (ref(e) if isinstance(e, list) else [e])]  # noqa
@@ -1295,7 +1295,7 @@ def _binary_search(rng: random.Random) -> _Draft:
     xs, target = rng.choice([("sorted_values", "target"), ("xs", "x"), ("items", "key"),
                              ("numbers", "wanted")])
     name = rng.choice(["binary_search", "find_index", "bsearch", "search_sorted"])
-    body = _lines(f"if hi is None:", f"    hi = len({xs}) - 1", "if lo > hi:", "    return -1",
+    body = _lines("if hi is None:", f"    hi = len({xs}) - 1", "if lo > hi:", "    return -1",
                   "mid = (lo + hi) // 2", f"if {xs}[mid] == {target}:", "    return mid",
                   f"if {xs}[mid] < {target}:", f"    return {name}({xs}, {target}, mid + 1, hi)",
                   f"return {name}({xs}, {target}, lo, mid - 1)")

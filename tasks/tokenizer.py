@@ -18,7 +18,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from tqdm import tqdm
 
 from tasks import atomic
-from tasks.config import SPECIAL_TOKENS, Params
+from tasks.config import SPECIAL_TOKENS, Params, params_dict
 from tasks.documents import fingerprint, is_val, iter_batches
 from tasks.errors import InputError
 from tasks.stage import Layout, StageResult, Timer, finish
@@ -111,5 +111,6 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     summary = (f"tokenizer: byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents; held-out "
                f"bytes/token: {bpt or 'n/a'} → {os.path.relpath(layout.tokenizer)}/tokenizer.json "
                f"[{timer.seconds:.1f}s]")
-    return finish(layout, "tokenizer", summary, metrics, [layout.tokenizer])
+    return finish(layout, "tokenizer", summary, metrics, [layout.tokenizer],
+                  params.tracking, {"tokenizer": params_dict(params)["tokenizer"]})
 

@@ -53,7 +53,10 @@ class Run:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
+            tags = dict(tags or {})
+            if cfg.parent_run_id:
+                tags["mlflow.parentRunId"] = cfg.parent_run_id
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             items = sorted(flatten(params or {}).items())
             for i in range(0, len(items), 100):
@@ -83,3 +86,26 @@ class Run:
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
+
+
+def numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested metrics dict, as flat MLflow metric names."""
+    out = {}
+    for key, value in d.items():
+        name = re.sub(r"[^\w./ -]", "_", f"{prefix}{key}")
+        if isinstance(value, dict):
+            out.update(numbers(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def record_stage(cfg: TrackingParams, root: Path, stage: str, metrics: dict, params: dict,
+                 artifacts: list[Path] = ()) -> str:
+    """One MLflow run for a finished stage: its params section, numeric metrics and files."""
+    run = Run(cfg, root, run_name=stage, tags={"chatpipe.stage": stage}, params=params)
+    run.log(0, numbers(metrics))
+    for path in artifacts:
+        run.log_artifact(path)
+    run.finish()
+    return run.run_id

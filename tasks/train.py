@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from tasks.tokenizer import load as load_tokenizer
 from tasks.tracking import Run
 
 PHASES = ("pilot", "full")
+log = logging.getLogger("chatpipe.train")
 SAMPLE_PROMPTS = ("<|user|> Hi! How are you doing today?\n<|assistant|>",
                   "<|user|> What do you like to do on the weekend?\n<|assistant|>",
                   "<|user|> Can you recommend a good book?\n<|assistant|>")
@@ -45,33 +48,64 @@ def model_config(params: Params, vocab_size: int) -> ModelConfig:
         raise ConfigError(f"params: model: {e}") from None
 
 
-def _check_compatible(saved: dict, cfg: ModelConfig, tokenizer_sha256: str, path: Path) -> None:
-    if saved["tokenizer_sha256"] != tokenizer_sha256:
-        raise ConfigError(f"{path}: trained with tokenizer {saved['tokenizer_sha256'][:12]}, but the shards use "
-                          f"{tokenizer_sha256[:12]}; move {path.parent} away to start over")
-    if saved["model_config"] != cfg.to_dict():
-        diff = sorted(k for k in cfg.to_dict() if saved["model_config"].get(k) != cfg.to_dict()[k])
-        raise ConfigError(f"{path}: trained with a different model config ({', '.join(diff)} differ); "
-                          f"move {path.parent} away to start over")
+RECIPE = ("optimizer", "batch_size", "grad_accum", "lr", "lr_min", "warmup_steps", "beta1", "beta2",
+          "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init")
 
 
-def _start(phase: str, full_init: str, layout: Layout, model: Transformer, optimizers: Optimizers,
-           reader: TokenReader, mcfg: ModelConfig, tokenizer_sha256: str) -> dict:
-    """Resume from the phase's latest checkpoint, or start the full run from the pilot, or from scratch."""
+def run_inputs(params: Params, manifest: dict, mcfg: ModelConfig) -> dict:
+    """What a run's checkpoints depend on; step counts and logging cadence are not part of it."""
+    shards = [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
+    return {"tokenizer": manifest["tokenizer_sha256"],
+            "data": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
+            "model": mcfg.to_dict(),
+            "recipe": {"seed": params.seed, **{k: getattr(params.train, k) for k in RECIPE}}}
+
+
+def differences(saved: dict | None, current: dict, keys=("tokenizer", "data", "model", "recipe")) -> list[str]:
+    """Human names of what differs between a checkpoint's inputs and this run's."""
+    if not saved:
+        return ["unknown inputs"]
+    out = []
+    for key in keys:
+        old, new = saved.get(key), current[key]
+        if isinstance(new, dict) and isinstance(old, dict):
+            if fields := sorted(k for k in new if old.get(k) != new[k]):
+                out.append(f"{key} ({', '.join(fields)})")
+        elif old != new:
+            out.append(key)
+    return out
+
+
+def _start(phase: str, params: Params, layout: Layout, model: Transformer, optimizers: Optimizers,
+           reader: TokenReader, inputs: dict, replace_stale: bool) -> dict:
+    """Resume from the phase's latest checkpoint if it has the same inputs; else the pilot or scratch.
+
+    A checkpoint made from other inputs is refused with what differs — or, with `replace_stale` (DVC and
+    the Prefect flow, which re-run a stage exactly when its inputs changed), moved aside.
+    """
     state = {"step": 0, "curve": [], "val": [], "samples": [], "mlflow_run_id": None, "init": "scratch"}
-    if resume := checkpoint.latest(layout.checkpoints / phase):
-        _check_compatible(checkpoint.read_state(resume), mcfg, tokenizer_sha256, resume)
-        opt_state, rng, saved = checkpoint.load(resume, model)
-        optimizers.load_state_dict(opt_state)
-        checkpoint.set_rng_state(rng)
-        reader.load_state_dict(saved["reader"])
-        return saved["train"]
-    if phase == "full" and full_init == "pilot":
+    directory = layout.checkpoints / phase
+    if resume := checkpoint.latest(directory):
+        if diff := differences(checkpoint.read_state(resume).get("inputs"), inputs):
+            if not replace_stale:
+                raise ConfigError(f"{resume}: trained with different inputs: {'; '.join(diff)}. Re-run with "
+                                  f"--replace-stale to start over (old checkpoints are moved aside)")
+            aside = directory.with_name(f"{phase}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            directory.rename(aside)
+            log.warning("inputs changed (%s): moved %s aside to %s; starting over", "; ".join(diff), directory, aside)
+        else:
+            opt_state, rng, saved = checkpoint.load(resume, model)
+            optimizers.load_state_dict(opt_state)
+            checkpoint.set_rng_state(rng)
+            reader.load_state_dict(saved["reader"])
+            return saved["train"]
+    if phase == "full" and params.train.full_init == "pilot":
         pilot = checkpoint.latest(layout.checkpoints / "pilot")
         if pilot is None:
             raise InputError(f"{layout.checkpoints / 'pilot'}: no pilot checkpoint to start the full run from "
                              "(run the pilot first, or set train.full_init=scratch)")
-        _check_compatible(checkpoint.read_state(pilot), mcfg, tokenizer_sha256, pilot)
+        if diff := differences(checkpoint.read_state(pilot).get("inputs"), inputs, keys=("tokenizer", "model")):
+            raise ConfigError(f"{pilot}: the pilot was trained with different inputs: {'; '.join(diff)}")
         checkpoint.load_weights(model, pilot)
         state["init"] = str(pilot)
     return state
@@ -98,9 +132,11 @@ def samples(model: Transformer, tokenizer, max_tokens: int, seed: int) -> list[d
     stop = [tokenizer.token_to_id(t) for t in ("<|user|>", "<|endoftext|>", "<|system|>")]
     out = []
     for prompt in SAMPLE_PROMPTS:
-        ids = generate(model, tokenizer.encode(prompt, add_special_tokens=False).ids, max_tokens,
-                       temperature=0.8, top_k=50, stop=stop, seed=seed)
-        out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=False)})
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        ids = generate(model, prompt_ids, max_tokens, temperature=0.8, top_k=50, stop=stop, seed=seed)
+        room = min(max_tokens, model.config.block_size - len(prompt_ids))
+        out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=False),
+                    "tokens": len(ids), "stopped": len(ids) < room})  # ended on a stop token
     model.train()
     return out
 
@@ -128,7 +164,8 @@ def _summary_metrics(state: dict, window: int = 50) -> dict:
     }
 
 
-def run(params: Params, layout: Layout = Layout(), phase: str = "pilot") -> StageResult:
+def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
+        replace_stale: bool = False) -> StageResult:
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
     cfg, timer, ranks = params.train, Timer(), Ranks()
@@ -156,7 +193,8 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot") -> Stag
                          rank=ranks.rank, world_size=ranks.world)
     total = cfg.pilot_steps if phase == "pilot" else cfg.full_steps
     directory = layout.checkpoints / phase
-    state = _start(phase, cfg.full_init, layout, model, optimizers, reader, mcfg, manifest["tokenizer_sha256"])
+    inputs = run_inputs(params, manifest, mcfg)
+    state = _start(phase, params, layout, model, optimizers, reader, inputs, replace_stale)
 
     train_model = ranks.wrap(model, device)
     if cfg.compile:
@@ -230,8 +268,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot") -> Stag
                 if ranks.main:
                     tracker.flush()
                     checkpoint.save(directory, step + 1, model, optimizers.state_dict(),
-                                    {"step": step + 1, "phase": phase, "model_config": mcfg.to_dict(),
-                                     "tokenizer_sha256": manifest["tokenizer_sha256"],
+                                    {"step": step + 1, "phase": phase, "inputs": inputs,
                                      "reader": reader.state_dict(), "train": state},
                                     keep=cfg.keep_checkpoints)
                     _write_curves(layout, phase, state)

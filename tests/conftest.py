@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own temp projects
 
 from tasks.config import PROJECT_ROOT, load_params  # noqa: E402
 from tasks.stage import Layout  # noqa: E402

@@ -1,4 +1,5 @@
-"""`dvc repro` runs the three data stages in a real git+DVC repo, and a second run does nothing."""
+"""`dvc repro` runs the whole pipeline in a real git+DVC repo; a second run does nothing; a changed param
+re-runs its stage and those after it; `dvc exp run -S` and `dvc metrics show` work."""
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import yaml
 from tasks.config import PROJECT_ROOT, params_dict
 
 from conftest import test_params
+from test_flow import MICRO
 
 BIN = Path(sys.executable).parent
 
@@ -18,12 +20,12 @@ def run(cmd, cwd):
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
                         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                         "GIT_COMMITTER_EMAIL": "t@t"}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
 
-def test_repro_then_noop(tmp_path):
+def test_repro_then_noop_then_partial(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "data/chat_combined.txt"):
@@ -31,26 +33,36 @@ def test_repro_then_noop(tmp_path):
         shutil.copy(PROJECT_ROOT / name, repo / name)
     for package in ("tasks", "model"):
         shutil.copytree(PROJECT_ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params_dict(test_params(
-        "ingest.sources.chitchat.max_conversations=300", "ingest.sources.synthetic.n=60"))))
-    run(["git", "init", "-q"], repo)
-    run([str(BIN / "dvc"), "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "init"], repo)
+    # params.yaml keeps the shard section (so a change there is granular); the overlay holds the rest
+    small = params_dict(test_params(*MICRO))
+    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) | {"shard": small.pop("shard")}
+    (repo / "params.yaml").write_text(yaml.safe_dump(base))
+    (repo / "configs").mkdir()
+    (repo / "configs" / "tiny.yaml").write_text(yaml.safe_dump(small))
+    dvc = str(BIN / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, repo)
 
-    first = run([str(BIN / "dvc"), "repro", "shard"], repo)   # the data stages (training has its own tests)
-    for stage in ("ingest", "tokenizer", "shard"):
+    first = run([dvc, "repro"], repo)
+    for stage in ("ingest", "tokenizer", "shard", "pilot", "gate", "full"):
         assert f"Running stage '{stage}'" in first
-    assert (repo / "data" / "shards" / "manifest.json").exists() and (repo / "dvc.lock").exists()
+    assert (repo / "checkpoints" / "full" / "step-000006").exists()
     lock = (repo / "dvc.lock").read_text()
 
-    second = run([str(BIN / "dvc"), "repro", "shard"], repo)
+    second = run([dvc, "repro"], repo)
     assert "Running stage" not in second and "up to date" in second
     assert (repo / "dvc.lock").read_text() == lock
+    assert "final_loss" in run([dvc, "metrics", "show"], repo)
 
-    # changing one param re-runs that stage and those after it, not the ones before
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["shard"]["shard_tokens"] = 32768
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    third = run([str(BIN / "dvc"), "repro", "shard"], repo)
-    assert "Running stage 'shard'" in third and "Running stage 'ingest'" not in third
+    third = run([dvc, "repro"], repo)
+    assert "Running stage 'shard'" in third and "Running stage 'pilot'" in third
+    assert "Running stage 'ingest'" not in third and "Running stage 'tokenizer'" not in third
+    assert list((repo / "checkpoints").glob("pilot.replaced-*"))       # other data: trained afresh
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
+    exp = run([dvc, "exp", "run", "-S", "configs/tiny.yaml:train.lr=0.002"], repo)
+    assert "Running stage 'pilot'" in exp and "Running stage 'ingest'" not in exp

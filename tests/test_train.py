@@ -13,7 +13,6 @@ import torch
 
 from model import Transformer
 from tasks import checkpoint, train
-from tasks.config import TrainParams
 from tasks.errors import ConfigError, TrainingError
 from tasks.optim import Optimizers, lr_multiplier
 from tasks.stage import Layout
@@ -151,10 +150,17 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(project, monkeypatch):
     assert [p.name for p in checkpoint.all_steps(project / "checkpoints" / "pilot")] == ["step-000004"]
 
 
-def test_mismatched_checkpoint_is_refused(project):
+def test_checkpoint_from_other_inputs_is_refused_or_replaced(project):
     train.run(test_params(*TINY, "train.pilot_steps=4"), Layout(project), "pilot")
-    with pytest.raises(ConfigError, match=r"step-000004: trained with a different model config \(n_layer differ\)"):
-        train.run(test_params(*TINY, "train.pilot_steps=8", "model.n_layer=3"), Layout(project), "pilot")
+    longer = train.run(test_params(*TINY, "train.pilot_steps=6"), Layout(project), "pilot")
+    assert longer.metrics["resumed_at"] == 4                         # more steps, same inputs: resume
+    changed = test_params(*TINY, "train.pilot_steps=8", "model.n_layer=3", "train.lr=1e-3")
+    with pytest.raises(ConfigError, match=r"step-000006: trained with different inputs: model \(n_layer\); "
+                                          r"recipe \(lr\)\. Re-run with --replace-stale"):
+        train.run(changed, Layout(project), "pilot")
+    fresh = train.run(changed, Layout(project), "pilot", replace_stale=True)
+    assert fresh.metrics["resumed_at"] is None and fresh.metrics["steps"] == 8
+    assert [p.name.split("-")[0] for p in (project / "checkpoints").glob("pilot.replaced-*")] == ["pilot.replaced"]
 
 
 def test_sigkill_then_resume_gives_the_same_losses(project, built):

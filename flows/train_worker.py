@@ -1,0 +1,37 @@
+"""The training deployment: `train/<pool>` runs one training phase on a worker of that pool.
+
+A GPU machine runs `prefect worker start --pool cuda`; the chat-pipeline flow, started anywhere, hands
+it the pilot or the full run with `run_deployment` and waits. Both sides read and write the same workdir
+(a shared disk), so the result is the phase's metrics file. A retried or restarted training deployment
+resumes from the phase's last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+
+from prefect import flow
+
+from flows.request import Request
+from tasks.errors import ChatpipeError
+from tasks.stage import StageResult
+
+
+@flow(name="train", log_prints=True)
+def train(phase: str = "pilot", overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".") -> dict:
+    """Train one phase on this worker; returns the phase's metrics."""
+    result = Request(list(overlays), list(overrides), workdir).run(phase)
+    print(result.summary)
+    return result.metrics
+
+
+def dispatch(pool: str, phase: str, request: Request) -> StageResult:
+    """Run `phase` as the `train/<pool>` deployment and wait for it."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(f"train/{pool}", parameters={"phase": phase, "overlays": request.overlays,
+                                                      "overrides": request.overrides, "workdir": request.workdir})
+    if not run.state or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise ChatpipeError(f"train/{pool} ({phase}) ended {state}: {run.state.message if run.state else ''}")
+    metrics = json.loads((request.root / "metrics" / f"{phase}.json").read_text())
+    return StageResult(phase, f"train {phase}: done on pool {pool} (flow run {run.name})", metrics)

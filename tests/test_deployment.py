@@ -1,0 +1,47 @@
+"""`prefect deployment run chat-pipeline/local` through a real local server and process worker, as the
+README says: `chatpipe up`, the run, `chatpipe down`."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_project
+from test_flow import MICRO
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_deployment_run_on_local_server_and_worker(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    root = make_project(tmp_path / "proj")
+
+    def run(*args, timeout=600):
+        proc = subprocess.run([*args], capture_output=True, text=True, env=env, timeout=timeout)
+        assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    try:
+        up = run(str(BIN / "chatpipe"), "up", "--port", str(port))
+        assert "prefect deployment run chat-pipeline/local" in up.stdout
+        # training goes on to the train/cpu deployment, picked up by the `cpu` pool's worker
+        done = run(str(BIN / "prefect"), "deployment", "run", "chat-pipeline/local", "--watch",
+                   "--param", f"workdir={root}", "--param", f"overrides={json.dumps(MICRO)}",
+                   "--param", "train_pool=cpu")
+        assert "Completed" in done.stdout + done.stderr
+        trains = run(str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "train", "--state", "COMPLETED")
+        assert trains.stdout.count("COMPLETED") == 2, trains.stdout   # pilot and full ran as train/cpu
+    finally:
+        subprocess.run([str(BIN / "chatpipe"), "down"], env=env, capture_output=True, timeout=120)
+    assert json.loads((root / "metrics" / "gate.json").read_text())["passed"]
+    assert (root / "metrics" / "full.json").exists()

@@ -1,0 +1,99 @@
+"""The chat-pipeline flow end to end on a real (test-harness) Prefect server with real MLflow."""
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import TEST_OVERRIDES, make_project
+from tasks.config import PROJECT_ROOT
+
+TINY = str(PROJECT_ROOT / "configs" / "tiny.yaml")
+MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=64",
+         "train.batch_size=4", "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3",
+         "train.eval_every=6", "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8",
+         "train.checkpoint_every=6", "train.device=cpu", "train.lr=3e-3",
+         # a 12-step pilot cannot reach the seed's bar; these thresholds judge it as healthy
+         "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def mtimes(root, *paths):
+    return {p: (root / p).stat().st_mtime_ns for p in paths}
+
+
+def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows.chat_pipeline import chat_pipeline
+
+    root = make_project(tmp_path / "proj")
+    summary = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
+    assert summary["gate"] == "passed" and summary["checkpoint"].endswith("full/step-000006")
+    gate = json.loads((root / "metrics" / "gate.json").read_text())
+    assert gate["passed"] and len(gate["checks"]) == 7
+
+    # MLflow: one parent run, a nested run per stage, tagged with lineage
+    client = MlflowClient(summary["tracking_uri"])
+    parent = client.get_run(summary["mlflow_run_id"])
+    tags = parent.data.tags
+    assert tags["chatpipe.flow_run_id"] and tags["chatpipe.git_commit"] and len(tags["chatpipe.tokenizer_sha256"]) == 64
+    assert parent.data.params["train.pilot_steps"] == "12"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["full", "gate", "ingest", "pilot", "shard", "tokenizer"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/loss.png", "report/report.md"}
+    assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
+
+    # nothing changed: every stage is a cache hit, no file is rewritten
+    watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/shard.json", "metrics/pilot.json",
+               "metrics/gate.json", "metrics/full.json")
+    before = mtimes(root, *watched)
+    again = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
+    assert mtimes(root, *watched) == before and again["full_loss"] == summary["full_loss"]
+
+    # one param of the shard stage changed: shard and everything after it re-run, ingest and tokenizer don't
+    chat_pipeline(overlays=[TINY], overrides=[*MICRO, "shard.shard_tokens=32768"], workdir=str(root))
+    after = mtimes(root, *watched)
+    assert [p for p in watched if after[p] != before[p]] == list(watched[2:])
+    assert list((root / "checkpoints").glob("pilot.replaced-*"))     # old checkpoints moved aside, not resumed
+
+    # an output deleted by hand is rebuilt even though the key is cached
+    shutil.rmtree(root / "data" / "shards")
+    chat_pipeline(overlays=[TINY], overrides=[*MICRO, "shard.shard_tokens=32768"], workdir=str(root))
+    assert (root / "data" / "shards" / "manifest.json").exists()
+
+
+def test_gate_stops_a_diverging_run(tmp_path):
+    from flows.chat_pipeline import chat_pipeline
+    from tasks.gate import GateFailed
+
+    root = make_project(tmp_path / "proj")
+    diverging = [*MICRO, "train.lr=3.0", "train.warmup_steps=1", "gate.max_loss=4.0"]
+    with pytest.raises(GateFailed, match="gate failed: .*metrics/gate.json"):
+        chat_pipeline(overlays=[TINY], overrides=diverging, workdir=str(root))
+    gate = json.loads((root / "metrics" / "gate.json").read_text())
+    assert not gate["passed"] and any(c["verdict"] == "fail" for c in gate["checks"])
+    assert not (root / "metrics" / "full.json").exists() and not list((root / "checkpoints" / "full").glob("step-*"))
+
+
+def test_bad_params_fail_fast_and_busy_directory_is_refused(tmp_path):
+    from flows.chat_pipeline import chat_pipeline
+    from flows.request import Request
+    from tasks.errors import ChatpipeError, ConfigError
+
+    root = make_project(tmp_path / "proj")
+    with pytest.raises(ConfigError, match="tokenizer.vocab_size"):
+        chat_pipeline(overlays=[TINY], overrides=["tokenizer.vocab_size=huge"], workdir=str(root))
+    assert not (root / "data" / "documents").exists()
+    with Request(workdir=str(root)).lock():
+        with pytest.raises(ChatpipeError, match="in use by another chat-pipeline run"):
+            chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
