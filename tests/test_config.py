@@ -18,7 +18,7 @@ def test_overlay_then_override():
     p = load_params([PROJECT_ROOT / "configs/tiny.yaml"], ["tokenizer.vocab_size=8192"],
                     base=PROJECT_ROOT / "params.yaml")
     assert p.tokenizer.vocab_size == 8192          # override beats overlay
-    assert p.model.n_layer == 2                     # from the overlay
+    assert p.model.n_layer == 4                     # from the overlay
     assert p.ingest.sources["stdlib"].max_files == 300
     assert p.ingest.sources["stdlib"].license == "psf-2.0"   # deep merge keeps the base's keys
 

@@ -39,6 +39,7 @@ def test_deployment_run_on_local_server_and_worker(tmp_path):
                    "--param", f"workdir={root}", "--param", f"overrides={json.dumps(MICRO)}",
                    "--param", "train_pool=cpu")
         assert "Completed" in done.stdout + done.stderr
+        env["COLUMNS"] = "250"  # so the table does not abbreviate the state
         trains = run(str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "train", "--state", "COMPLETED")
         assert trains.stdout.count("COMPLETED") == 2, trains.stdout   # pilot and full ran as train/cpu
     finally:

@@ -64,5 +64,6 @@ def test_repro_then_noop_then_partial(tmp_path):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "repro"], repo)
-    exp = run([dvc, "exp", "run", "-S", "configs/tiny.yaml:train.lr=0.002"], repo)
-    assert "Running stage 'pilot'" in exp and "Running stage 'ingest'" not in exp
+    exp = run([dvc, "exp", "run", "-S", "shard.val_fraction=0.06"], repo)
+    assert "Running stage 'shard'" in exp and "Running stage 'ingest'" not in exp
+    assert "0.06" in run([dvc, "exp", "show", "--md"], repo)
