@@ -4,7 +4,7 @@ Both models get the same shape (layers, width, heads, KV heads, SwiGLU hidden si
 embeddings, RoPE, RMSNorm, SDPA attention), the same batch and sequence length, the same optimizer
 (AdamW, betas 0.9/0.95, weight decay on matrices), the same clipping, dtype (fp32 on CPU, bf16 autocast
 on CUDA) and compile setting. A step is forward, cross-entropy, backward, clip, optimizer step. Both are
-warmed up, then timed in interleaved rounds; we report the median tokens/s and the ratio ours/peer (and
+warmed up, then timed in interleaved rounds (alternating which goes first); we report the median tokens/s and the ratio ours/peer (and
 MFU on CUDA).
 
     python bench/train.py                       # CPU, chat-7m, batch 16 x 256
@@ -103,8 +103,9 @@ def main() -> None:
             step(x, y)
     sync()
     seconds = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
+    for r in range(args.rounds):
+        order = list(steps.items()) if r % 2 == 0 else list(steps.items())[::-1]  # no first-mover bias
+        for name, step in order:
             t = time.perf_counter()
             for _ in range(args.steps):
                 step(x, y)

@@ -88,7 +88,8 @@ def markdown(results: dict[str, StageResult], mlflow_link: str) -> str:
     for phase in ("pilot", "full"):
         if phase in results:
             lines += ["", f"## Samples ({phase})", ""]
-            lines += [f"- `{s['prompt'].strip()}` → {s['completion'].strip()!r}" for s in results[phase].metrics.get("samples", [])]
+            lines += [f"- `{s['prompt'].strip().replace(chr(10), ' ')}` → {s['completion'].strip()!r}"
+                      for s in results[phase].metrics.get("samples", [])]
     lines += ["", f"MLflow run: {mlflow_link}", "", "![loss](loss.png)"]
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tasks.config import PROJECT_ROOT, Params, params_dict
+from tasks.hashing import sha256_file
 
 DVC_FILE = PROJECT_ROOT / "dvc.yaml"
 SKIP = {"manifest.json", "__pycache__", ".DS_Store"}
@@ -49,9 +50,7 @@ def _lookup(params: dict, dotted: str):
 def _hash_path(h, path: Path) -> None:
     if path.is_file():
         h.update(path.name.encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
+        sha256_file(path, h)
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
             if child.is_file() and not SKIP & set(child.relative_to(path).parts):

@@ -8,7 +8,6 @@ corrupt. Only the newest `keep` are kept.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,18 +19,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from tasks import atomic
+from tasks.hashing import sha256_file
 
 log = logging.getLogger("chatpipe.checkpoint")
 _STEP = re.compile(r"^step-(\d{6,})$")
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> dict:
@@ -54,7 +46,7 @@ def save(directory: Path, step: int, model: nn.Module, optimizer: list[dict], st
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         atomic.write_json(tmp / "state.json", state)
-        atomic.write_json(tmp / "checksums.json", {name: _sha256(tmp / name) for name in FILES})
+        atomic.write_json(tmp / "checksums.json", {name: sha256_file(tmp / name) for name in FILES})
     for old in all_steps(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -70,7 +62,7 @@ def all_steps(directory: Path) -> list[Path]:
 def verify(path: Path) -> bool:
     try:
         sums = json.loads((path / "checksums.json").read_text())
-        return all(_sha256(path / name) == sums[name] for name in FILES)
+        return all(sha256_file(path / name) == sums[name] for name in FILES)
     except (OSError, ValueError, KeyError):
         return False
 

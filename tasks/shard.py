@@ -8,7 +8,6 @@ on all cores inside `tokenizers` (Rust threads); the next batch is encoded while
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +21,11 @@ from tasks import atomic
 from tasks.config import Params, params_dict
 from tasks.documents import fingerprint, is_val, iter_batches, load_manifest
 from tasks.errors import InputError
+from tasks.hashing import sha256_file
 from tasks.stage import Layout, StageResult, Timer, finish
 from tasks.tokenizer import file_hash, load
 
 SPLITS = ("train", "val")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ShardWriter:

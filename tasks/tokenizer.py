@@ -6,7 +6,6 @@ Byte-level means every string round-trips (`decode(encode(x)) == x`); the chat m
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -21,6 +20,7 @@ from tasks import atomic
 from tasks.config import SPECIAL_TOKENS, Params, params_dict
 from tasks.documents import fingerprint, is_val, iter_batches
 from tasks.errors import InputError
+from tasks.hashing import sha256_file
 from tasks.stage import Layout, StageResult, Timer, finish
 
 HELDOUT_DOCS_PER_SOURCE = 500
@@ -35,7 +35,7 @@ def load(tokenizer_dir: Path) -> Tokenizer:
 
 
 def file_hash(tokenizer_dir: Path) -> str:
-    return hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()
+    return sha256_file(Path(tokenizer_dir) / "tokenizer.json")
 
 
 def new_tokenizer() -> Tokenizer:

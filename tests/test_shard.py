@@ -7,7 +7,7 @@ import pytest
 from tasks.documents import is_val, iter_batches
 from tasks.errors import InputError
 from tasks.reader import TokenReader
-from tasks.shard import sha256_file
+from tasks.hashing import sha256_file
 from tasks.tokenizer import file_hash, load
 
 
