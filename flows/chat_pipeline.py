@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from flows import report, stages
-from flows.request import Request
+from flows.request import STAGES, Request
 from tasks.stage import StageResult
 
 STAGE_RETRIES = {"pilot": 2, "full": 2}  # training resumes from its last checkpoint on retry
@@ -51,7 +51,7 @@ def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: 
     with base.lock(), report.parent_run(base) as parent:
         request = base.with_parent(parent.run_id)
         results = {}
-        for name in ("ingest", "tokenizer", "shard", "pilot", "gate", "full"):
+        for name in STAGES:
             results[name] = stage(name, request, train_pool)
             get_run_logger().info(results[name].summary)
         return report.publish(request, parent, results)

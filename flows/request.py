@@ -10,10 +10,24 @@ import fcntl
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from tasks.config import Params, load_params
 from tasks.errors import ChatpipeError
 from tasks.stage import Layout, StageResult
+
+
+def _stages() -> dict[str, Callable[[Params, Layout], StageResult]]:
+    from tasks import gate, ingest, shard, tokenizer, train
+
+    def training(phase: str):  # the flow re-runs training exactly when its inputs changed
+        return lambda params, layout: train.run(params, layout, phase, replace_stale=True)
+
+    return {"ingest": ingest.run, "tokenizer": tokenizer.run, "shard": shard.run,
+            "pilot": training("pilot"), "gate": gate.run, "full": training("full")}
+
+
+STAGES = _stages()  # in pipeline order
 
 
 @dataclass(frozen=True)
@@ -34,14 +48,9 @@ class Request:
         return replace(self, overrides=[*self.overrides, f"tracking.parent_run_id={run_id}"])
 
     def run(self, stage: str) -> StageResult:
-        from tasks import gate, ingest, shard, tokenizer, train
-
         params = self.load()
         with contextlib.chdir(self.root):
-            layout = Layout(self.root)
-            if stage in ("pilot", "full"):  # the flow re-runs training exactly when its inputs changed
-                return train.run(params, layout, stage, replace_stale=True)
-            return {"ingest": ingest, "tokenizer": tokenizer, "shard": shard, "gate": gate}[stage].run(params, layout)
+            return STAGES[stage](params, Layout(self.root))
 
     @contextlib.contextmanager
     def lock(self):

@@ -41,6 +41,7 @@ class Run:
     def __init__(self, cfg: TrackingParams, root: Path, run_name: str, run_id: str | None = None,
                  tags: dict | None = None, params: dict | None = None, flush_every: int = 10) -> None:
         import mlflow
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(cfg, root)
@@ -60,7 +61,6 @@ class Run:
             self.run_id = run.info.run_id
             items = sorted(flatten(params or {}).items())
             for i in range(0, len(items), 100):
-                from mlflow.entities import Param
                 self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
         self.uri, self.flush_every, self.buffer = uri, flush_every, []
 
