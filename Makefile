@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo up down test test-slow bench repro clean
+.PHONY: setup browser demo up down test test-slow bench repro clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -c requirements.lock torch==2.13.0
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+# The /chat page is tested in a real headless Chromium: Debian's package (a test tool cannot download one).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 demo: setup
 	chatpipe run --params configs/tiny.yaml
@@ -29,10 +35,10 @@ up: setup
 down: setup
 	chatpipe down
 
-test: setup
+test: setup browser
 	$(BIN)/pytest
 
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/pytest -m slow
 
 bench: setup
@@ -43,4 +49,4 @@ repro: setup
 	dvc repro
 
 clean:
-	rm -rf data/documents data/shards artifacts metrics checkpoints reports mlruns mlflow.db .dvc/tmp .chatpipe.lock
+	rm -rf data/documents data/shards artifacts metrics checkpoints reports dist mlruns mlflow.db .dvc/tmp .chatpipe.lock

@@ -79,6 +79,17 @@ def render(turns: Iterable[Turn]) -> str:
     return "".join(f"<|{t.role}|> {t.text.strip()}\n" for t in turns)
 
 
+def validate_prompt(turns: Iterable[Turn]) -> str | None:
+    """None if the turns await an assistant answer (valid once one is appended), else the reason."""
+    turns = list(turns)
+    return validate([*turns, Turn("assistant", "answer")]) if turns else "empty conversation"
+
+
+def prompt(turns: Iterable[Turn]) -> str:
+    """The text a model continues to answer: the rendered turns, then the assistant marker."""
+    return render(turns) + "<|assistant|>"
+
+
 def from_messages(messages: list) -> tuple[tuple[Turn, ...], str | None]:
     """OpenAI/HF-style [{"role", "content"}] → turns, plus the validation error if any."""
     turns = []

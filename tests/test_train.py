@@ -17,22 +17,9 @@ from tasks.errors import ConfigError, TrainingError
 from tasks.optim import Optimizers, lr_multiplier
 from tasks.stage import Layout
 
-from conftest import test_params
+from conftest import TINY, linked, test_params
 
 CHATPIPE = str(Path(sys.executable).parent / "chatpipe")
-TINY = ["model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=64", "train.batch_size=4",
-        "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3", "train.eval_every=6",
-        "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8", "train.checkpoint_every=4",
-        "train.keep_checkpoints=2", "train.log_every=2", "train.device=cpu", "train.lr=3e-3"]
-
-
-def linked(root: Path, layout: Layout) -> Path:
-    """A fresh project whose shards and tokenizer are the built fixture's (read-only, symlinked)."""
-    for name in ("data", "artifacts"):
-        (root / name).mkdir(parents=True)
-    (root / "data" / "shards").symlink_to(layout.shards.resolve())
-    (root / "artifacts" / "tokenizer").symlink_to(layout.tokenizer.resolve())
-    return root
 
 
 @pytest.fixture

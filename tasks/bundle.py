@@ -1,0 +1,138 @@
+"""A model bundle: the one directory that leaves the pipeline (`dist/<name>/`).
+
+Publishing writes it, `chatpipe serve` and `chatpipe chat` read it, GCS stores it. It holds everything
+needed to run the model and nothing else:
+
+    model.safetensors        weights, our parameter names (model/transformer.py)
+    config.json              {"format": "chat-pipeline", "version": 1, "model": ModelConfig fields}
+    tokenizer.json           the BPE tokenizer (tokenizers / transformers PreTrainedTokenizerFast)
+    generation_config.json   default sampling params and the stop markers
+    README.md                the model card
+    ...                      anything else publish adds (hf/ export, eval.json, lineage.json)
+    checksums.json           sha256 of every other file, written last
+
+`write` builds it in a temp sibling and renames it, so a bundle directory is whole or absent; `load`
+refuses one whose checksums do not hold, naming the file. Training checkpoints are read with
+`from_checkpoint` (eval runs before there is a bundle).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import torch
+from safetensors.torch import load_model, save_model
+from tokenizers import Tokenizer
+
+from model import Transformer
+from model.config import ModelConfig
+from tasks import atomic, checkpoint
+from tasks.errors import InputError
+from tasks.hashing import sha256_file
+
+FORMAT, VERSION = "chat-pipeline", 1
+Extra = Union[bytes, Path, Callable[[Path], object]]  # content, a file/dir to copy, or a writer of that path
+STOP_MARKERS = ("<|user|>", "<|system|>", "<|endoftext|>")  # a model answering must end its turn here
+DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 128,
+                      "stop": list(STOP_MARKERS)}
+
+
+@dataclass
+class Bundle:
+    path: Path
+    name: str
+    config: ModelConfig
+    model: Transformer
+    tokenizer: Tokenizer
+    generation: dict
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return [i for t in self.generation["stop"] if (i := self.tokenizer.token_to_id(t)) is not None]
+
+
+def from_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """The model in the latest valid checkpoint under `directory` (e.g. checkpoints/full), and its state."""
+    path = checkpoint.latest(Path(directory))
+    if path is None:
+        raise InputError(f"{directory}: no complete checkpoint; train first (`chatpipe train`)")
+    state = checkpoint.read_state(path)
+    model = Transformer(ModelConfig.from_dict(state["inputs"]["model"])).to(device)
+    checkpoint.load_weights(model, path)
+    state["path"] = str(path)
+    return model.eval(), state
+
+
+def write(directory: Path, model: Transformer, tokenizer_dir: Path, card: str,
+          generation: dict | None = None, extra: dict[str, Extra] | None = None) -> Path:
+    """Write the bundle atomically. `extra` maps relative paths to bytes, files/directories to copy, or
+    functions that write that path (e.g. an export straight into the bundle, without a copy)."""
+    directory = Path(directory)
+    with atomic.atomic_dir(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        atomic.write_json(tmp / "config.json", {"format": FORMAT, "version": VERSION,
+                                                "model": model.config.to_dict()})
+        shutil.copy(Path(tokenizer_dir) / "tokenizer.json", tmp / "tokenizer.json")
+        atomic.write_json(tmp / "generation_config.json", {**DEFAULT_GENERATION, **(generation or {})})
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        for rel, content in (extra or {}).items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            elif callable(content):
+                content(target)
+            elif Path(content).is_dir():
+                shutil.copytree(content, target)
+            else:
+                shutil.copy(content, target)
+        atomic.write_json(tmp / "checksums.json", checksums(tmp))
+    return directory
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory` except checksums.json, by relative path."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != "checksums.json"}
+
+
+def digest(directory: Path) -> str:
+    """One content hash for a whole bundle: the sha256 of its checksums.json, which lists every file's."""
+    return sha256_file(Path(directory) / "checksums.json")
+
+
+def verify(directory: Path, label: str | None = None) -> None:
+    """Raise InputError naming the first file that is missing, extra or changed (the bundle as `label`)."""
+    directory = Path(directory)
+    label = label or str(directory)
+    try:
+        expected = json.loads((directory / "checksums.json").read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{label}: not a model bundle (no readable checksums.json); "
+                         "publish one with `chatpipe publish`") from None
+    actual = checksums(directory)
+    for rel in sorted(set(expected) | set(actual)):
+        if expected.get(rel) != actual.get(rel):
+            what = "missing" if rel not in actual else "unexpected" if rel not in expected else "changed"
+            raise InputError(f"{label}: {rel} is {what} (checksum mismatch); the bundle is incomplete "
+                             "or was modified")
+
+
+def load(directory: Path, device: str | torch.device = "cpu") -> Bundle:
+    """Verify and load a bundle for inference (eval mode, on `device`)."""
+    directory = Path(directory)
+    verify(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise InputError(f"{directory}/config.json: format {meta.get('format')!r} v{meta.get('version')} "
+                         f"is not {FORMAT} v{VERSION}")
+    config = ModelConfig.from_dict(meta["model"])
+    model = Transformer(config).to(device)
+    load_model(model, str(directory / "model.safetensors"), device=str(device))
+    generation = json.loads((directory / "generation_config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return Bundle(directory, directory.name, config, model.eval(), tokenizer, generation)

@@ -1,0 +1,156 @@
+"""`chatpipe publish`: the evaluated model leaves the pipeline, as a bundle others can trust.
+
+1. `dist/<publish.name>/` (tasks/bundle.py): the latest checkpoint of `eval.phase` — the one eval
+   measured — with its tokenizer, generation defaults, `eval.json`, `lineage.json` (tasks/lineage.py),
+   a model card (tasks/model_card.py) and checksums; written atomically.
+2. `hf/` inside it (tasks/hf_export.py) when `publish.hf_export` and the model is dense.
+3. An upload to `gs://<gcs.bucket>/<gcs.prefix>/<name>/` (tasks/gcs.py) when a bucket is set; the
+   `_PUBLISHED` marker goes last. `download` (re-exported here) brings one back for `chatpipe serve`.
+4. A new version of the registered model `publish.registry` (tasks/registry.py), whose files are the
+   bundle logged as artifacts of this stage's MLflow run; `champion` moves only when eval meets
+   `publish.bars`.
+
+This stage opens its MLflow run itself rather than through `stage.finish`: the model version needs the
+run (it holds the bundle) before the metrics, which name the version, exist.
+
+The stage refuses to publish what it cannot vouch for: without metrics/eval.json, with an eval of a
+different checkpoint, or with a tokenizer the checkpoint was not trained with.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator
+
+from model import Transformer
+from model.config import ModelConfig
+from model.info import param_counts
+from tasks import bundle, gcs, hf_export, lineage, model_card, registry
+from tasks.config import Params, params_dict
+from tasks.errors import InputError
+from tasks.gcs import download  # noqa: F401  (re-exported: `chatpipe serve --model gs://...`)
+from tasks.stage import Layout, StageResult, Timer, finish
+from tasks.tracking import Run, numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundled:
+    """What step 1 produced, for the upload, the registry and the metrics."""
+    directory: Path
+    config: ModelConfig
+    ev: dict
+    lineage: dict
+    hf: str  # the exported transformers architecture, or why there is no export
+
+    @property
+    def exported(self) -> bool:
+        return self.hf.endswith("ForCausalLM")
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return json.loads((self.directory / "checksums.json").read_text())
+
+
+def read_eval(layout: Layout, state: dict) -> dict:
+    """metrics/eval.json, refused when it measured another checkpoint than the one being published."""
+    path = layout.metrics("eval")
+    if not path.exists():
+        raise InputError(f"{path}: not found; run `chatpipe eval` first")
+    ev = lineage.read_json(path)
+    if not isinstance(ev, dict):
+        raise InputError(f"{path}: not a JSON object; re-run `chatpipe eval`")
+    evaluated = ev.get("checkpoint")
+    if evaluated and Path(evaluated).parts[-2:] != Path(state["path"]).parts[-2:]:
+        raise InputError(f"{path} is for {evaluated}, but the latest checkpoint is {state['path']}; "
+                         "run `chatpipe eval` again")
+    return ev
+
+
+def check_tokenizer(layout: Layout, state: dict, lin: dict) -> None:
+    trained_with = state.get("inputs", {}).get("tokenizer")
+    if trained_with and trained_with != lin["tokenizer"]["sha256"]:
+        raise InputError(f"{layout.tokenizer}/tokenizer.json is not the tokenizer {state['path']} was trained "
+                         "with (sha256 differs); re-run training, or restore that tokenizer")
+
+
+def hf_status(params: Params, model: Transformer) -> str:
+    """The transformers architecture to export, or why there is no export."""
+    if not params.publish.hf_export:
+        return "disabled (publish.hf_export: false)"
+    return hf_export.unsupported(model) or hf_export.architecture(model)
+
+
+def build(params: Params, layout: Layout) -> Bundled:
+    """Step 1 and 2: dist/<name>/ with the card, eval.json, lineage.json and (if it can) the HF export."""
+    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase)
+    ev = read_eval(layout, state)
+    lin = lineage.collect(layout, state)
+    check_tokenizer(layout, state, lin)
+    hf = hf_status(params, model)
+    extra = {"eval.json": json.dumps(ev, indent=2).encode(), "lineage.json": json.dumps(lin, indent=2).encode()}
+    if hf.endswith("ForCausalLM"):
+        extra["hf"] = lambda out: hf_export.export(model, layout.tokenizer, out)
+    card = model_card.render(params.publish.name, model.config, ev, lin, params, hf)
+    directory = bundle.write(layout.root / "dist" / params.publish.name, model, layout.tokenizer, card, extra=extra)
+    return Bundled(directory, model.config, ev, lin, hf)
+
+
+def upload(params: Params, bundled: Bundled) -> str | None:
+    """Step 3: the bundle to gs://<bucket>/<prefix>/<name>, when a bucket is set; its URI."""
+    cfg = params.publish
+    if not cfg.gcs.bucket:
+        return None
+    uri = "gs://" + "/".join(p for p in (cfg.gcs.bucket, cfg.gcs.prefix.strip("/"), cfg.name) if p)
+    gcs.upload(bundled.directory, uri, {"git_commit": bundled.lineage["git_commit"]})
+    return uri
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, layout: Layout) -> Iterator[Run]:
+    """This stage's MLflow run (nested under the flow's, if any); FAILED if the stage fails."""
+    run = Run(params.tracking, layout.root, run_name="publish", tags={"chatpipe.stage": "publish"},
+              params={k: params_dict(params)[k] for k in ("publish", "eval")})
+    try:
+        yield run
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish()
+
+
+def register(params: Params, run: Run, bundled: Bundled) -> registry.Registration | None:
+    """Step 4: the bundle as the run's artifacts, and a new version of the registered model."""
+    if not params.publish.registry:
+        return None
+    run.client.log_artifacts(run.run_id, str(bundled.directory), registry.BUNDLE_ARTIFACTS)
+    tags = {"bundle": params.publish.name, "bundle_sha256": bundle.digest(bundled.directory),
+            "weights_sha256": bundled.checksums["model.safetensors"],
+            "git_commit": bundled.lineage["git_commit"] or "unknown"}
+    return registry.register(run.uri, params.publish.registry, run.run_id, bundled.ev, params.publish.bars, tags)
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    timer = Timer()
+    bundled = build(params, layout)
+    uri = upload(params, bundled)
+    with stage_run(params, layout) as tracker:
+        reg = register(params, tracker, bundled)
+        size = sum(p.stat().st_size for p in bundled.directory.rglob("*") if p.is_file())
+        metrics = {"bundle": lineage.relative(bundled.directory, layout.root), "bytes": size,
+                   "files": len(bundled.checksums) + 1, "bundle_sha256": bundle.digest(bundled.directory),
+                   "weights_sha256": bundled.checksums["model.safetensors"],
+                   "checkpoint": bundled.lineage["training"]["checkpoint"],
+                   "params_total": param_counts(bundled.config)["total"],
+                   "hf_export": bundled.exported, "hf": bundled.hf, "gcs_uri": uri,
+                   "registry": reg.report() if reg else None, "mlflow_run_id": tracker.run_id,
+                   "git_commit": bundled.lineage["git_commit"], "seconds": timer.seconds}
+        parts = [f"publish: {metrics['bundle']} ({size / 1e6:.1f} MB, "
+                 f"{'HF export' if bundled.exported else 'no HF export: ' + bundled.hf})",
+                 *([uri] if uri else []), *([f"registry {reg.phrase()}"] if reg else [])]
+        result = finish(layout, "publish", " · ".join(parts) + f" [{timer.seconds:.1f}s]", metrics,
+                        [bundled.directory])
+        tracker.log(0, numbers(metrics))
+        tracker.log_artifact(layout.metrics("publish"))
+    return dataclasses.replace(result, mlflow_run_id=tracker.run_id)
