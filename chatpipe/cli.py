@@ -123,6 +123,20 @@ def gate(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
     _stage("gate", params, set_, debug, directory)
 
 
+@app.command("eval")
+def evaluate(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+             directory: DirOpt = Path(".")) -> None:
+    """Evaluate the trained model (val loss/bpb, chat turns, HumanEval) → metrics/eval.json, reports/eval.md."""
+    _stage("evaluate", params, set_, debug, directory)
+
+
+@app.command()
+def publish(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+            directory: DirOpt = Path(".")) -> None:
+    """Bundle the model → dist/<name>/ (+ HF export), upload to GCS, register in MLflow."""
+    _stage("publish", params, set_, debug, directory)
+
+
 @app.command("run")
 def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
              directory: DirOpt = Path("."),
@@ -140,7 +154,9 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
                    f"(val {summary['pilot_val_loss']:.3f}); full loss {summary['full_loss']:.3f} "
                    f"(val {summary['full_val_loss']:.3f})\n  checkpoint: {summary['checkpoint']}\n"
                    f"  MLflow run: {summary['mlflow_run_id']} in {uri}\n  report: {summary['report']}\n"
-                   f"  open the runs: mlflow ui --backend-store-uri {uri}")
+                   f"  open the runs: mlflow ui --backend-store-uri {uri}\n"
+                   f"  model bundle: {summary['bundle']} (val {summary['val_bpb']:.3f} bits/byte)\n"
+                   f"  serve it: chatpipe serve --model {summary['bundle']}  then open http://127.0.0.1:8000/chat")
     _call(go, debug)
 
 
@@ -166,6 +182,76 @@ def down(debug: DebugOpt = False) -> None:
 
         stop()
         typer.echo("stopped the workers and the Prefect server")
+    _call(go, debug)
+
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="A model bundle: a directory (dist/<name>) or gs://bucket/prefix/<name>.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
+
+
+@app.command()
+def serve(model: ModelOpt,
+          host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+          api_key_file: Annotated[Optional[Path], typer.Option(
+              help="File of API keys, one per line (also: $CHATPIPE_API_KEYS, comma-separated). "
+                   "No key: no auth.")] = None,
+          max_concurrent: Annotated[int, typer.Option(min=1, help="Generations running at once.")] = 8,
+          queue_timeout: Annotated[float, typer.Option(
+              min=0, help="Seconds a request waits for a free generation slot before a 429.")] = 30.0,
+          max_prompt_tokens: Annotated[Optional[int], typer.Option(
+              help="Longest prompt accepted (default: the model's context - 1).")] = None,
+          max_tokens: Annotated[Optional[int], typer.Option(
+              help="Largest max_tokens a request may ask for (default: the model's context).")] = None,
+          device: DeviceOpt = "auto", debug: DebugOpt = False) -> None:
+    """Serve a model: an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a /chat page."""
+    def go():
+        from serve.app import create_app
+        from serve.auth import ENV_VAR, Keys
+        from serve.engine import Engine
+        from serve.server import bind, is_loopback, serve_forever, url
+        from serve.source import open_bundle
+
+        keys = Keys.configured(api_key_file)
+        engine = Engine(open_bundle(model, device), max_concurrent, queue_timeout)
+        api = create_app(engine, keys, max_prompt_tokens, max_tokens)
+        sock = bind(host, port)
+        if not keys.enabled and not is_loopback(host):
+            logging.getLogger("chatpipe").warning(
+                f"no API key and listening on {host}: anyone who can reach this port can use the model "
+                f"(set ${ENV_VAR} or --api-key-file)")
+        base = url(sock)
+        typer.echo(f"serving {engine.name} ({engine.bundle.path})\n  API: {base}/v1 (OpenAI-compatible; "
+                   f"API keys {'required' if keys.enabled else 'off'})\n  chat page: {base}/chat")
+        serve_forever(api, sock)
+        engine.close()
+        typer.echo("stopped")
+    _call(go, debug)
+
+
+@app.command()
+def chat(model: ModelOpt, device: DeviceOpt = "auto",
+         temperature: Annotated[Optional[float], typer.Option(
+             min=0, max=2, help="Sampling temperature (default: the bundle's); 0 is greedy.")] = None,
+         top_p: Annotated[Optional[float], typer.Option(min=0, max=1)] = None,
+         top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
+         max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Longest answer, in tokens.")] = None,
+         seed: Annotated[Optional[int], typer.Option(help="Same seed, same answers.")] = None,
+         debug: DebugOpt = False) -> None:
+    """Chat with a model in the terminal (no server): /reset forgets the conversation, /exit or Ctrl-D quits."""
+    def go():
+        import dataclasses
+
+        from serve.engine import Engine
+        from serve.source import open_bundle
+        from serve.terminal import chat as converse
+
+        engine = Engine(open_bundle(model, device), max_concurrent=1)
+        chosen = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_tokens": max_tokens,
+                  "seed": seed}
+        sampling = dataclasses.replace(engine.defaults(), **{k: v for k, v in chosen.items() if v is not None})
+        converse(engine, sampling, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
     _call(go, debug)
 
 

@@ -1,0 +1,15 @@
+"""serve: the trained model behind an OpenAI-compatible HTTP API, a /chat page and a terminal chat.
+
+    engine.py    Engine: a loaded bundle generating text (one stream, or many in worker threads)
+    decode.py    Decoder: the KV-cache token loop, one fused step per token (same logits as the model)
+    text.py      TextStream: token ids → UTF-8-safe text deltas, stop strings, stripped chat answers
+    prompts.py   request → prompt ids within the context (old chat exchanges dropped to fit)
+    schema.py    the request bodies (strict pydantic) and their 400s
+    errors.py    APIError: OpenAI-style error bodies
+    auth.py      API keys (file, $CHATPIPE_API_KEYS), checked in constant time
+    app.py       the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /chat
+    server.py    bind + uvicorn, in the foreground (`chatpipe serve`) or a background thread (tests, bench)
+    source.py    --model: a bundle directory or gs:// URI, and --device
+    terminal.py  `chatpipe chat`
+    static/      the /chat page (HTML, CSS, vanilla JS; no external fetches)
+"""

@@ -1,0 +1,127 @@
+"""The engine's decoding loop: one token per step through a KV cache, with the per-step overhead cut.
+
+For the models this project serves, a one-token forward is a string of matrix-vector products and
+small tensor ops, and Transformer.forward (written for training) spends most of a step on the small
+ops: ~70 per layer through nn.Module calls, a causal mask, RoPE by chunk-and-concatenate, aux-loss
+bookkeeping. `Decoder.step` computes the same function for one new position in ~25 ops per layer:
+- q, k and v come from one matmul, the MLP's gate and up from another (fused weight matrices);
+- the weights are stored transposed ([in, out]), which MKL's CPU matrix-vector products run up to
+  twice as fast as nn.Linear's [out, in] layout at these shapes;
+- RoPE is one small matmul over q and k together, by a rotation matrix built once per step;
+- no attention mask (a single query sees every cached position); k and v are written into the
+  KVCache in place; the LM head sees the new position only.
+The fused, transposed matrices are copies: a Decoder holds a second set of the attention and MLP
+weights. The prompt (prefill) still runs through Transformer.forward, filling the same KVCache, and
+tests check that every step's logits equal Transformer.forward's. Mixture-of-experts layers call the
+model's own MoE module.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.generate import sample_token
+from model.transformer import MLP, Block, KVCache, Transformer
+
+
+def _rotate_half_matrix(d: int) -> torch.Tensor:
+    """J with x @ J == cat(-x[d/2:], x[:d/2]), the rotate-half of model/transformer.apply_rope."""
+    h, j = d // 2, torch.zeros(d, d)
+    j[h:, :h] = -torch.eye(h)
+    j[:h, h:] = torch.eye(h)
+    return j
+
+
+@dataclass
+class _Layer:
+    block: Block
+    qkv_t: torch.Tensor        # [E, (H + 2 Hkv) d]: wq, wk, wv stacked, transposed
+    wo_t: torch.Tensor         # [H d, E]
+    gate_up_t: torch.Tensor | None  # [E, 2 F]: w1, w3 stacked, transposed (None: an MoE layer)
+    down_t: torch.Tensor | None     # [F, E]
+
+    @classmethod
+    def of(cls, block: Block) -> _Layer:
+        a, mlp = block.attn, block.mlp
+        dense = isinstance(mlp, MLP)
+        return cls(block, _stacked_t(a.wq, a.wk, a.wv), _stacked_t(a.wo),
+                   _stacked_t(mlp.w1, mlp.w3) if dense else None, _stacked_t(mlp.w2) if dense else None)
+
+
+class Decoder:
+    def __init__(self, model: Transformer):
+        if model.training:
+            raise ValueError("Decoder needs a model in eval mode")
+        self.model, c = model, model.config
+        self.n_head, self.n_kv, self.head_dim = c.n_head, c.kv_heads, c.head_dim
+        dtype = model.tok_emb.weight.dtype
+        with torch.no_grad():
+            self.layers = [_Layer.of(block) for block in model.blocks]
+        cos, sin = model.rope_cos.to(dtype), model.rope_sin.to(dtype)  # [block_size, d/2]
+        self.cos2, self.sin2 = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+        self.rotate_half = _rotate_half_matrix(c.head_dim).to(cos.device, dtype)
+
+    def _rotation(self, pos: int) -> torch.Tensor:
+        """R with x @ R == apply_rope(x) at position `pos`."""
+        return torch.diag(self.cos2[pos]) + self.rotate_half * self.sin2[pos]
+
+    def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] after one new token per row (`tokens`: [B] ids) at position cache.pos."""
+        m, pos, B = self.model, cache.pos, tokens.size(0)
+        H, Hkv, d = self.n_head, self.n_kv, self.head_dim
+        rotation = self._rotation(pos)
+        x = F.embedding(tokens, m.tok_emb.weight)  # [B, E]
+        for i, layer in enumerate(self.layers):
+            block, attn = layer.block, layer.block.attn
+            qkv = _norm(x, block.attn_norm) @ layer.qkv_t
+            q = attn.q_norm(qkv[:, :H * d].view(B, H, d)) @ rotation
+            cache.k[i, :, :, pos] = attn.k_norm(qkv[:, H * d:(H + Hkv) * d].view(B, Hkv, d)) @ rotation
+            cache.v[i, :, :, pos] = qkv[:, (H + Hkv) * d:].view(B, Hkv, d)
+            y = F.scaled_dot_product_attention(q[:, :, None], cache.k[i, :, :, :pos + 1],
+                                               cache.v[i, :, :, :pos + 1], enable_gqa=True)
+            x = x + y.view(B, H * d) @ layer.wo_t
+            h = _norm(x, block.mlp_norm)
+            if layer.gate_up_t is None:
+                x = x + block.mlp(h[:, None])[0][:, 0]
+            else:
+                gate, up = (h @ layer.gate_up_t).chunk(2, dim=-1)
+                x = x + (F.silu(gate) * up) @ layer.down_t
+        cache.pos += 1
+        return F.linear(_norm(x, m.norm), m.lm_head.weight).float()
+
+    @torch.inference_mode()
+    def tokens(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, stop: Sequence[int] = (),
+               seed: int | None = None) -> Iterator[int]:
+        """model/generate.py's `generate` for one sequence, each new token yielded as soon as it is drawn.
+
+        Stop iterating (or close the iterator) and the work ends there. The prompt must leave the cache
+        room for one new token (1 to block_size - 1 tokens).
+        """
+        block, device = self.model.config.block_size, self.cos2.device
+        if not 0 < len(prompt) < block:
+            raise ValueError(f"prompt must hold 1 to {block - 1} tokens (block_size - 1); got {len(prompt)}")
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        cache, stop = KVCache.for_model(self.model), set(stop)
+        room = min(max_new_tokens, block - len(prompt))
+        logits = self.model(torch.tensor([list(prompt)], device=device), cache=cache)[0][0, -1]
+        for n in range(1, room + 1):
+            token = sample_token(logits, temperature, top_k, top_p, generator)
+            if token in stop:
+                return
+            yield token
+            if n < room:
+                logits = self.step(torch.tensor([token], device=device), cache)[0]
+
+
+def _stacked_t(*linears: nn.Linear) -> torch.Tensor:
+    """The linears' weights stacked along their outputs and transposed: x @ result == cat of their outputs."""
+    return torch.cat([linear.weight for linear in linears]).t().contiguous()
+
+
+def _norm(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
+    return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
