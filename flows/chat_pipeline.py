@@ -1,6 +1,6 @@
 """The `chat-pipeline` Prefect flow: the pipeline diagram as code.
 
-    ingest → tokenizer → shard → pilot → gate → full
+    ingest → tokenizer → shard → pilot → gate → full → eval → publish
 
 Each box is a Prefect task that calls the same `tasks/<stage>.run` as the CLI and DVC. A task's cache key
 is the content hash of what it reads (flows/stages.py, from dvc.yaml), so a re-run with nothing changed
@@ -36,7 +36,7 @@ def stage(name: str, request: Request, train_pool: str | None) -> StageResult:
     params, root = request.load(), request.root
     key = stages.cache_key(name, params, root)
     options = {"name": name, "retries": STAGE_RETRIES.get(name, 0), "retry_delay_seconds": 5}
-    if not stages.outputs_present(name, root):
+    if not stages.outputs_present(name, params, root):
         options["refresh_cache"] = True  # a cached result whose files are gone is no result
     return run_stage.with_options(**options)(name, key, request, train_pool)
 
@@ -44,7 +44,7 @@ def stage(name: str, request: Request, train_pool: str | None) -> StageResult:
 @flow(name="chat-pipeline", log_prints=True)
 def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".",
                   train_pool: str | None = None) -> dict:
-    """ingest → tokenizer → shard → pilot → gate → full, on params.yaml + overlays + overrides."""
+    """ingest → tokenizer → shard → pilot → gate → full → eval → publish, on params.yaml + overlays + overrides."""
     base = Request(overlays=[str(Path(p).resolve()) for p in overlays], overrides=list(overrides),
                    workdir=str(Path(workdir).resolve()))
     base.load()  # bad params fail here, before any work

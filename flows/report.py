@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import subprocess
 from pathlib import Path
 
 from flows.request import Request
-from tasks.config import PROJECT_ROOT, params_dict
+from tasks.config import params_dict
+from tasks.lineage import git_commit
 from tasks.stage import StageResult
 from tasks.tracking import Run
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
 
 
 @contextlib.contextmanager
@@ -35,7 +25,7 @@ def parent_run(request: Request):
     params = request.load()
     run = Run(params.tracking, request.root, run_name=f"chat-pipeline {flow_run.name or ''}".strip(),
               tags={"chatpipe.flow_run_id": str(flow_run.id or ""), "chatpipe.flow_run_name": str(flow_run.name or ""),
-                    "chatpipe.git_commit": git_commit(), "chatpipe.workdir": str(request.root)},
+                    "chatpipe.git_commit": git_commit() or "unknown", "chatpipe.workdir": str(request.root)},
               params=params_dict(params))
     try:
         yield run
@@ -90,6 +80,14 @@ def markdown(results: dict[str, StageResult], mlflow_link: str) -> str:
             lines += ["", f"## Samples ({phase})", ""]
             lines += [f"- `{s['prompt'].strip().replace(chr(10), ' ')}` → {s['completion'].strip()!r}"
                       for s in results[phase].metrics.get("samples", [])]
+    if "eval" in results:
+        m = results["eval"].metrics
+        he = m.get("humaneval") or {}
+        lines += ["", "## Evaluation", "", "| metric | value |", "| --- | --- |",
+                  f"| val loss | {m.get('val_loss')} |", f"| val bits per byte | {m.get('val_bpb')} |",
+                  f"| chat turn rate | {m.get('turn_rate')} |",
+                  f"| HumanEval pass@1 (greedy) | {he.get('pass@1_greedy')} |"]
+        lines += [f"| HumanEval pass@{k} | {v} |" for k, v in (he.get("pass@k") or {}).items()]
     lines += ["", f"MLflow run: {mlflow_link}", "", "![loss](loss.png)"]
     return "\n".join(lines) + "\n"
 
@@ -114,6 +112,10 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
     for phase in ("pilot", "full"):
         m = results[phase].metrics
         parent.log(0, {f"{phase}.final_loss": m.get("final_loss"), f"{phase}.final_val_loss": m.get("final_val_loss")})
+    evaluation = results["eval"].metrics
+    parent.log(0, {"eval.val_loss": evaluation.get("val_loss"), "eval.val_bpb": evaluation.get("val_bpb"),
+                   "eval.turn_rate": evaluation.get("turn_rate"),
+                   "eval.humaneval_pass1": (evaluation.get("humaneval") or {}).get("pass@1_greedy")})
     parent.finish()
     create_markdown_artifact(text, key="chat-pipeline-report", description="losses, gate verdict, samples")
     create_link_artifact(link, key="mlflow-run", description="the flow run's MLflow parent run (mlflow ui)")
@@ -123,4 +125,5 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
             "full_loss": results["full"].metrics.get("final_loss"),
             "full_val_loss": results["full"].metrics.get("final_val_loss"),
             "checkpoint": results["full"].metrics.get("checkpoint"),
+            "val_bpb": evaluation.get("val_bpb"), "bundle": results["publish"].metrics.get("bundle"),
             "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri, "report": str(reports / "report.md")}

@@ -18,13 +18,14 @@ from tasks.stage import Layout, StageResult
 
 
 def _stages() -> dict[str, Callable[[Params, Layout], StageResult]]:
-    from tasks import gate, ingest, shard, tokenizer, train
+    from tasks import evaluate, gate, ingest, publish, shard, tokenizer, train
 
     def training(phase: str):  # the flow re-runs training exactly when its inputs changed
         return lambda params, layout: train.run(params, layout, phase, replace_stale=True)
 
     return {"ingest": ingest.run, "tokenizer": tokenizer.run, "shard": shard.run,
-            "pilot": training("pilot"), "gate": gate.run, "full": training("full")}
+            "pilot": training("pilot"), "gate": gate.run, "full": training("full"),
+            "eval": evaluate.run, "publish": publish.run}
 
 
 STAGES = _stages()  # in pipeline order

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,10 +35,11 @@ def spec(stage: str) -> tuple[list[str], list[str]]:
     return list(s.get("deps", [])), keys
 
 
-def outputs(stage: str) -> list[str]:
-    s = _stages()[stage]
-    return [o if isinstance(o, str) else next(iter(o)) for o in s.get("outs", [])] + \
-           [m if isinstance(m, str) else next(iter(m)) for m in s.get("metrics", [])]
+def outputs(stage: str, params: Params) -> list[str]:
+    """The stage's outs and metrics, with `${key}` templates filled from params as DVC does."""
+    s, values = _stages()[stage], params_dict(params)
+    paths = [o if isinstance(o, str) else next(iter(o)) for o in s.get("outs", []) + s.get("metrics", [])]
+    return [re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(values, m.group(1))), p) for p in paths]
 
 
 def _lookup(params: dict, dotted: str):
@@ -76,5 +78,5 @@ def cache_key(stage: str, params: Params, root: Path) -> str:
     return f"{stage}-{h.hexdigest()}"
 
 
-def outputs_present(stage: str, root: Path) -> bool:
-    return all((root / out).exists() for out in outputs(stage))
+def outputs_present(stage: str, params: Params, root: Path) -> bool:
+    return all((root / out).exists() for out in outputs(stage, params))

@@ -1,4 +1,4 @@
-"""Autoregressive sampling from a Transformer, one sequence at a time.
+"""Autoregressive sampling from a Transformer: one sequence (`generate`) or a batch of them (`sample_batch`).
 
 With use_cache (the default) the prompt is run once through the model (prefill), filling a KVCache, and
 then each new token is a one-position forward that attends to the cache: O(T) work per token instead of
@@ -7,13 +7,25 @@ O(T^2). The cache holds block_size positions and RoPE positions are absolute, so
 block_size tokens (a sliding window), which is slower but never stops early. The two give the same tokens
 while the sequence fits in block_size (the model is put in eval mode, where MoE capacity is off).
 
+`sample_batch` decodes many rows through one batched KV cache: on a CPU a one-token forward costs about
+the same for 1 row as for 64 (it is per-call overhead), so HumanEval's 164 × (1 greedy + n sampled)
+completions are generated a batch at a time. The rows share the cache's positions, so their prompts must
+have equal length; each row has its own temperature (0: greedy), stops on its own stop token and may
+carry its own seed, so a row's tokens do not depend on which other rows share its batch (a one-row batch
+gives exactly `generate`'s tokens).
+
 Sampling: logits / temperature, then keep the top_k most likely tokens, then the smallest set whose
 probability reaches top_p (nucleus; the most likely token is always kept), then draw. temperature 0 is
-greedy (argmax). A seed makes the draw reproducible through a torch.Generator on the model's device.
+greedy (argmax). The draw is an exponential race, argmax(p / E) with E ~ Exp(1) per token, which picks
+token i with probability p_i exactly and, unlike torch.multinomial, is one vectorized pass over a batch
+(a per-row generator only fills that row's uniform noise; per-row torch.multinomial calls cost about
+three times as much on a CPU). A seed makes the draw reproducible through a torch.Generator on the
+model's device.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -21,15 +33,33 @@ from .transformer import KVCache, Transformer
 
 
 def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    kth = torch.topk(logits, min(k, logits.numel())).values[-1]
+    kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    sorted_logits, order = torch.sort(logits, descending=True)
-    cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-    drop = cum - torch.softmax(sorted_logits, dim=-1) >= p  # mass before this token already reaches p
-    return logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    drop = probs.cumsum(-1) - probs >= p  # mass before this token already reaches p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+def _probabilities(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int | None,
+                   top_p: float | None) -> torch.Tensor:
+    """The sampling distribution over the last dim of [..., V] logits (temperature > 0, or [..., 1] of them)."""
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = _top_k(logits, top_k)
+    if top_p is not None:
+        logits = _top_p(logits, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def _race(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """Indices drawn from each row of [B, V] probabilities; row r's noise comes from generators[r]."""
+    uniform = torch.stack([torch.rand(probs.size(-1), generator=g, device=probs.device) for g in generators])
+    noise = -torch.log1p(-uniform)  # Exp(1)
+    return (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(-1)  # 0 / tiny stays 0
 
 
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -37,31 +67,40 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     """One token id from a [V] row of logits."""
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k is not None:
-        logits = _top_k(logits, top_k)
-    if top_p is not None:
-        logits = _top_p(logits, top_p)
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+    return int(_race(_probabilities(logits, temperature, top_k, top_p)[None], [generator])[0])
 
 
-@torch.no_grad()
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+
+
+@contextmanager
+def _inference(model: Transformer) -> Iterator[torch.device]:
+    """Eval mode and no autograd for the duration; the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, stop: Sequence[int] = (),
              seed: int | None = None, use_cache: bool = True) -> list[int]:
     """The new tokens after `prompt` (a stop token ends generation and is not returned)."""
-    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    _check_sampling(temperature, top_k, top_p)
     if not prompt:
         raise ValueError("prompt must hold at least one token")
-    block, device = model.config.block_size, next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    block = model.config.block_size
     stop, seq = set(stop), list(prompt)[-block:]
-    cache = KVCache.for_model(model) if use_cache else None
-    step = list(seq)  # what the next cached forward consumes: the whole prompt first, then the last token
-    was_training, out = model.training, []
-    model.eval()
-    try:
+    out = []
+    with _inference(model) as device:
+        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+        cache = KVCache.for_model(model) if use_cache else None
+        step = list(seq)  # what the next cached forward consumes: the whole prompt first, then the last token
         for _ in range(max_new_tokens):
             if cache is not None and len(seq) >= block:
                 break  # a cached sequence (prompt + new tokens) is capped at block_size
@@ -72,6 +111,49 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temp
             out.append(tok)
             seq.append(tok)
             step = [tok]
-    finally:
-        model.train(was_training)
+    return out
+
+
+def sample_batch(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 temperature: float | Sequence[float] = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 stop: Sequence[int] = (), seeds: Sequence[int] | None = None) -> list[list[int]]:
+    """The new tokens after each of `prompts` (equal lengths), decoded together through one KV cache.
+
+    Row r samples at temperature[r] (one number: every row; 0: greedy), stops at its first stop token
+    (not returned) or when prompt + new tokens reach block_size, and draws from its own generator seeded
+    with seeds[r]. n samples of one prompt: `[prompt] * n`.
+    """
+    temperatures = [temperature] * len(prompts) if isinstance(temperature, (int, float)) else list(temperature)
+    _check_sampling(min(temperatures, default=0), top_k, top_p)
+    if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
+        raise ValueError("prompts must be one or more non-empty token lists of equal length")
+    if len(temperatures) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
+        raise ValueError(f"need one temperature and one seed (if any) per prompt; got {len(temperatures)} "
+                         f"and {len(seeds or ())} for {len(prompts)} prompts")
+    block = model.config.block_size
+    rows = [list(p)[-block:] for p in prompts]
+    stop, out = set(stop), [[] for _ in rows]
+    live = [True] * len(rows)
+    with _inference(model) as device:
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds] if seeds is not None \
+            else [None] * len(rows)
+        temps = torch.tensor(temperatures, dtype=torch.float32, device=device)[:, None]
+        sampled = temps[:, 0] > 0
+        temps = torch.where(temps > 0, temps, 1.0)  # greedy rows: any distribution, their draw is dropped
+        any_sampled = bool(sampled.any())
+        cache = KVCache.for_model(model, batch_size=len(rows))
+        step = torch.tensor(rows, device=device)
+        for _ in range(min(max_new_tokens, block - len(rows[0]))):
+            logits = model(step, cache=cache)[0][:, -1]
+            tokens = logits.argmax(-1)
+            if any_sampled:
+                tokens = torch.where(sampled, _race(_probabilities(logits, temps, top_k, top_p), generators), tokens)
+            for r, tok in enumerate(tokens.tolist()):
+                if live[r]:
+                    live[r] = tok not in stop
+                    if live[r]:
+                        out[r].append(tok)
+            if not any(live):
+                break
+            step = tokens[:, None]
     return out

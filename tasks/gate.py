@@ -250,7 +250,12 @@ def check_still_improving(run: Pilot, gate: GateParams) -> Check:
                  f"improving by {_fmt(value)} ≥ {_fmt(gate.min_improvement)} - noise {_fmt(noise)}", "<")
 
 
-def _turn_problem(sample) -> str | None:
+def turn_problem(sample) -> str | None:
+    """Why a generated answer does not follow the turn structure, or None if it does (gate and eval).
+
+    `sample` is {"completion": text, "stopped": True if generation ended on a stop marker before the
+    token limit}; a clean answer stopped on its own, is not empty and holds no turn marker.
+    """
     if not isinstance(sample, dict) or sample.get("stopped") is not True:
         return "never stopped"
     completion = str(sample.get("completion") or "")
@@ -265,7 +270,7 @@ def _turn_problem(sample) -> str | None:
 def check_turn_structure(run: Pilot, gate: GateParams) -> Check:
     if not run.samples:
         return Check("turn_structure", None, gate.min_turn_rate, False, "no samples in the metrics file")
-    problems = [p for p in map(_turn_problem, run.samples) if p]
+    problems = [p for p in map(turn_problem, run.samples) if p]
     clean = len(run.samples) - len(problems)
     value = clean / len(run.samples)
     counts = {p: problems.count(p) for p in dict.fromkeys(problems)}

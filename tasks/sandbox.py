@@ -7,11 +7,16 @@ within its limits.
 
 How it works: ``run_many`` splits the programs into chunks and starts one runner per
 chunk (this file run as ``python -I -S``, with an environment holding only PATH and
-LANG), ``workers`` runners at a time.  The runner reads its chunk as JSON on stdin
-and forks one child per program.  The child calls ``setsid()``, closes inherited
-descriptors, sends stdout to /dev/null and stderr to an anonymous file, works in a
-fresh temporary directory, drops to uid ``nobody`` when started as root (root ignores
-RLIMIT_NPROC and could write anywhere or kill the runner), sets
+LANG), ``workers`` runners at a time.  As root, the runner moves into a network
+namespace of its own (no interface is up: no network at all) and a mount namespace of
+its own, where every mount is read-only and /tmp is a fresh tmpfs that only root may
+write to: a program can write in its working directory and nowhere else.  The runner
+reads its chunk as JSON on stdin and forks one child per program.  The child calls
+``setsid()``, closes inherited descriptors, sends stdout to /dev/null and stderr to an
+anonymous file, works in a fresh temporary directory, drops to a uid of its own
+(``UID_BASE`` + its pid, which no account and no other program has) when started as
+root (root ignores RLIMIT_NPROC and could write anywhere or kill the runner; with a uid
+per program, ``kill(-1)`` and the process limit reach no other program), sets
 RLIMIT_CPU/AS/FSIZE/NPROC and replaces ``socket.socket`` before ``exec``-ing the
 program.  The runner enforces the wall-clock timeout, SIGKILLs the child's whole
 process group (its forks included) and, being a child subreaper, also kills and reaps
@@ -20,12 +25,12 @@ and prints one JSON line per program.  If a runner dies anyway (a program killed
 the parent runs the program it died on alone and the rest of its chunk in a new
 runner, so one hostile program cannot take the caller or other programs down with it.
 
-Linux only (pidfd, prctl, /proc).  Best-effort isolation, not a security boundary: the
-network block is a monkeypatch (``_socket`` stays reachable) plus a private network
-namespace where the kernel allows one (as root); without root the child keeps the
-caller's uid, so it can read the caller's files and /proc and kill the runner (the
-parent then recovers); ``os._exit(0)`` before the tests counts as passing.  A later
-issue hardens this (user namespaces/seccomp or a container).
+Linux only (pidfd, prctl, /proc, mount_setattr).  Best-effort isolation, not a security
+boundary (no seccomp filter; the kernel is shared).  Without root there are no
+namespaces: the network block is only a monkeypatch (``_socket`` stays reachable), and
+the child keeps the caller's uid, so it can read and write the caller's files and kill
+the runner (the parent then recovers) or the caller.  ``os._exit(0)`` before the tests
+counts as passing.
 """
 
 from __future__ import annotations
@@ -45,10 +50,15 @@ from dataclasses import dataclass
 
 FSIZE_BYTES = 16 << 20  # largest file a program may write
 NPROC = 32  # processes per uid; not enforced for root, hence the uid drop
-NOBODY = 65534
+UID_BASE = 2_000_000_000  # + the program's pid: a uid (and gid) no account and no other program has
+TMPFS = "mode=0755,size=256m"  # the runner's /tmp: working directories, at most this much in all
 # Imported by the runner once so that every forked child has them for free.
 PRELOAD = ("collections", "functools", "heapq", "itertools", "math", "re", "string",
            "typing", "resource", "socket", "traceback")
+# Linux ABI numbers for the runner's namespaces and mounts (unshare, mount, mount_setattr).
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,9 @@ def _runner() -> None:
     compile("x = [i for i in range(2)]", "<warm-up>", "exec")  # children then compile faster
     try:
         libc = ctypes.CDLL(None)
-        libc.unshare(0x40000000)  # CLONE_NEWNET: no interface is up, so no network at all
+        libc.unshare(CLONE_NEWNET)  # no interface is up, so no network at all
+        if os.getuid() == 0:
+            _private_filesystem(libc)
         libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of programs become ours to kill
     except (OSError, AttributeError):
         pass  # not allowed here: the socket monkeypatch and the group kill remain
@@ -130,6 +142,29 @@ def _runner() -> None:
         status, detail = _run_program(program, job["timeout_s"], job["memory_mb"])
         sys.stdout.write(json.dumps({"i": i, "status": status, "detail": detail[:300]}) + "\n")
         sys.stdout.flush()  # also keeps the buffer empty before the next fork
+
+
+def _private_filesystem(libc) -> None:
+    """In a mount namespace of our own: everything read-only, a fresh root-owned tmpfs on /tmp.
+
+    Programs then write only in their working directory (under /tmp, owned by their uid):
+    not in /tmp, /var/tmp, /dev/shm or any other world-writable place.  Any step the
+    kernel refuses leaves the step before it in place; /tmp stays writable for us.
+    """
+    if libc.unshare(CLONE_NEWNS) or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+        return  # (private first: nothing mounted here may propagate to the host)
+    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS.encode()):
+        return
+
+    def read_only(path: bytes, recursive: bool, on: bool) -> None:
+        attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY if on else 0, 0 if on else MOUNT_ATTR_RDONLY, 0, 0)
+        libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_long(AT_FDCWD), path,
+                     ctypes.c_long(AT_RECURSIVE if recursive else 0), attr, ctypes.c_long(32))
+
+    read_only(b"/", recursive=True, on=True)
+    read_only(b"/tmp", recursive=False, on=False)
+    if not os.access("/tmp", os.W_OK):
+        read_only(b"/", recursive=True, on=False)
 
 
 def _run_program(program: str, timeout_s: float, memory_mb: int) -> tuple[str, str]:
@@ -202,7 +237,7 @@ def _child(program: str, workdir: str, err_fd: int, timeout_s: float, memory_mb:
         os.dup2(err_fd, 2)
         if os.getuid() == 0:
             # Reach the stdlib through descriptors opened as root (its parents may be
-            # closed to others, e.g. /root/.pyenv), then become nobody.
+            # closed to others, e.g. /root/.pyenv), then become a uid of our own.
             paths = []
             for path in sys.path:
                 try:
@@ -211,10 +246,11 @@ def _child(program: str, workdir: str, err_fd: int, timeout_s: float, memory_mb:
                     pass
             sys.path[:] = paths
             sys.path_importer_cache.clear()
-            os.chown(workdir, NOBODY, NOBODY)
+            uid = UID_BASE + os.getpid()
+            os.chown(workdir, uid, uid)
             os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            os.setgid(uid)
+            os.setuid(uid)
         try:  # die with the runner (a program may kill it when not started as root)
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, after setuid
         except (OSError, AttributeError):

@@ -46,3 +46,4 @@ def test_deployment_run_on_local_server_and_worker(tmp_path):
         subprocess.run([str(BIN / "chatpipe"), "down"], env=env, capture_output=True, timeout=120)
     assert json.loads((root / "metrics" / "gate.json").read_text())["passed"]
     assert (root / "metrics" / "full.json").exists()
+    assert (root / "dist" / "chat-pipeline" / "checksums.json").exists()        # eval and publish ran too

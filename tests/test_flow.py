@@ -14,7 +14,10 @@ MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4"
          "train.eval_every=6", "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8",
          "train.checkpoint_every=6", "train.device=cpu", "train.lr=3e-3",
          # a 12-step pilot cannot reach the seed's bar; these thresholds judge it as healthy
-         "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0"]
+         "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0",
+         # eval on a sliver of the val split and four HumanEval problems
+         "eval.val_max_tokens=4096", "eval.chat_max_tokens=8", "eval.humaneval.problems=4",
+         "eval.humaneval.n_samples=2", "eval.humaneval.k=[1,2]", "eval.humaneval.max_new_tokens=16"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,13 +52,14 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert parent.data.params["train.pilot_steps"] == "12"
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["full", "gate", "ingest", "pilot", "shard", "tokenizer"]
+    assert sorted(r.info.run_name for r in children) == ["eval", "full", "gate", "ingest", "pilot", "publish",
+                                                                    "shard", "tokenizer"]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/loss.png", "report/report.md"}
     assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
 
     # nothing changed: every stage is a cache hit, no file is rewritten
     watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/shard.json", "metrics/pilot.json",
-               "metrics/gate.json", "metrics/full.json")
+               "metrics/gate.json", "metrics/full.json", "metrics/eval.json", "metrics/publish.json")
     before = mtimes(root, *watched)
     again = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
     assert mtimes(root, *watched) == before and again["full_loss"] == summary["full_loss"]

@@ -150,3 +150,24 @@ def test_order_is_preserved_across_many_runners():
     programs = [f"assert {i} % 3 != 0" for i in range(60)]
     got = run_many(programs, workers=3)
     assert [o.passed for o in got] == [i % 3 != 0 for i in range(60)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the read-only mount namespace needs root")
+def test_programs_write_only_in_their_working_directory():
+    program = ("import os\nopen('mine.txt', 'w').write('ok')\n"
+               "for d in ('/tmp', '/var/tmp', '/dev/shm', os.path.dirname(os.getcwd())):\n"
+               "    try:\n        open(os.path.join(d, 'escaped.txt'), 'w')\n    except OSError:\n        continue\n"
+               "    raise AssertionError(d)")
+    assert run_one(program) == Outcome(True, "passed", "")
+    assert not os.path.exists("/tmp/escaped.txt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does each program get a uid of its own")
+def test_kill_everything_reaches_no_other_program():
+    """kill(-1) signals every process of the caller's uid: with a uid per program, that is only itself."""
+    victim = "import os, time\ntime.sleep(1.5)\nassert os.getuid() >= 2_000_000_000"
+    killer = ("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(5)\n    os._exit(0)\n"
+              "time.sleep(0.3)\nos.kill(-1, 9)\n_, status = os.waitpid(pid, 0)\n"
+              "assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9")  # it does kill its own child
+    got = run_many([victim, killer], timeout_s=5.0, workers=2)  # two runners, side by side
+    assert got == [Outcome(True, "passed", "")] * 2
