@@ -11,10 +11,12 @@
    aggregate tokens/s. The named peer is the same `transformers` `generate` serving those requests one
    at a time (its single-stream tokens/s from part 1), the ratio is ours/peer.
 
-Speed does not depend on the weights when the length is fixed, so the model is a freshly initialised
-preset (default chat-7m, the seed chat config) with the tokenizer of the last `make demo`.
+The model is a published bundle and its `hf/` export (`--bundle dist/chat-pipeline`, what `make demo`
+publishes), or — since speed does not depend on the weights when the length is fixed — a freshly
+initialised preset (default chat-7m, the seed chat config) with the tokenizer of the last `make demo`.
 
     python bench/serve.py                      # chat-7m, 200 new tokens, clients 1, 8, 32, one torch thread
+    python bench/serve.py --bundle dist/chat-pipeline
     python bench/serve.py --threads 2          # both sides on two threads
     python bench/serve.py --preset nano-125m --new-tokens 100
 """
@@ -79,7 +81,7 @@ def peer(hf, prompt: list[int], n: int, tokenizer) -> tuple[float, str]:
                           do_sample=False, eos_token_id=None, pad_token_id=0)
     seconds = time.perf_counter() - start
     assert out.shape[1] - len(prompt) == n, out.shape
-    return seconds, tokenizer.decode(out[0, len(prompt):].tolist())
+    return seconds, tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)  # as served
 
 
 def single_stream(engine: Engine, hf, prompt: list[int], n: int, rounds: int) -> dict:
@@ -125,9 +127,19 @@ async def clients(url: str, model: str, n_clients: int, new_tokens: int) -> dict
             "aggregate_tok_s": n_clients * new_tokens / wall, "wall_s": wall}
 
 
+def published(path: Path) -> tuple[bundle.Bundle, Path]:
+    """A bundle from `chatpipe publish` (with its hf/ export), its stop markers off for fixed-length runs."""
+    b = bundle.load(path)
+    if not (path / "hf" / "config.json").exists():
+        sys.exit(f"bench/serve.py: {path}/hf: no Hugging Face export (publish.hf_export: true)")
+    b.generation = {**b.generation, "stop": []}
+    return b, path / "hf"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="chat-7m")
+    ap.add_argument("--bundle", type=Path, default=None, help="a published bundle instead of a fresh preset")
     ap.add_argument("--tokenizer", type=Path, default=None, help="directory with tokenizer.json")
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=6)
@@ -141,7 +153,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
-        b, hf_dir = build(args.preset, tokenizer_dir(args.tokenizer), Path(tmp))
+        b, hf_dir = published(args.bundle) if args.bundle else build(args.preset, tokenizer_dir(args.tokenizer), Path(tmp))
+        label = b.name if args.bundle else args.preset
         counts = [int(c) for c in args.clients.split(",")]
         engine = Engine(b, max_concurrent=max(counts), queue_timeout=600)
         hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -160,11 +173,11 @@ def main() -> None:
                       f"{row['aggregate_tok_s']:.0f} tok/s in all → {row['ratio_vs_transformers_serial']:.2f}× "
                       "transformers serving them one at a time")
         engine.close()
-    result = {"benchmark": "serve", "date": dt.date.today().isoformat(), "preset": args.preset,
-              "params": b.model.num_params(), "device": "cpu", "torch_threads": torch.get_num_threads(),
+    result = {"benchmark": "serve", "date": dt.date.today().isoformat(), "model": label,
+              "params": b.model.num_params(), "config": b.config.to_dict(), "device": "cpu", "torch_threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "single_stream": single, "concurrency": load}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}-serve-{args.preset}-cpu-{args.threads}t.json"
+    path = args.out / f"{result['date']}-serve-{label}-cpu-{args.threads}t.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"→ {path}")
 
