@@ -44,6 +44,7 @@ test-slow: setup browser
 bench: setup
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
 
 repro: setup
 	dvc repro

@@ -44,7 +44,7 @@ def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
-def _probabilities(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int | None,
+def probabilities(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int | None,
                    top_p: float | None) -> torch.Tensor:
     """The sampling distribution over the last dim of [..., V] logits (temperature > 0, or [..., 1] of them)."""
     logits = logits.float() / temperature
@@ -55,7 +55,7 @@ def _probabilities(logits: torch.Tensor, temperature: float | torch.Tensor, top_
     return torch.softmax(logits, dim=-1)
 
 
-def _race(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+def race(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """Indices drawn from each row of [B, V] probabilities; row r's noise comes from generators[r]."""
     uniform = torch.stack([torch.rand(probs.size(-1), generator=g, device=probs.device) for g in generators])
     noise = -torch.log1p(-uniform)  # Exp(1)
@@ -67,7 +67,7 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     """One token id from a [V] row of logits."""
     if temperature == 0:
         return int(logits.argmax())
-    return int(_race(_probabilities(logits, temperature, top_k, top_p)[None], [generator])[0])
+    return int(race(probabilities(logits, temperature, top_k, top_p)[None], [generator])[0])
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -147,7 +147,7 @@ def sample_batch(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
             logits = model(step, cache=cache)[0][:, -1]
             tokens = logits.argmax(-1)
             if any_sampled:
-                tokens = torch.where(sampled, _race(_probabilities(logits, temps, top_k, top_p), generators), tokens)
+                tokens = torch.where(sampled, race(probabilities(logits, temps, top_k, top_p), generators), tokens)
             for r, tok in enumerate(tokens.tolist()):
                 if live[r]:
                     live[r] = tok not in stop

@@ -10,6 +10,10 @@ bookkeeping. `Decoder.step` computes the same function for one new position in ~
 - RoPE is one small matmul over q and k together, by a rotation matrix built once per step;
 - no attention mask (a single query sees every cached position); k and v are written into the
   KVCache in place; the LM head sees the new position only.
+`Decoder.step_rows` is the same step for rows at different positions (the server's batch, where each
+generation is at its own length): each row gets its own RoPE rotation and cache position, and a mask
+hides the cache beyond each row's position. Both run one layer loop (`_forward`); only how a layer
+stores its new k/v and attends differs.
 The fused, transposed matrices are copies: a Decoder holds a second set of the attention and MLP
 weights. The prompt (prefill) still runs through Transformer.forward, filling the same KVCache, and
 tests check that every step's logits equal Transformer.forward's. Mixture-of-experts layers call the
@@ -65,24 +69,52 @@ class Decoder:
         self.cos2, self.sin2 = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
         self.rotate_half = _rotate_half_matrix(c.head_dim).to(cos.device, dtype)
 
-    def _rotation(self, pos: int) -> torch.Tensor:
-        """R with x @ R == apply_rope(x) at position `pos`."""
-        return torch.diag(self.cos2[pos]) + self.rotate_half * self.sin2[pos]
+    def _rotation(self, pos: int | torch.Tensor) -> torch.Tensor:
+        """R with x @ R == apply_rope(x) at position `pos`; positions [B]: one R per row, [B, d, d]."""
+        return torch.diag_embed(self.cos2[pos]) + self.rotate_half * self.sin2[pos][..., None, :]
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits [B, V] after one new token per row (`tokens`: [B] ids) at position cache.pos."""
-        m, pos, B = self.model, cache.pos, tokens.size(0)
+        pos = cache.pos
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            cache.k[i, :, :, pos], cache.v[i, :, :, pos] = k, v
+            return F.scaled_dot_product_attention(q, cache.k[i, :, :, :pos + 1], cache.v[i, :, :, :pos + 1],
+                                                  enable_gqa=True)
+
+        logits = self._forward(tokens, self._rotation(pos), attend)
+        cache.pos += 1
+        return logits
+
+    def step_rows(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, V] after one new token per row, row r's at its own position positions[r].
+
+        The rows are the cache's first B; cache.pos is not used (nor advanced): the caller keeps the positions.
+        """
+        B, end = tokens.size(0), int(positions.max()) + 1
+        rows = torch.arange(B, device=tokens.device)
+        visible = (torch.arange(end, device=tokens.device) <= positions[:, None])[:, None, None]  # [B, 1, 1, end]
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = cache.k[i], cache.v[i]
+            keys[rows, :, positions], values[rows, :, positions] = k, v
+            return F.scaled_dot_product_attention(q, keys[:B, :, :end], values[:B, :, :end], attn_mask=visible,
+                                                  enable_gqa=True)
+
+        return self._forward(tokens, self._rotation(positions), attend)
+
+    def _forward(self, tokens: torch.Tensor, rotation: torch.Tensor, attend) -> torch.Tensor:
+        """The layers for one new token per row; `attend(layer, q, k, v)` stores the new k, v [B, Hkv, d] and
+        returns the attention of q [B, H, 1, d] over the cache."""
+        m, B = self.model, tokens.size(0)
         H, Hkv, d = self.n_head, self.n_kv, self.head_dim
-        rotation = self._rotation(pos)
         x = F.embedding(tokens, m.tok_emb.weight)  # [B, E]
         for i, layer in enumerate(self.layers):
             block, attn = layer.block, layer.block.attn
             qkv = _norm(x, block.attn_norm) @ layer.qkv_t
             q = attn.q_norm(qkv[:, :H * d].view(B, H, d)) @ rotation
-            cache.k[i, :, :, pos] = attn.k_norm(qkv[:, H * d:(H + Hkv) * d].view(B, Hkv, d)) @ rotation
-            cache.v[i, :, :, pos] = qkv[:, (H + Hkv) * d:].view(B, Hkv, d)
-            y = F.scaled_dot_product_attention(q[:, :, None], cache.k[i, :, :, :pos + 1],
-                                               cache.v[i, :, :, :pos + 1], enable_gqa=True)
+            k = attn.k_norm(qkv[:, H * d:(H + Hkv) * d].view(B, Hkv, d)) @ rotation
+            y = attend(i, q[:, :, None], k, qkv[:, (H + Hkv) * d:].view(B, Hkv, d))
             x = x + y.view(B, H * d) @ layer.wo_t
             h = _norm(x, block.mlp_norm)
             if layer.gate_up_t is None:
@@ -90,8 +122,16 @@ class Decoder:
             else:
                 gate, up = (h @ layer.gate_up_t).chunk(2, dim=-1)
                 x = x + (F.silu(gate) * up) @ layer.down_t
-        cache.pos += 1
         return F.linear(_norm(x, m.norm), m.lm_head.weight).float()
+
+    def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
+        """The prompt (1 to block_size - 1 tokens) through Transformer.forward: the next token's logits [V]
+        and the cache it filled."""
+        block = self.model.config.block_size
+        if not 0 < len(prompt) < block:
+            raise ValueError(f"prompt must hold 1 to {block - 1} tokens (block_size - 1); got {len(prompt)}")
+        cache = KVCache.for_model(self.model)
+        return self.model(torch.tensor([list(prompt)], device=self.cos2.device), cache=cache)[0][0, -1], cache
 
     @torch.inference_mode()
     def tokens(self, prompt: Sequence[int], max_new_tokens: int, *, temperature: float = 1.0,
@@ -102,20 +142,21 @@ class Decoder:
         Stop iterating (or close the iterator) and the work ends there. The prompt must leave the cache
         room for one new token (1 to block_size - 1 tokens).
         """
-        block, device = self.model.config.block_size, self.cos2.device
-        if not 0 < len(prompt) < block:
-            raise ValueError(f"prompt must hold 1 to {block - 1} tokens (block_size - 1); got {len(prompt)}")
-        generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-        cache, stop = KVCache.for_model(self.model), set(stop)
-        room = min(max_new_tokens, block - len(prompt))
-        logits = self.model(torch.tensor([list(prompt)], device=device), cache=cache)[0][0, -1]
+        logits, cache = self.prefill(prompt)
+        generator, stop = seeded(seed, self.cos2.device), set(stop)
+        room = min(max_new_tokens, self.model.config.block_size - len(prompt))
         for n in range(1, room + 1):
             token = sample_token(logits, temperature, top_k, top_p, generator)
             if token in stop:
                 return
             yield token
             if n < room:
-                logits = self.step(torch.tensor([token], device=device), cache)[0]
+                logits = self.step(torch.tensor([token], device=self.cos2.device), cache)[0]
+
+
+def seeded(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """The generator of a seeded draw (None: torch's global one)."""
+    return torch.Generator(device).manual_seed(seed) if seed is not None else None
 
 
 def _stacked_t(*linears: nn.Linear) -> torch.Tensor:

@@ -7,20 +7,24 @@ generation_config "stop") always end an answer; a chat answer (`chat=True`) is a
 also ends where a turn cannot go on ("<|" or "|>" would make the conversation invalid when the client
 sends it back) and is stripped.
 
-`Engine.start` is the server's side: at most `max_concurrent` generations run at once, each in a worker
-thread (the event loop never runs the model), handing its pieces to the loop through an asyncio queue.
+`Engine.start` is the server's side: at most `max_concurrent` generations run at once, all of them
+in one scheduler thread that decodes them together, one batched step per token (serve/batcher.py; the
+event loop never runs the model), each handing its pieces to the loop through an asyncio queue.
 A request waits up to `queue_timeout` seconds for a free slot and is then refused (`Busy`, a 429):
 bounded waiting absorbs bursts, and clients see back-pressure instead of an unbounded queue.
-Cancelling a generation (its client went away) stops it before its next token and frees its slot.
+Cancelling a generation (its client went away) takes it out of the batch before the next step and
+frees its slot. Both sides end an answer the same way (`Answer`: stop markers, stop strings, the
+token limit).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
+from serve.batcher import Batcher
 from serve.decode import Decoder
 from serve.text import TextStream
 from tasks.bundle import Bundle
@@ -67,7 +71,7 @@ class Engine:
         self.stop_strings = tuple(s for s in bundle.generation["stop"] if bundle.tokenizer.token_to_id(s) is None)
         self.active = 0  # generations holding a slot (read by /health)
         self._slots: asyncio.Semaphore | None = None  # made on the server's event loop
-        self._workers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="generate")
+        self._batcher = Batcher(self.decoder, max_concurrent)
 
     def defaults(self) -> Sampling:
         """The bundle's generation_config.json as sampling params."""
@@ -78,28 +82,16 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.bundle.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling, chat: bool = False,
-               cancelled: threading.Event | None = None) -> Iterator[str | Finish]:
-        """Text pieces as they become final, then one Finish. Prompt: 1 to context - 1 ids.
-
-        Setting `cancelled` ends the generation before its next token, without a Finish.
-        """
-        stops = self.stop_strings + sampling.stop + (TURN_BREAKERS if chat else ())
-        text = TextStream(self.bundle.tokenizer, stops, strip=chat)
-        room = min(sampling.max_tokens, self.context - len(prompt_ids))
-        n = 0
-        for n, token in enumerate(self.decoder.tokens(
-                prompt_ids, sampling.max_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-                top_p=sampling.top_p, stop=self.stop_ids, seed=sampling.seed), 1):
-            if cancelled is not None and cancelled.is_set():
-                return
-            if piece := text.push(token):
+    def stream(self, prompt_ids: list[int], sampling: Sampling, chat: bool = False) -> Iterator[str | Finish]:
+        """Text pieces as they become final, then one Finish. Prompt: 1 to context - 1 ids."""
+        answer = Answer(self, prompt_ids, sampling, chat)
+        for token in self.decoder.tokens(prompt_ids, sampling.max_tokens, temperature=sampling.temperature,
+                                         top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed):
+            if piece := answer.push(token):
                 yield piece
-            if text.stopped:
+            if answer.done:
                 break
-        if piece := text.finish():
-            yield piece
-        yield Finish("stop" if text.stopped or n < room else "length", len(prompt_ids), n)
+        yield from answer.finish()
 
     def complete(self, prompt_ids: list[int], sampling: Sampling, chat: bool = False) -> tuple[str, Finish]:
         """The whole answer and how it ended."""
@@ -107,7 +99,7 @@ class Engine:
         return "".join(pieces), finish
 
     async def start(self, prompt_ids: list[int], sampling: Sampling, chat: bool = False) -> Generation:
-        """Take a slot (waiting up to queue_timeout, else Busy) and start generating in a worker thread."""
+        """Take a slot (waiting up to queue_timeout, else Busy) and join the scheduler's batch."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         try:
@@ -117,11 +109,12 @@ class Engine:
             raise Busy(f"all {self.max_concurrent} generation slots stayed busy for {self.queue_timeout:g} s; "
                        "retry later") from None
         self.active += 1
-        loop = asyncio.get_running_loop()
-        generation = Generation(loop)
-        done = loop.run_in_executor(self._workers, generation.run,
-                                    self.stream(prompt_ids, sampling, chat, generation.cancelled))
-        done.add_done_callback(lambda _: self._release())
+        generation = Generation(asyncio.get_running_loop(), Answer(self, prompt_ids, sampling, chat), self._release)
+        try:
+            self._batcher.submit(prompt_ids, sampling, generation)
+        except RuntimeError:
+            self._release()
+            raise
         return generation
 
     def _release(self) -> None:
@@ -130,25 +123,72 @@ class Engine:
 
     def close(self) -> None:
         """Stop taking work; generations in progress finish first."""
-        self._workers.shutdown()
+        self._batcher.close()
+
+
+class Answer:
+    """One answer's text: generated token ids in (`push`), text pieces out, then how it ended (`finish`).
+
+    A stop marker id, a stop string, max_tokens or the context ends it (`done`)."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], sampling: Sampling, chat: bool):
+        stops = engine.stop_strings + sampling.stop + (TURN_BREAKERS if chat else ())
+        self._text = TextStream(engine.bundle.tokenizer, stops, strip=chat)
+        self._stop_ids, self._prompt_tokens = engine.stop_ids, len(prompt_ids)
+        self._room = min(sampling.max_tokens, engine.context - len(prompt_ids))
+        self._tokens, self._marker = 0, False
+
+    def push(self, token: int) -> str:
+        """The text that may be shown now (often "")."""
+        if token in self._stop_ids:
+            self._marker = True
+            return ""
+        self._tokens += 1
+        return self._text.push(token)
+
+    @property
+    def done(self) -> bool:
+        return self._marker or self._text.stopped or self._tokens == self._room
+
+    def finish(self) -> list[str | Finish]:
+        """The text held back (if any), then the Finish."""
+        tail = self._text.finish()
+        finish = Finish("stop" if self._text.stopped or self._tokens < self._room else "length",
+                        self._prompt_tokens, self._tokens)
+        return [tail, finish] if tail else [finish]
 
 
 class Generation:
-    """One running generation as seen from the event loop: iterate for batches of pieces; `cancel` ends it."""
+    """One running generation, between the scheduler thread (`push` its tokens, then `end`) and the event
+    loop (iterate `batches` for its pieces; `cancel` ends it)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop, self._queue = loop, asyncio.Queue()
+    def __init__(self, loop: asyncio.AbstractEventLoop, answer: Answer, ended: Callable[[], None]):
+        self._loop, self._queue, self._answer, self._ended = loop, asyncio.Queue(), answer, ended
         self.cancelled = threading.Event()
 
-    def run(self, events: Iterator[str | Finish]) -> None:
-        """The worker thread's part: drive `events` (which stop once `cancelled` is set), handing each to the loop."""
-        try:
-            for event in events:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except Exception as e:  # a bug or a device failure: the consumer reports it
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, e)
-        finally:
-            events.close()
+    def push(self, token: int) -> bool:
+        """The scheduler's part: the next token, its text handed to the loop; whether the answer is complete.
+
+        A complete answer releases its slot before its Finish reaches the loop: a client that has its
+        answer finds the slot free."""
+        events = [piece] if (piece := self._answer.push(token)) else []
+        if done := self._answer.done:
+            events += self._answer.finish()
+            self._to_loop(self._ended)
+        for event in events:
+            self._to_loop(self._queue.put_nowait, event)
+        return done
+
+    def end(self, error: Exception | None = None) -> None:
+        """The scheduler's part: the generation left the batch unfinished, cancelled or failed with `error`
+        (which the consumer then raises)."""
+        self._to_loop(self._ended)
+        if error is not None:
+            self._to_loop(self._queue.put_nowait, error)
+
+    def _to_loop(self, callback: Callable, *args) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting for this any more
+            self._loop.call_soon_threadsafe(callback, *args)
 
     def cancel(self) -> None:
         self.cancelled.set()

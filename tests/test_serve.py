@@ -28,7 +28,7 @@ from model import KVCache, ModelConfig, MoEConfig, Transformer, generate
 from serve.app import create_app
 from serve.auth import Keys
 from serve.decode import Decoder
-from serve.engine import Engine
+from serve.engine import Engine, Finish, Sampling
 from serve.server import is_loopback, running
 from serve.text import TextStream
 from tasks import bundle
@@ -328,6 +328,70 @@ def test_one_slot_busy_then_freed_by_a_disconnect(endless):
     assert health["active"] == 0
 
 
+async def _answer(engine: Engine, ids: list[int], sampling: Sampling, chat: bool = False) -> tuple[str, Finish]:
+    """Engine.start's whole answer: the pieces joined and the Finish (raising what the generation raised)."""
+    generation = await engine.start(ids, sampling, chat)
+    events = [event async for batch in generation.batches() for event in batch]
+    return "".join(events[:-1]), events[-1]
+
+
+def test_batched_answers_equal_single_streams(endless):
+    """Generations decoded together (prompts of different lengths, greedy and seeded sampling, joining and
+    leaving the batch at different steps, more of them than slots) each equal their single-stream answer."""
+    engine = Engine(bundle.load(endless), max_concurrent=3)
+    texts = ["Once", "The quick brown fox jumps over the lazy dog and then", "a b c d e f g", "Hello, world!",
+             "def add(a, b):\n    return a + b\n\nprint(", "Story 7:", "x" * 40]
+    rows = [(engine.encode(text), Sampling(max_tokens=12 + 9 * i, temperature=0 if i % 3 == 0 else 0.9,
+                                           top_p=(None, 0.9)[i % 2], top_k=(None, 40)[i % 3 == 2],
+                                           seed=None if i % 3 == 0 else i, stop=("e t",) if i == 4 else ()),
+             i == 5) for i, text in enumerate(texts)]
+
+    widths, step_rows = [], engine.decoder.step_rows
+    engine.decoder.step_rows = lambda tokens, *args: widths.append(len(tokens)) or step_rows(tokens, *args)
+
+    async def together():
+        first = [asyncio.create_task(_answer(engine, *row)) for row in rows[:2]]
+        await asyncio.sleep(0.05)  # the others join a batch already under way, some waiting for a slot
+        return await asyncio.gather(*first, *(_answer(engine, *row) for row in rows[2:]))
+
+    try:
+        batched = asyncio.run(together())
+        assert engine.active == 0
+    finally:
+        engine.close()
+    singles = [engine.complete(*row) for row in rows]
+    assert batched == singles
+    assert max(widths) == 3 and len({f.completion_tokens for _, f in singles}) > 3
+
+
+def test_a_failure_fails_only_the_generations_it_touched(endless, monkeypatch):
+    """A prompt the model cannot take fails its own generation; a failed decode step fails the batch it ran;
+    the scheduler goes on serving."""
+    engine = Engine(bundle.load(endless), max_concurrent=2)
+    greedy = Sampling(max_tokens=20, temperature=0, top_p=None, top_k=None)
+    ids = engine.encode("Once upon a time")
+    step_rows = engine.decoder.step_rows
+
+    def broken(*args):
+        monkeypatch.setattr(engine.decoder, "step_rows", step_rows)  # fails once
+        raise RuntimeError("device lost")
+
+    async def run():
+        too_long, fine = await asyncio.gather(_answer(engine, [1] * engine.context, greedy),
+                                              _answer(engine, ids, greedy), return_exceptions=True)
+        monkeypatch.setattr(engine.decoder, "step_rows", broken)
+        failed = await asyncio.gather(_answer(engine, ids, greedy), return_exceptions=True)
+        return too_long, fine, failed[0], await _answer(engine, ids, greedy)
+
+    try:
+        too_long, fine, failed, after = asyncio.run(run())
+        assert engine.active == 0
+    finally:
+        engine.close()
+    assert isinstance(too_long, ValueError) and isinstance(failed, RuntimeError)
+    assert fine == after == engine.complete(ids, greedy)
+
+
 @pytest.mark.parametrize("shape", [{}, {"n_kv_heads": 2, "qk_norm": True}, {"tie_embeddings": True},
                                    {"moe": MoEConfig(n_experts=4, top_k=2, capacity_factor=0.5)}],
                          ids=["dense", "gqa-qknorm", "tied", "moe"])
@@ -343,6 +407,31 @@ def test_decoder_steps_equal_the_models_forward(shape):
         decoder = Decoder(model)
         steps = torch.stack([decoder.step(idx[:, t], cache) for t in range(8, 20)], dim=1)
     torch.testing.assert_close(steps, full[:, 8:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [{}, {"n_kv_heads": 2, "qk_norm": True},
+                                   {"moe": MoEConfig(n_experts=4, top_k=2, capacity_factor=0.5)}],
+                         ids=["dense", "gqa-qknorm", "moe"])
+def test_decoder_row_steps_at_their_own_positions_equal_the_models_forward(shape):
+    """Rows of a pool at different lengths (prefilled alone) step together; each row's logits are its own forward's."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=32, multiple_of=16,
+                                    **shape)).eval()
+    idx, starts = torch.randint(0, 64, (3, 20)), [3, 11, 7]
+    decoder = Decoder(model)
+    with torch.inference_mode():
+        pool = KVCache.for_model(model, batch_size=4)
+        pool.k.normal_(0, 1e3)  # stale cache (an earlier row's) past a row's position must not leak into it
+        pool.v.normal_(0, 1e3)
+        for r, n in enumerate(starts):
+            _, cache = decoder.prefill(idx[r, :n].tolist())
+            pool.k[:, r, :, :n], pool.v[:, r, :, :n] = cache.k[:, 0, :, :n], cache.v[:, 0, :, :n]
+        positions = torch.tensor(starts)
+        for _ in range(6):
+            logits = decoder.step_rows(idx[torch.arange(3), positions], positions, pool)
+            for r, pos in enumerate(positions.tolist()):
+                torch.testing.assert_close(logits[r], model(idx[r:r + 1, :pos + 1])[0][0, -1], rtol=0, atol=1e-5)
+            positions += 1
 
 
 def test_decoder_tokens_equal_generate(loaded):
