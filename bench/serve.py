@@ -165,6 +165,7 @@ def main() -> None:
               f"{single['transformers_tok_s']:.0f} tok/s → {single['ratio']:.2f}× (same text: {single['same_greedy_text']})")
         load = []
         with running(create_app(engine)) as url:
+            asyncio.run(clients(url, b.name, 1, 8))  # warm-up: the batcher's thread and KV pool start on first use
             for c in counts:
                 row = asyncio.run(clients(url, b.name, c, args.client_tokens))
                 row["ratio_vs_transformers_serial"] = row["aggregate_tok_s"] / single["transformers_tok_s"]
