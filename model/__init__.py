@@ -7,7 +7,9 @@ and the standard library only: the pipeline (tasks, flows, chatpipe) imports it,
     config.py       ModelConfig, MoEConfig: validated, JSON round trip
     transformer.py  Transformer, KVCache
     moe.py          the MoE MLP (router, capacity, Switch load-balancing loss)
-    generate.py     generate(): prefill + cached decoding; temperature, top-k, top-p, stop tokens, seed
+    quant.py        BitLinear (BitNet b1.58 ternary weights, int8 activations, STE) and 2-bit packing
+    generate.py     generate(): prefill + cached decoding; temperature, top-k, top-p, stop tokens, seed;
+                    sample_batch() for many rows at once
     presets.py      PRESETS, preset(): chat-7m, nano-125m, nano-1b, qwen3-hybrid(-mini)
     info.py         param_counts, flops_per_token, train_memory, describe (no allocation)
 """

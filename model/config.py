@@ -63,6 +63,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     moe: MoEConfig | None = None
+    quant: str | None = None        # "ternary": block linears are BitNet b1.58 BitLinear (model/quant.py)
 
     def __post_init__(self):
         for f in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "multiple_of"):
@@ -78,6 +79,9 @@ class ModelConfig:
         _check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
         _check(self.moe is None or isinstance(self.moe, MoEConfig), "moe",
                f"must be a MoEConfig or None, got {type(self.moe).__name__}")
+        _check(self.quant in (None, "ternary"), "quant", f"must be 'ternary' or None, got {self.quant!r}")
+        _check(self.quant is None or self.moe is None, "quant",
+               f"{self.quant!r} is not supported with moe (MoE experts are not ternary yet)")
 
     # ------------------------------------------------------------------ derived sizes
     @property

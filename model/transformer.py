@@ -29,6 +29,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .moe import MoE
+from .quant import BitLinear
 
 
 class KVCache:
@@ -73,13 +74,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, qk_norm: bool, eps: float):
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, qk_norm: bool, eps: float,
+                 linear: type[nn.Linear] = nn.Linear):
         super().__init__()
         self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, n_embd // n_head
-        self.wq = nn.Linear(n_embd, n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_head * self.head_dim, n_embd, bias=False)
+        self.wq = linear(n_embd, n_head * self.head_dim, bias=False)
+        self.wk = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wv = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wo = linear(n_head * self.head_dim, n_embd, bias=False)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
 
@@ -103,11 +105,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU. Returns (output, aux loss) like MoE so a block need not know which one it holds."""
 
-    def __init__(self, n_embd: int, hidden: int):
+    def __init__(self, n_embd: int, hidden: int, linear: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.w1 = nn.Linear(n_embd, hidden, bias=False)  # gate
-        self.w3 = nn.Linear(n_embd, hidden, bias=False)  # up
-        self.w2 = nn.Linear(hidden, n_embd, bias=False)  # down
+        self.w1 = linear(n_embd, hidden, bias=False)  # gate
+        self.w3 = linear(n_embd, hidden, bias=False)  # up
+        self.w2 = linear(hidden, n_embd, bias=False)  # down
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x)), x.new_zeros((), dtype=torch.float32)
@@ -131,11 +133,12 @@ class Transformer(nn.Module):
         c = self.config = config
         moe = c.moe
         self.aux_loss_coef = moe.aux_loss_coef if moe else 0.0
+        linear = BitLinear if c.quant == "ternary" else nn.Linear  # embeddings, norms, head stay float
         self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(
-            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.qk_norm, c.norm_eps),
+            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.qk_norm, c.norm_eps, linear),
                   MoE(c.n_embd, c.expert_hidden, moe.n_experts, moe.top_k, moe.capacity_factor)
-                  if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden),
+                  if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linear),
                   c.n_embd, c.norm_eps)
             for i in range(c.n_layer))
         self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)

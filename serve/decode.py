@@ -60,6 +60,8 @@ class Decoder:
     def __init__(self, model: Transformer):
         if model.training:
             raise ValueError("Decoder needs a model in eval mode")
+        if model.config.quant is not None:  # its fused float matrices would skip the quantization
+            raise ValueError(f"Decoder does not run {model.config.quant} models yet")
         self.model, c = model, model.config
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.kv_heads, c.head_dim
         dtype = model.tok_emb.weight.dtype

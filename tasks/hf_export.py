@@ -59,6 +59,8 @@ def unsupported(model: Transformer) -> str | None:
     """Why this model cannot be exported (None if it can)."""
     if model.config.moe is not None:
         return "MoE models have no exact transformers equivalent (capacity-based token dropping)"
+    if model.config.quant is not None:
+        return f"{model.config.quant} weights and int8 activations have no transformers Llama equivalent"
     return None
 
 

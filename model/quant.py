@@ -1,0 +1,131 @@
+"""Ternary (BitNet b1.58) linear layers, and packing a ternary model at 2 bits per weight.
+
+This exists so the pipeline can train small students whose block weights are in {-1, 0, +1} times one
+scale per tensor: about 16x smaller than fp32 once packed, and matmuls that are additions at inference.
+Training is quantization-aware: `BitLinear` keeps float latent weights (they are what the optimizer
+updates) and quantizes them, and its input activations, on every forward; the straight-through estimator
+passes gradients past the rounding as if it were the identity. Parameter names match `nn.Linear`, so a
+float checkpoint loads into a ternary model and QAT can start from it.
+
+    BitLinear                       nn.Linear with absmean-ternary weights and per-token absmax int8 inputs
+    ternary_codes, ternary_weight   absmean weight quantizer: (codes, scale), and codes * scale
+    quantize_activations            per-token absmax int8 activation quantizer (forward values, no STE)
+    pack_ternary, unpack_ternary    one weight tensor <-> (uint8 codes, 4 per byte; scale; shape)
+    packed_state_dict, load_packed  a whole model, BitLinear weights packed, everything else as is
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-5
+_SUFFIXES = ("weight", "weight_scale", "weight_shape")  # the three entries a packed weight becomes
+
+
+def ternary_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmean quantization: (codes in {-1, 0, 1} as w's dtype, scale = mean(|w|) + EPS as a 0-d tensor)."""
+    scale = w.abs().mean() + EPS
+    return (w / scale).round().clamp(-1, 1), scale
+
+
+def ternary_weight(w: torch.Tensor) -> torch.Tensor:
+    """The value BitLinear multiplies by: codes * scale, three distinct values per tensor."""
+    codes, scale = ternary_codes(w)
+    return codes * scale
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """Per-token absmax int8: each row of the last dim scaled so its max |x| maps to 127, rounded, scaled back."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    return (x * scale).round().clamp(-128, 127) / scale
+
+
+def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward value q, gradient of the identity w.r.t. x (straight-through estimator)."""
+    return x + (q - x).detach()
+
+
+class BitLinear(nn.Linear):
+    """BitNet b1.58 linear layer (no bias): ternary weights, int8 per-token activations, float latents.
+
+    No extra normalization before the activation quantizer. The paper puts a parameter-free LayerNorm
+    there; here it is left out because (1) per-token absmax quantization is invariant to each token's
+    scale, so the quantization error relative to the signal does not depend on how large the token is;
+    (2) the pre-norm blocks already RMS-normalize the inputs of wq/wk/wv and w1/w3; and (3) without it a
+    float checkpoint loaded into a ternary model computes the same function up to quantization noise, so
+    QAT from a float model starts where the float model was (an inserted norm would change wo and w2's
+    inputs by a per-token factor the float weights were not trained for).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None):
+        if bias:
+            raise ValueError("BitLinear: bias is not supported (BitNet has none)")
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _ste(self.weight, ternary_weight(self.weight))
+        return F.linear(_ste(x, quantize_activations(x)), w)
+
+
+def pack_ternary(w: torch.Tensor) -> tuple[torch.Tensor, float, tuple[int, ...]]:
+    """Quantize w as BitLinear does and pack it: codes 0, 1, 2 (for -1, 0, +1) at 2 bits, 4 to a byte.
+
+    Returns (uint8 tensor of ceil(numel / 4) bytes, scale, shape); weight i sits at bits 2*(i % 4) of byte i // 4.
+    """
+    codes, scale = ternary_codes(w.detach())
+    flat = (codes.flatten() + 1).to(torch.uint8)
+    flat = F.pad(flat, (0, -flat.numel() % 4)).view(-1, 4)
+    packed = flat[:, 0] | flat[:, 1] << 2 | flat[:, 2] << 4 | flat[:, 3] << 6
+    return packed, scale.item(), tuple(w.shape)
+
+
+def unpack_ternary(packed: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of pack_ternary: the float32 tensor codes * scale, equal to BitLinear's quantized weight."""
+    codes = torch.stack([packed >> s & 3 for s in (0, 2, 4, 6)], dim=1).flatten()[:math.prod(shape)]
+    return (codes.float() - 1).view(shape) * torch.tensor(scale, dtype=torch.float32)
+
+
+def _bitlinears(model: nn.Module) -> dict[str, BitLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
+
+
+def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.state_dict() with each BitLinear weight `<name>.weight` replaced by its packed uint8 codes,
+    plus `<name>.weight_scale` (0-d float32) and `<name>.weight_shape` (int64)."""
+    state = model.state_dict()
+    for name, m in _bitlinears(model).items():
+        packed, scale, shape = pack_ternary(m.weight)
+        state.update(dict(zip((f"{name}.{s}" for s in _SUFFIXES),
+                              (packed, torch.tensor(scale, dtype=torch.float32), torch.tensor(shape)))))
+    return state
+
+
+def _latent_for(w_q: torch.Tensor, scale: float) -> torch.Tensor:
+    """A latent weight that BitLinear re-quantizes to w_q (codes * scale).
+
+    w_q itself would not do: its mean |w| is scale * (fraction of nonzero codes), so re-quantizing it
+    gives a different scale. Nonzero codes are set to +-(scale - EPS) / fraction instead, whose absmean
+    is scale - EPS, so the quantizer finds the same codes and (to float rounding) the same scale.
+    """
+    codes = torch.sign(w_q)
+    nonzero = codes.abs().mean()
+    if nonzero == 0:
+        return w_q.clone()
+    return codes * (scale - EPS) / nonzero
+
+
+def load_packed(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a packed_state_dict into a ternary model (strict, like load_state_dict).
+
+    Each BitLinear gets a latent weight that quantizes to the packed ternary weight, so the model's
+    outputs match the model that was packed (within float rounding of the scale) and it can keep training.
+    """
+    state = dict(state)
+    for name, m in _bitlinears(model).items():
+        packed, scale, shape = (state.pop(f"{name}.{s}") for s in _SUFFIXES)
+        w_q = unpack_ternary(packed, scale.item(), tuple(shape.tolist()))
+        state[f"{name}.weight"] = _latent_for(w_q, scale.item()).to(m.weight.dtype)
+    model.load_state_dict(state)
