@@ -32,6 +32,7 @@ from model.config import ModelConfig
 from tasks import atomic, checkpoint
 from tasks.errors import InputError
 from tasks.hashing import sha256_file
+from tasks.tokenizer import file_hash
 
 FORMAT, VERSION = "chat-pipeline", 1
 Extra = Union[bytes, Path, Callable[[Path], object]]  # content, a file/dir to copy, or a writer of that path
@@ -54,12 +55,18 @@ class Bundle:
         return [i for t in self.generation["stop"] if (i := self.tokenizer.token_to_id(t)) is not None]
 
 
-def from_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """The model in the latest valid checkpoint under `directory` (e.g. checkpoints/full), and its state."""
+def from_checkpoint(directory: Path, device: str | torch.device = "cpu",
+                    tokenizer_dir: Path | None = None) -> tuple[Transformer, dict]:
+    """The model in the latest valid checkpoint under `directory` (e.g. checkpoints/full), and its state.
+
+    Given `tokenizer_dir`, a tokenizer other than the one the checkpoint was trained with is refused."""
     path = checkpoint.latest(Path(directory))
     if path is None:
         raise InputError(f"{directory}: no complete checkpoint; train first (`chatpipe train`)")
     state = checkpoint.read_state(path)
+    if tokenizer_dir is not None and state["inputs"]["tokenizer"] != file_hash(tokenizer_dir):
+        raise InputError(f"{tokenizer_dir}/tokenizer.json is not the tokenizer {path} was trained with "
+                         "(sha256 differs); retrain, or restore that tokenizer")
     model = Transformer(ModelConfig.from_dict(state["inputs"]["model"])).to(device)
     checkpoint.load_weights(model, path)
     state["path"] = str(path)

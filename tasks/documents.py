@@ -71,3 +71,10 @@ def iter_batches(documents: Path, columns=("id", "source", "text"), batch_rows: 
     """Record batches over every part, in manifest order (deterministic)."""
     for path in parts(documents):
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns))
+
+
+def val_rows(documents: Path, val_fraction: float) -> Iterator[list[tuple[str, str]]]:
+    """(source, text) of the validation documents, a list per record batch, in manifest order."""
+    for batch in iter_batches(documents):
+        ids, sources, texts = (batch.column(c).to_pylist() for c in ("id", "source", "text"))
+        yield [(src, text) for did, src, text in zip(ids, sources, texts) if is_val(did, val_fraction)]

@@ -32,17 +32,16 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model import Transformer, generate
+from model import Transformer
 from tasks import atomic, bundle, chat_format, devices, humaneval
 from tasks.chat_format import Turn
 from tasks.config import Params, params_dict
-from tasks.documents import is_val, iter_batches
+from tasks.documents import val_rows
 from tasks.errors import InputError
 from tasks.gate import turn_problem
 from tasks.stage import Layout, StageResult, Timer, finish
-from tasks.tokenizer import file_hash
 from tasks.tokenizer import load as load_tokenizer
-from tasks.train import SAMPLE_PROMPTS
+from tasks.train import SAMPLE_PROMPTS, samples
 
 WINDOW_TOKENS = 16384  # tokens per validation batch (windows of block_size)
 CHAT_PROMPTS = (*SAMPLE_PROMPTS, *(chat_format.prompt(turns) for turns in (
@@ -91,13 +90,11 @@ def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenize
     eot = tokenizer.token_to_id("<|endoftext|>")
     streams: dict[str, SourceStream] = {}
 
-    def wanted(doc_id: str, source: str) -> bool:
-        full = max_tokens is not None and source in streams and streams[source].targets >= max_tokens
-        return is_val(doc_id, val_fraction) and not full
+    def full(source: str) -> bool:
+        return max_tokens is not None and source in streams and streams[source].targets >= max_tokens
 
-    for batch in iter_batches(documents):
-        columns = (batch.column(c).to_pylist() for c in ("id", "source", "text"))
-        rows = [(src, text) for did, src, text in zip(*columns) if wanted(did, src)]
+    for rows in val_rows(documents, val_fraction):
+        rows = [(src, text) for src, text in rows if not full(src)]
         encodings = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
         for (src, text), encoding in zip(rows, encodings):
             streams.setdefault(src, SourceStream([eot])).add(text, encoding, eot, max_tokens)
@@ -150,18 +147,10 @@ def validation(model: Transformer, tokenizer: Tokenizer, documents: Path, val_fr
 
 def chat(model: Transformer, tokenizer: Tokenizer, max_tokens: int, seed: int) -> list[dict]:
     """One generation per chat prompt with the bundle's default sampling; each judged by turn_problem."""
-    sampling = bundle.DEFAULT_GENERATION
-    stop = [tokenizer.token_to_id(t) for t in bundle.STOP_MARKERS]
-    out = []
-    for text in CHAT_PROMPTS:
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        new = generate(model, ids, max_tokens, temperature=sampling["temperature"], top_k=sampling["top_k"],
-                       top_p=sampling["top_p"], stop=stop, seed=seed)
-        room = min(max_tokens, model.config.block_size - len(ids))
-        sample = {"prompt": text, "completion": tokenizer.decode(new, skip_special_tokens=False),
-                  "tokens": len(new), "stopped": len(new) < room}  # fewer than it could: a stop marker
-        out.append({**sample, "problem": turn_problem(sample)})
-    return out
+    g = bundle.DEFAULT_GENERATION
+    return [{**sample, "problem": turn_problem(sample)}
+            for sample in samples(model, tokenizer, max_tokens, seed, CHAT_PROMPTS, temperature=g["temperature"],
+                                  top_k=g["top_k"], top_p=g["top_p"])]
 
 
 # ---------------------------------------------------------------- the report
@@ -222,12 +211,8 @@ def _jsonl(records: list[dict]) -> bytes:
 def load_model(params: Params, layout: Layout) -> tuple[Transformer, dict, Tokenizer, torch.device]:
     """The latest checkpoint of eval.phase and the tokenizer it was trained with."""
     device = devices.pick(params.train.device)[0].torch_device()
-    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase, device)
-    tokenizer = load_tokenizer(layout.tokenizer)
-    if state["inputs"]["tokenizer"] != file_hash(layout.tokenizer):
-        raise InputError(f"{state['path']} was trained with another tokenizer than {layout.tokenizer}; "
-                         f"retrain (`chatpipe train --phase {params.eval.phase}`) or restore that tokenizer")
-    return model, state, tokenizer, device
+    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase, device, layout.tokenizer)
+    return model, state, load_tokenizer(layout.tokenizer), device
 
 
 def run(params: Params, layout: Layout = Layout()) -> StageResult:

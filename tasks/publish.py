@@ -14,12 +14,13 @@ This stage opens its MLflow run itself rather than through `stage.finish`: the m
 run (it holds the bundle) before the metrics, which name the version, exist.
 
 The stage refuses to publish what it cannot vouch for: without metrics/eval.json, with an eval of a
-different checkpoint, or with a tokenizer the checkpoint was not trained with.
+different checkpoint, or with a tokenizer the checkpoint was not trained with (tasks/bundle.py).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Iterator
@@ -48,7 +49,7 @@ class Bundled:
     def exported(self) -> bool:
         return self.hf.endswith("ForCausalLM")
 
-    @property
+    @functools.cached_property
     def checksums(self) -> dict[str, str]:
         return json.loads((self.directory / "checksums.json").read_text())
 
@@ -68,13 +69,6 @@ def read_eval(layout: Layout, state: dict) -> dict:
     return ev
 
 
-def check_tokenizer(layout: Layout, state: dict, lin: dict) -> None:
-    trained_with = state.get("inputs", {}).get("tokenizer")
-    if trained_with and trained_with != lin["tokenizer"]["sha256"]:
-        raise InputError(f"{layout.tokenizer}/tokenizer.json is not the tokenizer {state['path']} was trained "
-                         "with (sha256 differs); re-run training, or restore that tokenizer")
-
-
 def hf_status(params: Params, model: Transformer) -> str:
     """The transformers architecture to export, or why there is no export."""
     if not params.publish.hf_export:
@@ -84,10 +78,9 @@ def hf_status(params: Params, model: Transformer) -> str:
 
 def build(params: Params, layout: Layout) -> Bundled:
     """Step 1 and 2: dist/<name>/ with the card, eval.json, lineage.json and (if it can) the HF export."""
-    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase)
+    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase, tokenizer_dir=layout.tokenizer)
     ev = read_eval(layout, state)
     lin = lineage.collect(layout, state)
-    check_tokenizer(layout, state, lin)
     hf = hf_status(params, model)
     extra = {"eval.json": json.dumps(ev, indent=2).encode(), "lineage.json": json.dumps(lin, indent=2).encode()}
     if hf.endswith("ForCausalLM"):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from tasks import atomic
 from tasks.config import SPECIAL_TOKENS, Params, params_dict
-from tasks.documents import fingerprint, is_val, iter_batches
+from tasks.documents import fingerprint, is_val, iter_batches, val_rows
 from tasks.errors import InputError
 from tasks.hashing import sha256_file
 from tasks.stage import Layout, StageResult, Timer, finish
@@ -64,9 +64,9 @@ def _training_texts(documents: Path, val_fraction: float, max_chars: int | None)
 def bytes_per_token(tok: Tokenizer, documents: Path, val_fraction: float) -> dict[str, dict]:
     """Held-out bytes/token per source (higher = better compression), and the round-trip check."""
     texts: dict[str, list[str]] = defaultdict(list)
-    for batch in iter_batches(documents):
-        for did, src, text in zip(*(batch.column(c).to_pylist() for c in ("id", "source", "text"))):
-            if is_val(did, val_fraction) and len(texts[src]) < HELDOUT_DOCS_PER_SOURCE:
+    for rows in val_rows(documents, val_fraction):
+        for src, text in rows:
+            if len(texts[src]) < HELDOUT_DOCS_PER_SOURCE:
                 texts[src].append(text)
     out = {}
     for src, docs in sorted(texts.items()):

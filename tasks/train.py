@@ -25,6 +25,7 @@ from tqdm import tqdm
 from model import Transformer, flops_per_token, generate, param_counts, preset
 from model.config import ModelConfig
 from tasks import atomic, checkpoint, devices
+from tasks.bundle import STOP_MARKERS
 from tasks.config import Params, params_dict
 from tasks.distributed import Ranks
 from tasks.errors import ConfigError, InputError, TrainingError
@@ -126,18 +127,18 @@ def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int,
     return float(np.mean(losses))
 
 
-@torch.no_grad()
-def samples(model: Transformer, tokenizer, max_tokens: int, seed: int) -> list[dict]:
-    model.eval()
-    stop = [tokenizer.token_to_id(t) for t in ("<|user|>", "<|endoftext|>", "<|system|>")]
+def samples(model: Transformer, tokenizer, max_tokens: int, seed: int, prompts=SAMPLE_PROMPTS, *,
+            temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None) -> list[dict]:
+    """One seeded generation per prompt, stopping at the turn markers; `stopped`: it ended on one."""
+    stop = [tokenizer.token_to_id(t) for t in STOP_MARKERS]
     out = []
-    for prompt in SAMPLE_PROMPTS:
+    for prompt in prompts:
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-        ids = generate(model, prompt_ids, max_tokens, temperature=0.8, top_k=50, stop=stop, seed=seed)
+        ids = generate(model, prompt_ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop=stop, seed=seed)
         room = min(max_tokens, model.config.block_size - len(prompt_ids))
         out.append({"prompt": prompt, "completion": tokenizer.decode(ids, skip_special_tokens=False),
-                    "tokens": len(ids), "stopped": len(ids) < room})  # ended on a stop token
-    model.train()
+                    "tokens": len(ids), "stopped": len(ids) < room})  # fewer than it could: a stop marker
     return out
 
 
