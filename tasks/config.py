@@ -89,8 +89,40 @@ class SyntheticCodeSource(_Source):
     memory_mb: int = Field(default=512, ge=64)
 
 
+class DistillPrompts(_Strict):
+    """What the teacher is asked: synthetic-code task descriptions, chitchat openers, your own file."""
+    code: int = Field(default=0, ge=0)    # task descriptions from the synthetic-code generator (tasks/synthetic.py)
+    chat: int = Field(default=0, ge=0)    # opening user turns of chitchat conversations
+    file: Path | None = None              # one prompt per line (UTF-8); blank lines are ignored
+    seed: int = 0                         # which synthetic tasks and chitchat openers
+
+
+class DistillSource(_Source):
+    """Completions of a teacher behind any OpenAI-compatible endpoint (sequence-level distillation).
+
+    Each prompt and the teacher's answer become one conversation in the chat grammar. Requests are cached
+    on disk by (model, prompt, sampling params), so a re-run sends no request twice.
+    """
+    kind: Literal["distill"]
+    base_url: str                         # e.g. http://127.0.0.1:8000/v1 (`chatpipe serve`), https://api.openai.com/v1
+    model: str                            # the teacher's model name, recorded in the lineage
+    api_key_env: str | None = None        # name of the environment variable holding the API key (never the key)
+    prompts: DistillPrompts
+    system: str | None = None             # optional system turn sent with every prompt (and kept in the document)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    concurrency: int = Field(default=4, ge=1)        # requests in flight at once
+    rate: float | None = Field(default=None, gt=0)   # requests started per second at most; null: no limit
+    retries: int = Field(default=3, ge=0)            # per request, after the first try
+    backoff_s: float = Field(default=1.0, ge=0)      # first retry delay, doubled each time (Retry-After wins)
+    timeout_s: float = Field(default=60.0, gt=0)     # per request
+    cache: Path = Path("data/cache/distill")         # resumable on-disk cache (one JSONL file per source)
+
+
 Source = Annotated[
-    Union[ChatTextSource, ChitchatSource, HFSource, TheStackSource, LocalCodeSource, SyntheticCodeSource],
+    Union[ChatTextSource, ChitchatSource, HFSource, TheStackSource, LocalCodeSource, SyntheticCodeSource,
+          DistillSource],
     Field(discriminator="kind"),
 ]
 
@@ -151,9 +183,8 @@ class MoEParams(_Strict):
     every: int = Field(default=1, ge=1)
 
 
-class ModelParams(_Strict):
-    """A preset from `model/presets.py`; any other key overrides that preset's field."""
-    preset: str
+class ModelShape(_Strict):
+    """Overrides of a preset's fields (model/config.py); unset keys keep the preset's value."""
     n_layer: int | None = Field(default=None, ge=1)
     n_embd: int | None = Field(default=None, ge=8)
     n_head: int | None = Field(default=None, ge=1)
@@ -163,9 +194,15 @@ class ModelParams(_Strict):
     qk_norm: bool | None = None
     tie_embeddings: bool | None = None
     moe: MoEParams | None = None
+    quant: Literal["ternary"] | None = None  # ternary: BitNet b1.58 block linears (model/quant.py), trained QAT
 
     def overrides(self) -> dict:
         return self.model_dump(exclude={"preset"}, exclude_none=True)
+
+
+class ModelParams(ModelShape):
+    """A preset from `model/presets.py`; any other key overrides that preset's field."""
+    preset: str
 
 
 class TrainParams(_Strict):
@@ -193,6 +230,20 @@ class TrainParams(_Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)        # MLflow flush and terminal refresh; every step is still recorded
     compile: bool                       # torch.compile the model
+
+
+class DistillParams(_Strict):
+    """The distillation phase (`chatpipe train --phase distill`, tasks/distill.py): a student learns from
+    the teacher's logits. Loss = alpha * CE(data) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
+    enabled: bool                       # the flow and `dvc repro` run it after the full run
+    teacher: Literal["pilot", "full"]   # whose latest checkpoint teaches (it must share the tokenizer)
+    student: ModelShape                 # the model section's overrides for the student, e.g. quant: ternary
+    init: Literal["teacher", "scratch"]  # teacher: start from the teacher's weights (QAT from a float model)
+    steps: int = Field(ge=1)
+    lr: float | None = Field(gt=0)      # peak learning rate; null: train.lr (same schedule and optimizer)
+    alpha: float = Field(ge=0, le=1)    # weight of the data's cross-entropy; 1 - alpha goes to the KD term
+    temperature: float = Field(gt=0)
+    top_k: int | None = Field(ge=1)     # keep the teacher's k most likely tokens (renormalized); null: all
 
 
 class GateParams(_Strict):
@@ -261,6 +312,7 @@ class Params(_Strict):
     model: ModelParams
     train: TrainParams
     gate: GateParams
+    distill: DistillParams
     eval: EvalParams
     publish: PublishParams
     tracking: TrackingParams
