@@ -103,7 +103,8 @@ def shard(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False
 
 
 @app.command()
-def train(phase: Annotated[str, typer.Option(help="pilot or full.")] = "pilot", params: ParamsOpt = None,
+def train(phase: Annotated[str, typer.Option(help="pilot, full or distill (a student; params: distill).")] = "pilot",
+          params: ParamsOpt = None,
           set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path("."),
           replace_stale: Annotated[bool, typer.Option(
               "--replace-stale", help="Checkpoints from other inputs are moved aside instead of refused.")] = False,
@@ -157,6 +158,10 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
                    f"  open the runs: mlflow ui --backend-store-uri {uri}\n"
                    f"  model bundle: {summary['bundle']} (val {summary['val_bpb']:.3f} bits/byte)\n"
                    f"  serve it: chatpipe serve --model {summary['bundle']}  then open http://127.0.0.1:8000/chat")
+        if summary["student_bundle"]:
+            gap = summary["student_gap"]
+            typer.echo(f"  distilled student: {summary['student_bundle']} ({gap['bundle_size_ratio']:.1f}x smaller; "
+                       f"val loss {gap['val_loss']:+.3f}, {gap['val_bpb']:+.3f} bits/byte vs the teacher)")
     _call(go, debug)
 
 

@@ -1,10 +1,11 @@
 """The `chat-pipeline` Prefect flow: the pipeline diagram as code.
 
-    ingest → tokenizer → shard → pilot → gate → full → eval → publish
+    ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish
 
 Each box is a Prefect task that calls the same `tasks/<stage>.run` as the CLI and DVC. A task's cache key
 is the content hash of what it reads (flows/stages.py, from dvc.yaml), so a re-run with nothing changed
-does no work and a changed param re-runs its stage and everything after it. Training runs in-process,
+does no work and a changed param re-runs its stage and everything after it. `distill` (a student taught by
+the full model; tasks/distill.py) does nothing unless `distill.enabled`. Training runs in-process,
 or — with `train_pool` — as the `train/<pool>` deployment on a worker of that pool (flows/train_worker.py).
 Every flow run is one MLflow parent run; each stage nests under it.
 """
@@ -19,13 +20,14 @@ from flows import report, stages
 from flows.request import STAGES, Request
 from tasks.stage import StageResult
 
-STAGE_RETRIES = {"pilot": 2, "full": 2}  # training resumes from its last checkpoint on retry
+TRAINING = ("pilot", "full", "distill")
+STAGE_RETRIES = dict.fromkeys(TRAINING, 2)  # training resumes from its last checkpoint on retry
 
 
 @task(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True)
 def run_stage(stage: str, key: str, request: Request, train_pool: str | None = None) -> StageResult:
     """Run one stage (its cache key is computed by the flow from the stage's inputs)."""
-    if train_pool and stage in ("pilot", "full"):
+    if train_pool and stage in TRAINING:
         from flows.train_worker import dispatch
 
         return dispatch(train_pool, stage, request)
@@ -44,7 +46,8 @@ def stage(name: str, request: Request, train_pool: str | None) -> StageResult:
 @flow(name="chat-pipeline", log_prints=True)
 def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".",
                   train_pool: str | None = None) -> dict:
-    """ingest → tokenizer → shard → pilot → gate → full → eval → publish, on params.yaml + overlays + overrides."""
+    """ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish, on params.yaml + overlays
+    + overrides."""
     base = Request(overlays=[str(Path(p).resolve()) for p in overlays], overrides=list(overrides),
                    workdir=str(Path(workdir).resolve()))
     base.load()  # bad params fail here, before any work

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flows.request import Request
 from tasks.config import params_dict
+from tasks.evaluate import comparison_table
 from tasks.lineage import git_commit
 from tasks.stage import StageResult
 from tasks.tracking import Run
@@ -88,6 +89,8 @@ def markdown(results: dict[str, StageResult], mlflow_link: str) -> str:
                   f"| chat turn rate | {m.get('turn_rate')} |",
                   f"| HumanEval pass@1 (greedy) | {he.get('pass@1_greedy')} |"]
         lines += [f"| HumanEval pass@{k} | {v} |" for k, v in (he.get("pass@k") or {}).items()]
+        if m.get("comparison"):
+            lines += ["", *comparison_table(m["comparison"])]
     lines += ["", f"MLflow run: {mlflow_link}", "", "![loss](loss.png)"]
     return "\n".join(lines) + "\n"
 
@@ -116,6 +119,8 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
     parent.log(0, {"eval.val_loss": evaluation.get("val_loss"), "eval.val_bpb": evaluation.get("val_bpb"),
                    "eval.turn_rate": evaluation.get("turn_rate"),
                    "eval.humaneval_pass1": (evaluation.get("humaneval") or {}).get("pass@1_greedy")})
+    if gap := (evaluation.get("comparison") or {}).get("gap"):
+        parent.log(0, {f"student.{k}": v for k, v in gap.items() if v is not None})
     parent.finish()
     create_markdown_artifact(text, key="chat-pipeline-report", description="losses, gate verdict, samples")
     create_link_artifact(link, key="mlflow-run", description="the flow run's MLflow parent run (mlflow ui)")
@@ -126,4 +131,6 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
             "full_val_loss": results["full"].metrics.get("final_val_loss"),
             "checkpoint": results["full"].metrics.get("checkpoint"),
             "val_bpb": evaluation.get("val_bpb"), "bundle": results["publish"].metrics.get("bundle"),
+            "student_bundle": (results["publish"].metrics.get("student") or {}).get("bundle"),
+            "student_gap": (evaluation.get("comparison") or {}).get("gap"),
             "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri, "report": str(reports / "report.md")}

@@ -25,7 +25,7 @@ def _stages() -> dict[str, Callable[[Params, Layout], StageResult]]:
 
     return {"ingest": ingest.run, "tokenizer": tokenizer.run, "shard": shard.run,
             "pilot": training("pilot"), "gate": gate.run, "full": training("full"),
-            "eval": evaluate.run, "publish": publish.run}
+            "distill": training("distill"), "eval": evaluate.run, "publish": publish.run}
 
 
 STAGES = _stages()  # in pipeline order

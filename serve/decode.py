@@ -15,13 +15,16 @@ generation is at its own length): each row gets its own RoPE rotation and cache 
 hides the cache beyond each row's position. Both run one layer loop (`_forward`); only how a layer
 stores its new k/v and attends differs.
 The fused, transposed matrices are copies: a Decoder holds a second set of the attention and MLP
-weights. The prompt (prefill) still runs through Transformer.forward, filling the same KVCache, and
-tests check that every step's logits equal Transformer.forward's. Mixture-of-experts layers call the
-model's own MoE module.
+weights. A ternary model (model/quant.py) runs the same loop with two differences: its matrices hold
+the quantized weights (each linear's codes * its own scale, computed once here), and each block
+linear's input goes through BitLinear's per-token int8 activation quantizer first (once per fused
+matrix: q/k/v share one input, gate/up another). The prompt (prefill) still runs through
+Transformer.forward, filling the same KVCache, and tests check that every step's logits equal
+Transformer.forward's. Mixture-of-experts layers call the model's own MoE module.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.generate import sample_token
+from model.quant import quantize_activations, ternary_weight
 from model.transformer import MLP, Block, KVCache, Transformer
 
 
@@ -49,24 +53,26 @@ class _Layer:
     down_t: torch.Tensor | None     # [F, E]
 
     @classmethod
-    def of(cls, block: Block) -> _Layer:
+    def of(cls, block: Block, weight: Callable[[torch.Tensor], torch.Tensor]) -> _Layer:
+        """`weight`: what a linear multiplies by, given its weight (ternary: the quantized one)."""
         a, mlp = block.attn, block.mlp
         dense = isinstance(mlp, MLP)
-        return cls(block, _stacked_t(a.wq, a.wk, a.wv), _stacked_t(a.wo),
-                   _stacked_t(mlp.w1, mlp.w3) if dense else None, _stacked_t(mlp.w2) if dense else None)
+        return cls(block, _stacked_t(weight, a.wq, a.wk, a.wv), _stacked_t(weight, a.wo),
+                   _stacked_t(weight, mlp.w1, mlp.w3) if dense else None,
+                   _stacked_t(weight, mlp.w2) if dense else None)
 
 
 class Decoder:
     def __init__(self, model: Transformer):
         if model.training:
             raise ValueError("Decoder needs a model in eval mode")
-        if model.config.quant is not None:  # its fused float matrices would skip the quantization
-            raise ValueError(f"Decoder does not run {model.config.quant} models yet")
         self.model, c = model, model.config
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.kv_heads, c.head_dim
+        ternary = c.quant == "ternary"
+        self.act = quantize_activations if ternary else _identity  # what a block linear's input goes through
         dtype = model.tok_emb.weight.dtype
         with torch.no_grad():
-            self.layers = [_Layer.of(block) for block in model.blocks]
+            self.layers = [_Layer.of(block, ternary_weight if ternary else _identity) for block in model.blocks]
         cos, sin = model.rope_cos.to(dtype), model.rope_sin.to(dtype)  # [block_size, d/2]
         self.cos2, self.sin2 = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
         self.rotate_half = _rotate_half_matrix(c.head_dim).to(cos.device, dtype)
@@ -108,22 +114,22 @@ class Decoder:
     def _forward(self, tokens: torch.Tensor, rotation: torch.Tensor, attend) -> torch.Tensor:
         """The layers for one new token per row; `attend(layer, q, k, v)` stores the new k, v [B, Hkv, d] and
         returns the attention of q [B, H, 1, d] over the cache."""
-        m, B = self.model, tokens.size(0)
+        m, B, act = self.model, tokens.size(0), self.act
         H, Hkv, d = self.n_head, self.n_kv, self.head_dim
         x = F.embedding(tokens, m.tok_emb.weight)  # [B, E]
         for i, layer in enumerate(self.layers):
             block, attn = layer.block, layer.block.attn
-            qkv = _norm(x, block.attn_norm) @ layer.qkv_t
+            qkv = act(_norm(x, block.attn_norm)) @ layer.qkv_t
             q = attn.q_norm(qkv[:, :H * d].view(B, H, d)) @ rotation
             k = attn.k_norm(qkv[:, H * d:(H + Hkv) * d].view(B, Hkv, d)) @ rotation
             y = attend(i, q[:, :, None], k, qkv[:, (H + Hkv) * d:].view(B, Hkv, d))
-            x = x + y.view(B, H * d) @ layer.wo_t
+            x = x + act(y.view(B, H * d)) @ layer.wo_t
             h = _norm(x, block.mlp_norm)
-            if layer.gate_up_t is None:
+            if layer.gate_up_t is None:  # MoE (never ternary): the model's own module
                 x = x + block.mlp(h[:, None])[0][:, 0]
             else:
-                gate, up = (h @ layer.gate_up_t).chunk(2, dim=-1)
-                x = x + (F.silu(gate) * up) @ layer.down_t
+                gate, up = (act(h) @ layer.gate_up_t).chunk(2, dim=-1)
+                x = x + act(F.silu(gate) * up) @ layer.down_t
         return F.linear(_norm(x, m.norm), m.lm_head.weight).float()
 
     def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
@@ -161,9 +167,14 @@ def seeded(seed: int | None, device: torch.device) -> torch.Generator | None:
     return torch.Generator(device).manual_seed(seed) if seed is not None else None
 
 
-def _stacked_t(*linears: nn.Linear) -> torch.Tensor:
-    """The linears' weights stacked along their outputs and transposed: x @ result == cat of their outputs."""
-    return torch.cat([linear.weight for linear in linears]).t().contiguous()
+def _stacked_t(weight: Callable[[torch.Tensor], torch.Tensor], *linears: nn.Linear) -> torch.Tensor:
+    """The linears' weights (as `weight` gives them) stacked along their outputs and transposed:
+    x @ result == cat of their outputs."""
+    return torch.cat([weight(linear.weight) for linear in linears]).t().contiguous()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _norm(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Publishing writes it, `chatpipe serve` and `chatpipe chat` read it, GCS stores it. It holds everything
 needed to run the model and nothing else:
 
-    model.safetensors        weights, our parameter names (model/transformer.py)
+    model.safetensors        weights, our parameter names (model/transformer.py); a tied matrix once
     config.json              {"format": "chat-pipeline", "version": 1, "model": ModelConfig fields}
     tokenizer.json           the BPE tokenizer (tokenizers / transformers PreTrainedTokenizerFast)
     generation_config.json   default sampling params and the stop markers
@@ -14,28 +14,36 @@ needed to run the model and nothing else:
 `write` builds it in a temp sibling and renames it, so a bundle directory is whole or absent; `load`
 refuses one whose checksums do not hold, naming the file. Training checkpoints are read with
 `from_checkpoint` (eval runs before there is a bundle).
+
+A ternary model's (`config.quant == "ternary"`) block linears are stored packed at 2 bits per weight,
+as model/quant.py's `packed_state_dict` writes them (`<name>.weight` uint8 codes, 4 to a byte, plus
+`<name>.weight_scale` and `<name>.weight_shape`); embeddings, norms and the head stay float. `load`
+unpacks them with `load_packed`: the loaded model computes what the packed one did. `weights_bytes` is
+the size of the weights file `write` stores for a model.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
 from model import Transformer
 from model.config import ModelConfig
+from model.quant import load_packed, packed_state_dict
 from tasks import atomic, checkpoint
 from tasks.errors import InputError
 from tasks.hashing import sha256_file
 from tasks.tokenizer import file_hash
 
 FORMAT, VERSION = "chat-pipeline", 1
-Extra = Union[bytes, Path, Callable[[Path], object]]  # content, a file/dir to copy, or a writer of that path
+Extra = bytes | Path | Callable[[Path], object]  # content, a file/dir to copy, or a writer of that path
 STOP_MARKERS = ("<|user|>", "<|system|>", "<|endoftext|>")  # a model answering must end its turn here
 DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 128,
                       "stop": list(STOP_MARKERS)}
@@ -79,7 +87,7 @@ def write(directory: Path, model: Transformer, tokenizer_dir: Path, card: str,
     functions that write that path (e.g. an export straight into the bundle, without a copy)."""
     directory = Path(directory)
     with atomic.atomic_dir(directory) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_weights(model, tmp / "model.safetensors")
         atomic.write_json(tmp / "config.json", {"format": FORMAT, "version": VERSION,
                                                 "model": model.config.to_dict()})
         shutil.copy(Path(tokenizer_dir) / "tokenizer.json", tmp / "tokenizer.json")
@@ -98,6 +106,36 @@ def write(directory: Path, model: Transformer, tokenizer_dir: Path, card: str,
                 shutil.copy(content, target)
         atomic.write_json(tmp / "checksums.json", checksums(tmp))
     return directory
+
+
+def save_weights(model: Transformer, path: Path) -> None:
+    """The model's weights as safetensors: float as they are, a ternary model's block linears packed."""
+    if model.config.quant is None:
+        save_model(model, str(path))  # stores a tied matrix once
+        return
+    state = packed_state_dict(model)
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]  # the same tensor as tok_emb.weight (safetensors refuses shared ones)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def load_weights(model: Transformer, path: Path, device: str | torch.device = "cpu") -> None:
+    """Inverse of save_weights, into a model of the same config (strict)."""
+    if model.config.quant is None:
+        load_model(model, str(path), device=str(device))
+        return
+    state = load_file(str(path), device=str(device))
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # the model's own tie makes them one again
+    load_packed(model, state)
+
+
+def weights_bytes(model: Transformer) -> int:
+    """The size in bytes of the model.safetensors that `write` stores for `model`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_weights(model, path)
+        return path.stat().st_size
 
 
 def checksums(directory: Path) -> dict[str, str]:
@@ -139,7 +177,7 @@ def load(directory: Path, device: str | torch.device = "cpu") -> Bundle:
                          f"is not {FORMAT} v{VERSION}")
     config = ModelConfig.from_dict(meta["model"])
     model = Transformer(config).to(device)
-    load_model(model, str(directory / "model.safetensors"), device=str(device))
+    load_weights(model, directory / "model.safetensors", device)
     generation = json.loads((directory / "generation_config.json").read_text())
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     return Bundle(directory, directory.name, config, model.eval(), tokenizer, generation)

@@ -1,6 +1,7 @@
 """Evaluation: `chatpipe eval` measures the trained model, and publish decides on its numbers.
 
-One checkpoint (the latest of `eval.phase`), three measures:
+One checkpoint (the latest of `eval.phase`) — and, when distillation is on, the student beside it
+(the latest of checkpoints/distill) — measured the same way:
 
 1. Validation loss, perplexity and bits per byte, overall and per source, on the validation documents
    (the split by document id that the shards and the tokenizer's held-out set use). Each source's
@@ -12,12 +13,20 @@ One checkpoint (the latest of `eval.phase`), three measures:
 2. Chat: one seeded generation (the bundle's default sampling) for each of CHAT_PROMPTS; the turn rate
    is the share that end the assistant turn cleanly, as the gate defines it (tasks/gate.py turn_problem).
 3. HumanEval pass@1 (greedy) and pass@k (sampled), completions run in the sandbox (tasks/humaneval.py).
+4. Size and speed: the bytes of the bundle `publish` would write (weights — 2-bit packed for a ternary
+   model — config, tokenizer; tasks/bundle.py) and greedy generation tokens/s (model/generate.py, the
+   same prompt and length for every model, median of three after a warm-up).
+
+With a student, `comparison` puts the two side by side (the table in reports/eval.md, `comparison.*` in
+MLflow): each measure for both, and the student's gap (val loss and bits per byte: student - teacher).
 
 Outputs, each written whole (tasks/atomic.py), metrics last: reports/eval.md (tables and the chat
 generations), reports/humaneval_samples.jsonl (the reference samples format), reports/
 humaneval_results.jsonl (every completion with its outcome; both empty when HumanEval is disabled) and
-metrics/eval.json, recorded as the MLflow run "eval". Publish reads `val_loss`, `turn_rate` and
-`humaneval["pass@1_greedy"]` (`humaneval` is null when disabled) from it.
+metrics/eval.json, recorded as the MLflow run "eval"; the student's HumanEval files are reports/student_
+humaneval_{samples,results}.jsonl and its measures `student` in eval.json. Publish reads `val_loss`,
+`turn_rate` and `humaneval["pass@1_greedy"]` (`humaneval` is null when disabled) from it, or from
+`student` for the student.
 """
 from __future__ import annotations
 
@@ -25,6 +34,9 @@ import json
 import math
 import os
 import re
+import statistics
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model import Transformer
+from model import Transformer, generate
 from tasks import atomic, bundle, chat_format, devices, humaneval
 from tasks.chat_format import Turn
 from tasks.config import Params, params_dict
@@ -177,6 +189,8 @@ def report(metrics: dict) -> str:
     if he:
         lines.append(f"| HumanEval pass@1 (greedy) | {_pct(he['pass@1_greedy'])} |")
         lines += [f"| HumanEval pass@{k} ({he['samples']} samples) | {_pct(v)} |" for k, v in he["pass@k"].items()]
+    if metrics["comparison"]:
+        lines += ["", *comparison_table(metrics["comparison"])]
     lines += ["", "## Validation by source", "",
               "| source | documents | tokens | bytes | loss | perplexity | bits/byte |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -202,24 +216,68 @@ def report(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(c: dict) -> list[str]:
+    """The teacher vs student table (markdown lines)."""
+    t, s, gap = c["teacher"], c["student"], c["gap"]
+
+    def pass1(x: float | None) -> str:
+        return "–" if x is None else _pct(x)
+
+    he_gap = "–" if gap["humaneval_pass1"] is None else f"{gap['humaneval_pass1']:+.1%}"
+    rows = [("validation loss", f"{t['val_loss']:.4f}", f"{s['val_loss']:.4f}", f"{gap['val_loss']:+.4f}"),
+            ("bits per byte", f"{t['val_bpb']:.4f}", f"{s['val_bpb']:.4f}", f"{gap['val_bpb']:+.4f}"),
+            ("HumanEval pass@1 (greedy)", pass1(t["humaneval_pass1"]), pass1(s["humaneval_pass1"]), he_gap),
+            ("bundle size", f"{t['bundle_bytes'] / 1e6:.2f} MB", f"{s['bundle_bytes'] / 1e6:.2f} MB",
+             f"{gap['bundle_size_ratio']:.2f}x smaller"),
+            ("generation tokens/s", f"{t['generation_tokens_per_s']:,.0f}", f"{s['generation_tokens_per_s']:,.0f}",
+             f"{gap['speed_ratio']:.2f}x")]
+    return ["## Teacher vs student", "",
+            (f"Teacher `{t['checkpoint']}` ({t['quant'] or 'float'}), student `{s['checkpoint']}` "
+             f"({s['quant'] or 'float'}, distilled from it)."), "",
+            "| measure | teacher | student | student vs teacher |", "| --- | ---: | ---: | ---: |",
+            *(f"| {' | '.join(row)} |" for row in rows)]
+
+
 def _jsonl(records: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
 
 
 # ---------------------------------------------------------------- the stage
 
-def load_model(params: Params, layout: Layout) -> tuple[Transformer, dict, Tokenizer, torch.device]:
-    """The latest checkpoint of eval.phase and the tokenizer it was trained with."""
+def load_model(params: Params, layout: Layout, phase: str | None = None
+               ) -> tuple[Transformer, dict, Tokenizer, torch.device]:
+    """The latest checkpoint of `phase` (default eval.phase) and the tokenizer it was trained with."""
     device = devices.pick(params.train.device)[0].torch_device()
-    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase, device, layout.tokenizer)
+    model, state = bundle.from_checkpoint(layout.checkpoints / (phase or params.eval.phase), device,
+                                          layout.tokenizer)
     return model, state, load_tokenizer(layout.tokenizer), device
 
 
-def run(params: Params, layout: Layout = Layout()) -> StageResult:
+def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> int:
+    """The size of the bundle publish writes for this model (without its eval, lineage and HF export)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = bundle.write(Path(tmp) / "bundle", model, tokenizer_dir, "")
+        return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+@torch.inference_mode()
+def generation_speed(model: Transformer, tokenizer: Tokenizer, rounds: int = 3) -> float:
+    """Greedy tokens/s from the first chat prompt to the end of the context, no stop: median of `rounds`
+    after one warm-up, so every model is timed on the same work."""
+    prompt = tokenizer.encode(CHAT_PROMPTS[0], add_special_tokens=False).ids
+    n = model.config.block_size - len(prompt)
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        generate(model, prompt, n, temperature=0.0)
+        times.append(time.perf_counter() - start)
+    return round(n / statistics.median(times[1:]), 1)
+
+
+def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Params, layout: Layout,
+            device: torch.device) -> tuple[dict, humaneval.HumanEvalRun | None]:
+    """Every measure of one model: its eval.json section, and the HumanEval result (None when disabled)."""
     cfg, timer = params.eval, Timer()
-    model, state, tokenizer, device = load_model(params, layout)
-    if cfg.humaneval.enabled:
-        humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
     part = Timer()
     val = validation(model, tokenizer, layout.documents, params.shard.val_fraction, cfg.val_max_tokens, device)
     timings = {"validation": part.seconds}
@@ -230,24 +288,78 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     if he:
         timings["humaneval generation"] = he.metrics["generation_seconds"]
         timings["humaneval execution"] = he.metrics["execution_seconds"]
+    part = Timer()
+    size, speed = bundle_bytes(model, layout.tokenizer), generation_speed(model, tokenizer)
+    timings["size and speed"] = part.seconds
     timings["total"] = timer.seconds
-    turns = sum(s["problem"] is None for s in samples)
     overall = val["overall"]
-    metrics = {"checkpoint": state["path"], "step": state["step"], "phase": cfg.phase,
-               "val_loss": overall["loss"], "val_ppl": overall["ppl"], "val_bpb": overall["bpb"],
-               "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
-               "turn_rate": round(turns / len(samples), 4), "chat": samples, "humaneval": he.metrics if he else None,
-               "timings": timings, "seconds": timer.seconds}
+    return {"checkpoint": state["path"], "step": state["step"], "quant": model.config.quant,
+            "val_loss": overall["loss"], "val_ppl": overall["ppl"], "val_bpb": overall["bpb"],
+            "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
+            "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
+            "humaneval": he.metrics if he else None, "bundle_bytes": size, "generation_tokens_per_s": speed,
+            "timings": timings}, he
 
-    reports = layout.root / "reports"
-    outputs = [reports / "eval.md", reports / "humaneval_samples.jsonl", reports / "humaneval_results.jsonl"]
-    atomic.write_bytes(outputs[1], _jsonl(he.samples if he else []))  # empty when disabled: never stale
-    atomic.write_bytes(outputs[2], _jsonl(he.results if he else []))
-    atomic.write_bytes(outputs[0], report(metrics).encode("utf-8"))
-    parts = [f"val loss {overall['loss']:.2f} (ppl {overall['ppl']:.1f}, {overall['bpb']:.2f} bits/byte)",
-             f"chat turns {turns}/{len(samples)}"]
+
+def _pass1(m: dict) -> float | None:
+    return m["humaneval"]["pass@1_greedy"] if m["humaneval"] else None
+
+
+def comparison(teacher: dict, student: dict) -> dict:
+    """Teacher and student side by side, and the student's gap (student - teacher; ratios for size, speed)."""
+    rows = {}
+    for name, m in (("teacher", teacher), ("student", student)):
+        rows[name] = {"checkpoint": m["checkpoint"], "quant": m["quant"], "val_loss": m["val_loss"],
+                      "val_bpb": m["val_bpb"], "humaneval_pass1": _pass1(m), "bundle_bytes": m["bundle_bytes"],
+                      "generation_tokens_per_s": m["generation_tokens_per_s"]}
+    t, s = rows["teacher"], rows["student"]
+    rows["gap"] = {"val_loss": round(s["val_loss"] - t["val_loss"], 5), "val_bpb": round(s["val_bpb"] - t["val_bpb"], 5),
+                   "humaneval_pass1": None if t["humaneval_pass1"] is None else s["humaneval_pass1"] - t["humaneval_pass1"],
+                   "bundle_size_ratio": round(t["bundle_bytes"] / s["bundle_bytes"], 3),
+                   "speed_ratio": round(s["generation_tokens_per_s"] / t["generation_tokens_per_s"], 3)}
+    return rows
+
+
+def _write_humaneval(reports: Path, prefix: str, he: humaneval.HumanEvalRun | None) -> list[Path]:
+    """The samples and per-completion results files (empty when HumanEval is off: never stale)."""
+    paths = [reports / f"{prefix}humaneval_samples.jsonl", reports / f"{prefix}humaneval_results.jsonl"]
+    atomic.write_bytes(paths[0], _jsonl(he.samples if he else []))
+    atomic.write_bytes(paths[1], _jsonl(he.results if he else []))
+    return paths
+
+
+def _summary(m: dict) -> str:
+    he = m["humaneval"]
+    parts = [f"val loss {m['val_loss']:.2f} (ppl {m['val_ppl']:.1f}, {m['val_bpb']:.2f} bits/byte)",
+             f"chat turns {sum(c['problem'] is None for c in m['chat'])}/{len(m['chat'])}"]
     if he:
-        parts.append(f"HumanEval pass@1 {_pct(he.metrics['pass@1_greedy'])} (greedy), sampled "
-                     + ", ".join(f"pass@{k} {_pct(v)}" for k, v in he.metrics["pass@k"].items()))
-    summary = f"eval: {' · '.join(parts)} · {os.path.relpath(outputs[0])} [{timer.seconds:.1f}s]"
+        parts.append(f"HumanEval pass@1 {_pct(he['pass@1_greedy'])} (greedy), sampled "
+                     + ", ".join(f"pass@{k} {_pct(v)}" for k, v in he["pass@k"].items()))
+    return " · ".join(parts)
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    cfg, timer = params.eval, Timer()
+    model, state, tokenizer, device = load_model(params, layout)
+    if cfg.humaneval.enabled:
+        humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
+    metrics, he = measure(model, state, tokenizer, params, layout, device)
+    metrics = {**metrics, "phase": cfg.phase, "student": None, "comparison": None}
+    reports = layout.root / "reports"
+    outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
+    student_he = None
+    if params.distill.enabled:
+        student, student_state, _, _ = load_model(params, layout, "distill")
+        metrics["student"], student_he = measure(student, student_state, tokenizer, params, layout, device)
+        metrics["comparison"] = comparison(metrics, metrics["student"])
+    outputs += _write_humaneval(reports, "student_", student_he)
+    metrics["seconds"] = timer.seconds
+    atomic.write_bytes(outputs[0], report(metrics).encode("utf-8"))
+    summary = f"eval: {_summary(metrics)}"
+    if metrics["student"]:
+        gap = metrics["comparison"]["gap"]
+        summary += (f"; student ({metrics['student']['quant'] or 'float'}): {_summary(metrics['student'])}, "
+                    f"gap {gap['val_loss']:+.3f} loss, {gap['val_bpb']:+.3f} bits/byte, "
+                    f"{gap['bundle_size_ratio']:.1f}x smaller")
+    summary += f" · {os.path.relpath(outputs[0])} [{timer.seconds:.1f}s]"
     return finish(layout, "eval", summary, metrics, outputs, params.tracking, params_dict(params))

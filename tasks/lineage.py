@@ -16,6 +16,7 @@ from pathlib import Path
 from tasks.config import PROJECT_ROOT
 from tasks.hashing import sha256_file
 from tasks.stage import Layout
+from tasks.teacher_api import public_url
 from tasks.tokenizer import file_hash
 
 TRAINING_KEYS = ("steps", "final_loss", "final_val_loss", "min_loss", "seconds", "mlflow_run_id")
@@ -51,11 +52,20 @@ def documents(layout: Layout) -> dict | None:
     """Sources and document counts: the documents manifest, else ingest's metrics (the same numbers)."""
     for path in (layout.documents / "manifest.json", layout.metrics("ingest")):
         if (m := read_json(path)) and "sources" in m:
+            configured = (m.get("params") or {}).get("sources", {})
             return {"from": relative(path, layout.root), "fingerprint": m.get("fingerprint"),
                     "documents": m.get("totals", {}).get("documents"),
-                    "sources": {name: {"kind": s.get("kind"), "documents": s.get("kept"), "read": s.get("read")}
+                    "sources": {name: {"kind": s.get("kind"), "documents": s.get("kept"), "read": s.get("read"),
+                                       **teacher(configured.get(name, {}))}
                                 for name, s in m["sources"].items()}}
     return None
+
+
+def teacher(source: dict) -> dict:
+    """A distill source's teacher (model name and endpoint, no credentials); {} for other sources."""
+    if source.get("kind") != "distill":
+        return {}
+    return {"teacher": source.get("model"), "teacher_url": public_url(source.get("base_url", ""))}
 
 
 def shards(layout: Layout) -> dict | None:
@@ -70,15 +80,20 @@ def shards(layout: Layout) -> dict | None:
 
 
 def training(layout: Layout, state: dict) -> dict:
-    """The checkpoint published (from its state.json) and each training phase's summary metrics."""
+    """The checkpoint published (from its state.json), each training phase's summary metrics that led to
+    it and, for a distilled student, its teacher."""
     runs = {}
-    for phase in ("pilot", "full"):
+    phases = ("pilot", "full", "distill") if state.get("phase") == "distill" else ("pilot", "full")
+    for phase in phases:
         if (m := read_json(layout.metrics(phase))) is not None:
             runs[phase] = {k: m.get(k) for k in TRAINING_KEYS}
     inputs = state.get("inputs", {})
-    return {"checkpoint": relative(state["path"], layout.root), "phase": state.get("phase"),
-            "step": state.get("step"), "data_sha256": inputs.get("data"), "recipe": inputs.get("recipe"),
-            "runs": runs}
+    out = {"checkpoint": relative(state["path"], layout.root), "phase": state.get("phase"),
+           "step": state.get("step"), "data_sha256": inputs.get("data"), "recipe": inputs.get("recipe"),
+           "runs": runs}
+    if "teacher" in inputs:  # a distilled student: which checkpoint taught it, and how
+        out["teacher"], out["distill"] = inputs["teacher"], inputs.get("distill")
+    return out
 
 
 def collect(layout: Layout, state: dict) -> dict:

@@ -13,6 +13,10 @@
 This stage opens its MLflow run itself rather than through `stage.finish`: the model version needs the
 run (it holds the bundle) before the metrics, which name the version, exist.
 
+With distillation on, the student is published beside it the same way, as `dist/<name>-<quant>/`
+(e.g. chat-pipeline-ternary: 2-bit packed weights; no HF export), with its own eval section, the
+teacher in its lineage, its own GCS prefix and its own registered model `<registry>-<quant>`.
+
 The stage refuses to publish what it cannot vouch for: without metrics/eval.json, with an eval of a
 different checkpoint, or with a tokenizer the checkpoint was not trained with (tasks/bundle.py).
 """
@@ -37,8 +41,28 @@ from tasks.tracking import Run, numbers
 
 
 @dataclasses.dataclass(frozen=True)
+class Release:
+    """One model this stage publishes: the evaluated one, or the distilled student."""
+    name: str            # dist/<name>/, gs://.../<name>/
+    phase: str           # whose latest checkpoint
+    eval_key: str | None  # where its measures are in eval.json: None (the top level) or "student"
+    registry: str | None  # the registered model's name
+
+
+def releases(params: Params) -> list[Release]:
+    cfg = params.publish
+    out = [Release(cfg.name, params.eval.phase, None, cfg.registry)]
+    if params.distill.enabled:
+        suffix = params.distill.student.quant or "student"
+        out.append(Release(f"{cfg.name}-{suffix}", "distill", "student",
+                           cfg.registry and f"{cfg.registry}-{suffix}"))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Bundled:
     """What step 1 produced, for the upload, the registry and the metrics."""
+    release: Release
     directory: Path
     config: ModelConfig
     ev: dict
@@ -54,14 +78,19 @@ class Bundled:
         return json.loads((self.directory / "checksums.json").read_text())
 
 
-def read_eval(layout: Layout, state: dict) -> dict:
-    """metrics/eval.json, refused when it measured another checkpoint than the one being published."""
+def read_eval(layout: Layout, state: dict, key: str | None = None) -> dict:
+    """metrics/eval.json (its `key` section), refused when it measured another checkpoint than the one
+    being published."""
     path = layout.metrics("eval")
     if not path.exists():
         raise InputError(f"{path}: not found; run `chatpipe eval` first")
     ev = lineage.read_json(path)
     if not isinstance(ev, dict):
         raise InputError(f"{path}: not a JSON object; re-run `chatpipe eval`")
+    if key is not None:
+        if not isinstance(ev.get(key), dict):
+            raise InputError(f"{path} has no {key} measures; run `chatpipe eval` again (with distill.enabled)")
+        ev = {**ev[key], "comparison": ev.get("comparison")}
     evaluated = ev.get("checkpoint")
     if evaluated and Path(evaluated).parts[-2:] != Path(state["path"]).parts[-2:]:
         raise InputError(f"{path} is for {evaluated}, but the latest checkpoint is {state['path']}; "
@@ -76,18 +105,18 @@ def hf_status(params: Params, model: Transformer) -> str:
     return hf_export.unsupported(model) or hf_export.architecture(model)
 
 
-def build(params: Params, layout: Layout) -> Bundled:
+def build(params: Params, layout: Layout, release: Release) -> Bundled:
     """Step 1 and 2: dist/<name>/ with the card, eval.json, lineage.json and (if it can) the HF export."""
-    model, state = bundle.from_checkpoint(layout.checkpoints / params.eval.phase, tokenizer_dir=layout.tokenizer)
-    ev = read_eval(layout, state)
+    model, state = bundle.from_checkpoint(layout.checkpoints / release.phase, tokenizer_dir=layout.tokenizer)
+    ev = read_eval(layout, state, release.eval_key)
     lin = lineage.collect(layout, state)
     hf = hf_status(params, model)
     extra = {"eval.json": json.dumps(ev, indent=2).encode(), "lineage.json": json.dumps(lin, indent=2).encode()}
     if hf.endswith("ForCausalLM"):
         extra["hf"] = lambda out: hf_export.export(model, layout.tokenizer, out)
-    card = model_card.render(params.publish.name, model.config, ev, lin, params, hf)
-    directory = bundle.write(layout.root / "dist" / params.publish.name, model, layout.tokenizer, card, extra=extra)
-    return Bundled(directory, model.config, ev, lin, hf)
+    card = model_card.render(release.name, model.config, ev, lin, params, hf)
+    directory = bundle.write(layout.root / "dist" / release.name, model, layout.tokenizer, card, extra=extra)
+    return Bundled(release, directory, model.config, ev, lin, hf)
 
 
 def upload(params: Params, bundled: Bundled) -> str | None:
@@ -95,16 +124,17 @@ def upload(params: Params, bundled: Bundled) -> str | None:
     cfg = params.publish
     if not cfg.gcs.bucket:
         return None
-    uri = "gs://" + "/".join(p for p in (cfg.gcs.bucket, cfg.gcs.prefix.strip("/"), cfg.name) if p)
+    uri = "gs://" + "/".join(p for p in (cfg.gcs.bucket, cfg.gcs.prefix.strip("/"), bundled.release.name) if p)
     gcs.upload(bundled.directory, uri, {"git_commit": bundled.lineage["git_commit"]})
     return uri
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, layout: Layout) -> Iterator[Run]:
-    """This stage's MLflow run (nested under the flow's, if any); FAILED if the stage fails."""
-    run = Run(params.tracking, layout.root, run_name="publish", tags={"chatpipe.stage": "publish"},
-              params={k: params_dict(params)[k] for k in ("publish", "eval")})
+def stage_run(params: Params, layout: Layout, name: str) -> Iterator[Run]:
+    """The MLflow run publishing bundle `name` (nested under the flow's, if any); FAILED if the stage fails."""
+    run = Run(params.tracking, layout.root, run_name="publish" if name == params.publish.name else f"publish {name}",
+              tags={"chatpipe.stage": "publish", "chatpipe.bundle": name},
+              params={k: params_dict(params)[k] for k in ("publish", "eval", "distill")})
     try:
         yield run
     except BaseException:
@@ -115,35 +145,44 @@ def stage_run(params: Params, layout: Layout) -> Iterator[Run]:
 
 def register(params: Params, run: Run, bundled: Bundled) -> registry.Registration | None:
     """Step 4: the bundle as the run's artifacts, and a new version of the registered model."""
-    if not params.publish.registry:
+    name = bundled.release.registry
+    if not name:
         return None
     run.client.log_artifacts(run.run_id, str(bundled.directory), registry.BUNDLE_ARTIFACTS)
-    tags = {"bundle": params.publish.name, "bundle_sha256": bundle.digest(bundled.directory),
+    tags = {"bundle": bundled.release.name, "bundle_sha256": bundle.digest(bundled.directory),
             "weights_sha256": bundled.checksums["model.safetensors"],
             "git_commit": bundled.lineage["git_commit"] or "unknown"}
-    return registry.register(run.uri, params.publish.registry, run.run_id, bundled.ev, params.publish.bars, tags)
+    return registry.register(run.uri, name, run.run_id, bundled.ev, params.publish.bars, tags)
 
 
-def run(params: Params, layout: Layout = Layout()) -> StageResult:
+def publish_one(params: Params, layout: Layout, release: Release) -> tuple[dict, str]:
+    """Build, upload and register one release: its metrics and its part of the summary."""
     timer = Timer()
-    bundled = build(params, layout)
+    bundled = build(params, layout, release)
     uri = upload(params, bundled)
-    with stage_run(params, layout) as tracker:
+    with stage_run(params, layout, release.name) as tracker:
         reg = register(params, tracker, bundled)
         size = sum(p.stat().st_size for p in bundled.directory.rglob("*") if p.is_file())
         metrics = {"bundle": lineage.relative(bundled.directory, layout.root), "bytes": size,
                    "files": len(bundled.checksums) + 1, "bundle_sha256": bundle.digest(bundled.directory),
                    "weights_sha256": bundled.checksums["model.safetensors"],
-                   "checkpoint": bundled.lineage["training"]["checkpoint"],
+                   "checkpoint": bundled.lineage["training"]["checkpoint"], "quant": bundled.config.quant,
                    "params_total": param_counts(bundled.config)["total"],
                    "hf_export": bundled.exported, "hf": bundled.hf, "gcs_uri": uri,
                    "registry": reg.report() if reg else None, "mlflow_run_id": tracker.run_id,
                    "git_commit": bundled.lineage["git_commit"], "seconds": timer.seconds}
-        parts = [f"publish: {metrics['bundle']} ({size / 1e6:.1f} MB, "
-                 f"{'HF export' if bundled.exported else 'no HF export: ' + bundled.hf})",
-                 *([uri] if uri else []), *([f"registry {reg.phrase()}"] if reg else [])]
-        result = finish(layout, "publish", " · ".join(parts) + f" [{timer.seconds:.1f}s]", metrics,
-                        [bundled.directory])
         tracker.log(0, numbers(metrics))
-        tracker.log_artifact(layout.metrics("publish"))
-    return dataclasses.replace(result, mlflow_run_id=tracker.run_id)
+    phrase = (f"{metrics['bundle']} ({size / 1e6:.1f} MB, "
+              f"{'HF export' if bundled.exported else 'no HF export: ' + bundled.hf})")
+    return metrics, " · ".join([phrase, *([uri] if uri else []), *([f"registry {reg.phrase()}"] if reg else [])])
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    """metrics/publish.json: the published model's metrics at the top level, the student's under `student`."""
+    timer = Timer()
+    published = [publish_one(params, layout, release) for release in releases(params)]
+    metrics = {**published[0][0], "student": published[1][0] if len(published) > 1 else None,
+               "seconds": timer.seconds}
+    summary = "publish: " + "; ".join(phrase for _, phrase in published) + f" [{timer.seconds:.1f}s]"
+    result = finish(layout, "publish", summary, metrics, [layout.root / "dist" / m["bundle"] for m, _ in published])
+    return dataclasses.replace(result, mlflow_run_id=metrics["mlflow_run_id"])

@@ -40,13 +40,14 @@ class Sample:
     name: str  # function name
     code: str  # the function source with a docstring (the document text that is kept)
     tests: str  # assert-based tests that call the function
+    task: str  # the function asked for in words: "Write a Python function `f(x: int) -> int`: ..."
 
     @property
     def program(self) -> str:
         return self.code + "\n\n" + self.tests + "\n"
 
 
-def generate(n: int, seed: int, families: Sequence[str] = FAMILIES) -> Iterator[Sample]:
+def generate(n: int, seed: int | str, families: Sequence[str] = FAMILIES) -> Iterator[Sample]:
     """Yield ``n`` samples, cycling through ``families``; deterministic in its arguments."""
     families = tuple(families)
     unknown = [f for f in families if f not in _OPS]
@@ -122,7 +123,16 @@ def _sample(family: str, rng: random.Random) -> Sample:
             tests.append(f"assert {_call(draft.name, args)} is {expected}")
         else:
             tests.append(f"assert {_call(draft.name, args)} == {expected!r}")
-    return Sample(family, draft.name, "\n".join(lines) + "\n", "\n".join(tests))
+    return Sample(family, draft.name, "\n".join(lines) + "\n", "\n".join(tests), _task(draft))
+
+
+def _task(draft: _Draft) -> str:
+    """The draft as a request in words, with the full typed signature (draws nothing from the rng)."""
+    sig = ", ".join(_param(p, a, typed=True) for p, a in draft.params)
+    first, _, rest = draft.summary.partition(" ")
+    if first[1:].islower():  # "Return ..." -> "return ...", but "FizzBuzz ..." stays
+        first = first.lower()
+    return f"Write a Python function `{draft.name}({sig}) -> {draft.returns}`: {first} {rest}".rstrip()
 
 
 def _param(name: str, annotation: str, typed: bool) -> str:

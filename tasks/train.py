@@ -1,9 +1,10 @@
-"""Training: `chatpipe train --phase pilot|full`.
+"""Training: `chatpipe train --phase pilot|full|distill`.
 
 A plain loop: schedule the learning rate, accumulate gradients over micro-batches, clip, step, record.
 Around it: resume from the latest checkpoint (exactly: weights, optimizer, RNG and the reader's position
 are restored, so a killed run continues with the same per-step losses), periodic validation loss and
 sample generations, MLflow metrics, and `metrics/<phase>.json` with the loss curve as DVC plots.
+The distill phase is the same loop with a student model and the distillation loss (tasks/distill.py).
 Data-parallel under `torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast on CUDA.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ from tqdm import tqdm
 
 from model import Transformer, flops_per_token, generate, param_counts, preset
 from model.config import ModelConfig
-from tasks import atomic, checkpoint, devices
+from tasks import atomic, checkpoint, devices, distill
 from tasks.bundle import STOP_MARKERS
-from tasks.config import Params, params_dict
+from tasks.config import Params, TrainParams, params_dict
 from tasks.distributed import Ranks
 from tasks.errors import ConfigError, InputError, TrainingError
 from tasks.optim import Optimizers, lr_multiplier
@@ -35,7 +36,7 @@ from tasks.stage import Layout, StageResult, Timer, finish
 from tasks.tokenizer import load as load_tokenizer
 from tasks.tracking import Run
 
-PHASES = ("pilot", "full")
+PHASES = ("pilot", "full", "distill")
 log = logging.getLogger("chatpipe.train")
 SAMPLE_PROMPTS = ("<|user|> Hi! How are you doing today?\n<|assistant|>",
                   "<|user|> What do you like to do on the weekend?\n<|assistant|>",
@@ -53,21 +54,27 @@ RECIPE = ("optimizer", "batch_size", "grad_accum", "lr", "lr_min", "warmup_steps
           "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init")
 
 
-def run_inputs(params: Params, manifest: dict, mcfg: ModelConfig) -> dict:
+def run_inputs(params: Params, manifest: dict, mcfg: ModelConfig, cfg: TrainParams,
+               teacher: distill.Teacher | None = None) -> dict:
     """What a run's checkpoints depend on; step counts and logging cadence are not part of it."""
     shards = [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
-    return {"tokenizer": manifest["tokenizer_sha256"],
-            "data": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
-            "model": mcfg.to_dict(),
-            "recipe": {"seed": params.seed, **{k: getattr(params.train, k) for k in RECIPE}}}
+    inputs = {"tokenizer": manifest["tokenizer_sha256"],
+              "data": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
+              "model": mcfg.to_dict(),
+              "recipe": {"seed": params.seed, **{k: getattr(cfg, k) for k in RECIPE}}}
+    if teacher:
+        d = params.distill
+        inputs["teacher"] = teacher.identity
+        inputs["distill"] = {"init": d.init, "alpha": d.alpha, "temperature": d.temperature, "top_k": d.top_k}
+    return inputs
 
 
-def differences(saved: dict | None, current: dict, keys=("tokenizer", "data", "model", "recipe")) -> list[str]:
-    """Human names of what differs between a checkpoint's inputs and this run's."""
+def differences(saved: dict | None, current: dict, keys=None) -> list[str]:
+    """Human names of what differs between a checkpoint's inputs and this run's (all of them by default)."""
     if not saved:
         return ["unknown inputs"]
     out = []
-    for key in keys:
+    for key in keys or current:
         old, new = saved.get(key), current[key]
         if isinstance(new, dict) and isinstance(old, dict):
             if fields := sorted(k for k in new if old.get(k) != new[k]):
@@ -78,8 +85,9 @@ def differences(saved: dict | None, current: dict, keys=("tokenizer", "data", "m
 
 
 def _start(phase: str, params: Params, layout: Layout, model: Transformer, optimizers: Optimizers,
-           reader: TokenReader, inputs: dict, replace_stale: bool) -> dict:
-    """Resume from the phase's latest checkpoint if it has the same inputs; else the pilot or scratch.
+           reader: TokenReader, inputs: dict, replace_stale: bool, teacher: distill.Teacher | None) -> dict:
+    """Resume from the phase's latest checkpoint if it has the same inputs; else the pilot, the teacher
+    (distill.init=teacher) or scratch.
 
     A checkpoint made from other inputs is refused with what differs — or, with `replace_stale` (DVC and
     the Prefect flow, which re-run a stage exactly when its inputs changed), moved aside.
@@ -109,7 +117,15 @@ def _start(phase: str, params: Params, layout: Layout, model: Transformer, optim
             raise ConfigError(f"{pilot}: the pilot was trained with different inputs: {'; '.join(diff)}")
         checkpoint.load_weights(model, pilot)
         state["init"] = str(pilot)
+    elif teacher and params.distill.init == "teacher":
+        teacher.init_student(model)
+        state["init"] = str(teacher.checkpoint)
     return state
+
+
+def standard(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The pilot's and full run's objective: the model's own loss (cross-entropy + MoE aux)."""
+    return model(x, y)[1], {}
 
 
 @torch.no_grad()
@@ -165,12 +181,22 @@ def _summary_metrics(state: dict, window: int = 50) -> dict:
     }
 
 
+def _skipped(layout: Layout, phase: str) -> StageResult:
+    """A phase switched off in params (distill.enabled: false): empty outputs, so DVC has them, and a record."""
+    (layout.checkpoints / phase).mkdir(parents=True, exist_ok=True)
+    _write_curves(layout, phase, {"curve": [], "val": []})
+    return finish(layout, phase, f"train {phase}: skipped ({phase}.enabled is false)",
+                  {"phase": phase, "enabled": False}, [layout.checkpoints / phase])
+
+
 def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
         replace_stale: bool = False) -> StageResult:
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
-    cfg, timer, ranks = params.train, Timer(), Ranks()
-    device_kind, why = devices.pick(cfg.device)
+    if phase == "distill" and not params.distill.enabled:
+        return _skipped(layout, phase)
+    timer, ranks = Timer(), Ranks()
+    device_kind, why = devices.pick(params.train.device)
     ranks.start(device_kind.name)
     device = device_kind.torch_device(ranks.local)
     autocast = (lambda: torch.autocast(device.type, dtype=device_kind.autocast)) if device_kind.autocast \
@@ -181,7 +207,10 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
         raise InputError(f"{layout.shards}: no shards; run `chatpipe shard` first")
     manifest = json.loads(shard_manifest.read_text())
     tokenizer = load_tokenizer(layout.tokenizer)
-    mcfg = model_config(params, manifest["vocab_size"])
+    teacher = distill.Teacher.load(params, layout, device) if phase == "distill" else None
+    cfg = distill.recipe(params) if teacher else params.train
+    mcfg = (distill.student_config if teacher else model_config)(params, manifest["vocab_size"])
+    objective = teacher.objective(params) if teacher else standard
     per_rank = cfg.batch_size // (cfg.grad_accum * ranks.world)
     if per_rank * cfg.grad_accum * ranks.world != cfg.batch_size:
         raise ConfigError(f"params: train.batch_size: {cfg.batch_size} is not divisible by grad_accum "
@@ -192,10 +221,10 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     optimizers = Optimizers(model, cfg)
     reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)
-    total = cfg.pilot_steps if phase == "pilot" else cfg.full_steps
+    total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "distill": params.distill.steps}[phase]
     directory = layout.checkpoints / phase
-    inputs = run_inputs(params, manifest, mcfg)
-    state = _start(phase, params, layout, model, optimizers, reader, inputs, replace_stale)
+    inputs = run_inputs(params, manifest, mcfg, cfg, teacher)
+    state = _start(phase, params, layout, model, optimizers, reader, inputs, replace_stale, teacher)
 
     train_model = ranks.wrap(model, device)
     if cfg.compile:
@@ -225,14 +254,16 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
             t0 = time.perf_counter()
             multiplier = lr_multiplier(step, cfg, total)
             optimizers.set_lr(multiplier)
-            loss_sum = torch.zeros((), device=device)
+            loss_sum, part_sums = torch.zeros((), device=device), {}
             for micro in range(cfg.grad_accum):
                 x, y = (t.to(device, non_blocking=True) for t in reader.next_batch())
                 sync = micro == cfg.grad_accum - 1 or ranks.world == 1
                 with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast():
-                    _, loss = train_model(x, y)
+                    loss, parts = objective(train_model, x, y)
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach().float() / cfg.grad_accum
+                for name, value in parts.items():
+                    part_sums[name] = part_sums.get(name, 0.0) + value.float() / cfg.grad_accum
             loss_value = ranks.mean(loss_sum)
             if not math.isfinite(loss_value):
                 last = checkpoint.latest(directory)
@@ -252,7 +283,8 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                 mfu = flops * last_tps / (peak * ranks.world) if peak else None
                 tracker.log(step + 1, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                        "tokens_per_s": last_tps, "mfu": mfu,
-                                       "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0)})
+                                       "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0),
+                                       **{k: ranks.mean(v) for k, v in part_sums.items()}})
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last_tps:,.0f}", refresh=False)
             bar.update(1)
             done = step + 1 == total
@@ -286,7 +318,9 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                "params_total": counts["total"], "params_active": counts["active"],
                "flops_per_token": flops, "checkpoint": str(latest) if latest else None,
                "mlflow_run_id": state["mlflow_run_id"], "tracking_uri": tracker.uri if tracker else None,
-               "init": state["init"], "samples": state["samples"], "seconds": timer.seconds}
+               "init": state["init"], "samples": state["samples"], "seconds": timer.seconds,
+               **({"model": mcfg.to_dict(), "teacher": teacher.identity, "distill": inputs["distill"]}
+                  if teacher else {})}
     summary = (f"train {phase}: {metrics['steps']} steps on {why}, loss {metrics['final_loss']:.3f}"
                f" (val {metrics['final_val_loss']:.3f}), grad norm p99 {metrics['grad_norm_p99']:.2f}, "
                f"{(last_tps or 0):,.0f} tokens/s → {latest} [{timer.seconds:.1f}s]")

@@ -25,6 +25,7 @@ TEST_OVERRIDES = [
     "tokenizer.vocab_size=512",
     "shard.shard_tokens=65536",
     "shard.val_fraction=0.05",
+    "distill.enabled=false",  # the tiny overlay distills a student; tests that want one opt in
 ]
 
 

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_model
 
 from tasks import bundle
 from tasks.errors import InputError
@@ -21,6 +22,15 @@ def test_bundle_loads_the_checkpoint_weights(trained, bundle_path):
     assert loaded.tokenizer.decode(loaded.stop_ids, skip_special_tokens=False) == "<|user|><|system|><|endoftext|>"
     sums = json.loads((bundle_path / "checksums.json").read_text())
     assert set(sums) == {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "README.md"}
+
+
+def test_float_weights_are_save_models_file(trained, bundle_path, tmp_path):
+    """A float bundle's weights are safetensors' save_model output as is; weights_bytes is that file's size."""
+    layout, _ = trained
+    model, _ = bundle.from_checkpoint(layout.checkpoints / "full")
+    save_model(model, str(tmp_path / "direct.safetensors"))
+    stored = (bundle_path / "model.safetensors").read_bytes()
+    assert stored == (tmp_path / "direct.safetensors").read_bytes() and bundle.weights_bytes(model) == len(stored)
 
 
 @pytest.mark.parametrize("damage, what", [

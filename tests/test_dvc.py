@@ -44,10 +44,11 @@ def test_repro_then_noop_then_partial(tmp_path):
         run(cmd, repo)
 
     first = run([dvc, "repro"], repo)
-    for stage in ("ingest", "tokenizer", "shard", "pilot", "gate", "full", "eval", "publish"):
+    for stage in ("ingest", "tokenizer", "shard", "pilot", "gate", "full", "distill", "eval", "publish"):
         assert f"Running stage '{stage}'" in first
     assert (repo / "checkpoints" / "full" / "step-000006").exists()
     assert (repo / "dist" / "chat-pipeline" / "checksums.json").exists()
+    assert (repo / "dist" / "chat-pipeline-ternary" / "checksums.json").exists()
     lock = (repo / "dvc.lock").read_text()
 
     second = run([dvc, "repro"], repo)

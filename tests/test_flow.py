@@ -17,7 +17,8 @@ MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4"
          "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0",
          # eval on a sliver of the val split and four HumanEval problems
          "eval.val_max_tokens=4096", "eval.chat_max_tokens=8", "eval.humaneval.problems=4",
-         "eval.humaneval.n_samples=2", "eval.humaneval.k=[1,2]", "eval.humaneval.max_new_tokens=16"]
+         "eval.humaneval.n_samples=2", "eval.humaneval.k=[1,2]", "eval.humaneval.max_new_tokens=16",
+         "distill.enabled=true", "distill.steps=4"]  # the tiny overlay's ternary student, a few steps of it
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,14 +53,17 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert parent.data.params["train.pilot_steps"] == "12"
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["eval", "full", "gate", "ingest", "pilot", "publish",
-                                                                    "shard", "tokenizer"]
+    assert sorted(r.info.run_name for r in children) == ["distill", "eval", "full", "gate", "ingest", "pilot", "publish",
+                                                         "publish chat-pipeline-ternary", "shard", "tokenizer"]
+    assert summary["student_bundle"] == "dist/chat-pipeline-ternary" and summary["student_gap"]["bundle_size_ratio"] > 1
+    assert "Teacher vs student" in (root / "reports" / "eval.md").read_text()
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/loss.png", "report/report.md"}
     assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
 
     # nothing changed: every stage is a cache hit, no file is rewritten
     watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/shard.json", "metrics/pilot.json",
-               "metrics/gate.json", "metrics/full.json", "metrics/eval.json", "metrics/publish.json")
+               "metrics/gate.json", "metrics/full.json", "metrics/distill.json", "metrics/eval.json",
+               "metrics/publish.json")
     before = mtimes(root, *watched)
     again = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
     assert mtimes(root, *watched) == before and again["full_loss"] == summary["full_loss"]

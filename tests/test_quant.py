@@ -137,10 +137,7 @@ def test_config_round_trips_quant(quant):
 
 
 def test_ternary_models_are_refused_where_they_would_run_as_float():
-    from serve.decode import Decoder
     from tasks.hf_export import unsupported
 
     model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16, quant="ternary")).eval()
-    assert "ternary" in unsupported(model)
-    with pytest.raises(ValueError, match="does not run ternary models"):
-        Decoder(model)
+    assert "ternary" in unsupported(model)  # serve/decode.py runs them (tests/test_serve.py's decoder tests)
