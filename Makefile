@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/distill.py   # after `make demo`: the ternary student against its teacher
 
 repro: setup
 	dvc repro

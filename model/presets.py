@@ -47,10 +47,12 @@ register("qwen3-hybrid-mini", vocab_size=4096, n_layer=4, n_embd=128, n_head=4, 
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """The named config with `overrides` replacing fields (validated again)."""
+    """The named config with `overrides` replacing fields (validated again; `moe` may be a mapping)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)} in overrides for preset {name!r}")
+    if isinstance(overrides.get("moe"), dict):  # from params: the MoE section as a mapping
+        overrides["moe"] = MoEConfig(**overrides["moe"])
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -297,7 +297,8 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
             "val_loss": overall["loss"], "val_ppl": overall["ppl"], "val_bpb": overall["bpb"],
             "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
             "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
-            "humaneval": he.metrics if he else None, "bundle_bytes": size, "generation_tokens_per_s": speed,
+            "humaneval": he.metrics if he else None, "bundle_bytes": size,
+            "weights_bytes": bundle.weights_bytes(model), "generation_tokens_per_s": speed,
             "timings": timings}, he
 
 

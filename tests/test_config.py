@@ -48,3 +48,11 @@ def test_bad_files(tmp_path):
         load_params([tmp_path / "missing.yaml"], base=PROJECT_ROOT / "params.yaml")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_params(overrides=["novalue"], base=PROJECT_ROOT / "params.yaml")
+
+
+def test_a_moe_section_in_params_builds_a_moe_model():
+    from model import MoEConfig
+    from tasks.train import model_config
+
+    cfg = model_config(load_params(overrides=["model.moe={n_experts: 4, top_k: 2, every: 2}"]), 512)
+    assert cfg.moe == MoEConfig(n_experts=4, top_k=2, every=2) and cfg.is_moe_layer(1) and not cfg.is_moe_layer(0)

@@ -41,9 +41,10 @@ def test_deployment_run_on_local_server_and_worker(tmp_path):
         assert "Completed" in done.stdout + done.stderr
         env["COLUMNS"] = "250"  # so the table does not abbreviate the state
         trains = run(str(BIN / "prefect"), "flow-run", "ls", "--flow-name", "train", "--state", "COMPLETED")
-        assert trains.stdout.count("COMPLETED") == 2, trains.stdout   # pilot and full ran as train/cpu
+        assert trains.stdout.count("COMPLETED") == 3, trains.stdout   # pilot, full and distill ran as train/cpu
     finally:
         subprocess.run([str(BIN / "chatpipe"), "down"], env=env, capture_output=True, timeout=120)
     assert json.loads((root / "metrics" / "gate.json").read_text())["passed"]
     assert (root / "metrics" / "full.json").exists()
     assert (root / "dist" / "chat-pipeline" / "checksums.json").exists()        # eval and publish ran too
+    assert (root / "dist" / "chat-pipeline-ternary" / "checksums.json").exists()  # and the distilled student

@@ -105,3 +105,18 @@ def test_disabled_is_a_recorded_no_op_and_a_missing_teacher_is_refused(built, tm
         assert (root / "checkpoints" / "distill").is_dir() and (root / "metrics" / "distill_curve.csv").exists()
         with pytest.raises(InputError, match="no complete checkpoint"):
             train.run(test_params(*TINY, "distill.enabled=true"), Layout(root), "distill")
+
+
+def test_a_ternary_model_trains_from_scratch_in_any_phase(built, tmp_path):
+    """`model.quant: ternary` without a teacher: quantization-aware training from scratch (the pilot here)."""
+    layout, _, _ = built
+    root = linked(tmp_path / "p", layout)
+    with contextlib.chdir(root):
+        result = train.run(test_params(*TINY, "model.quant=ternary", "train.pilot_steps=30"), Layout(root), "pilot")
+        with pytest.raises(ConfigError, match="quant.*moe"):
+            train.run(test_params(*TINY, "model.quant=ternary", "model.moe={n_experts: 2, top_k: 1}"), Layout(root))
+    curve = (root / "metrics" / "pilot_curve.csv").read_text().splitlines()[1:]
+    first, last = float(curve[0].split(",")[1]), result.metrics["final_loss"]
+    assert last < first - 0.5, (first, last)
+    state = checkpoint.read_state(checkpoint.latest(root / "checkpoints" / "pilot"))
+    assert state["inputs"]["model"]["quant"] == "ternary"

@@ -57,6 +57,9 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
                                                          "publish chat-pipeline-ternary", "shard", "tokenizer"]
     assert summary["student_bundle"] == "dist/chat-pipeline-ternary" and summary["student_gap"]["bundle_size_ratio"] > 1
     assert "Teacher vs student" in (root / "reports" / "eval.md").read_text()
+    evaluation = next(r for r in children if r.info.run_name == "eval").data.metrics
+    assert {"comparison.gap.val_loss", "comparison.gap.val_bpb", "comparison.student.bundle_bytes",
+            "comparison.teacher.generation_tokens_per_s"} <= set(evaluation)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/loss.png", "report/report.md"}
     assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
 
