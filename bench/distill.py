@@ -25,6 +25,21 @@ def read(path: Path) -> dict:
         sys.exit(f"{path}: not found or not JSON; run the pipeline with distill.enabled first (make demo)")
 
 
+def packed_linears(bundle: Path) -> dict:
+    """The student bundle's packed block weights: their bytes against the same weights in fp32."""
+    from safetensors import safe_open
+
+    packed = fp32 = 0
+    with safe_open(str(bundle / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            if name.endswith(".weight_shape"):
+                base = name[:-len("_shape")]
+                fp32 += 4 * int(f.get_tensor(name).prod())
+                packed += sum(f.get_tensor(base + s).numel() * f.get_tensor(base + s).element_size()
+                              for s in ("", "_scale", "_shape"))
+    return {"fp32_bytes": fp32, "packed_bytes": packed, "ratio": round(fp32 / packed, 2) if packed else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("."), help="the project directory of the run")
@@ -37,14 +52,18 @@ def main() -> None:
     record = {"date": dt.date.today().isoformat(), "comparison": c,
               # as published: the teacher's bundle also holds its transformers export (hf/), the student's none
               "published_bytes": {"teacher": publish["bytes"], "student": publish["student"]["bytes"]},
-              "student_training": {k: distill.get(k) for k in ("steps", "final_loss", "final_val_loss", "seconds",
-                                                               "init", "teacher", "distill", "model")},
+              "student_training": {k: distill.get(k) for k in ("steps", "final_loss", "final_val_loss", "init",
+                                                               "teacher", "distill", "model")},
+              "block_linears": packed_linears(args.workdir / publish["student"]["bundle"]),
               "per_source_bpb": {"teacher": {s: v["bpb"] for s, v in ev["per_source"].items()},
                                  "student": {s: v["bpb"] for s, v in ev["student"]["per_source"].items()}}}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{record['date']}-ternary-gap-{Path(publish['student']['bundle']).name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     t, s, gap = c["teacher"], c["student"], c["gap"]
+    lin = record["block_linears"]
+    print(f"| block linear weights | {lin['fp32_bytes'] / 1e6:.2f} MB fp32 | {lin['packed_bytes'] / 1e6:.2f} MB packed | "
+          f"{lin['ratio']:.1f}x smaller |")
     print(f"| val loss | {t['val_loss']:.3f} | {s['val_loss']:.3f} | {gap['val_loss']:+.3f} |\n"
           f"| bits per byte | {t['val_bpb']:.3f} | {s['val_bpb']:.3f} | {gap['val_bpb']:+.3f} |\n"
           f"| bundle (weights, config, tokenizer) | {t['bundle_bytes'] / 1e6:.2f} MB | {s['bundle_bytes'] / 1e6:.2f} MB"

@@ -10,6 +10,8 @@ and the standard library only: the pipeline (tasks, flows, chatpipe) imports it,
     quant.py        BitLinear (BitNet b1.58 ternary weights, int8 activations, STE) and 2-bit packing
     generate.py     generate(): prefill + cached decoding; temperature, top-k, top-p, stop tokens, seed;
                     sample_batch() for many rows at once
+    decode.py       Decoder: the fast KV-cache token loop the server runs (fused steps, one row or a pool
+                    of rows at their own positions; ternary models included)
     presets.py      PRESETS, preset(): chat-7m, nano-125m, nano-1b, qwen3-hybrid(-mini)
     info.py         param_counts, flops_per_token, train_memory, describe (no allocation)
 """

@@ -1,8 +1,9 @@
 """serve: the trained model behind an OpenAI-compatible HTTP API, a /chat page and a terminal chat.
 
+Decoding itself is model/decode.py's Decoder (eval times generation with it too).
+
     engine.py    Engine: a loaded bundle generating text (one stream here, or many through the batcher)
     batcher.py   Batcher: one thread running every active generation as one batched decode step per token
-    decode.py    Decoder: the KV-cache token loop, fused steps for one row or a pool of rows at their own positions
     text.py      TextStream: token ids → UTF-8-safe text deltas, stop strings, stripped chat answers
     prompts.py   request → prompt ids within the context (old chat exchanges dropped to fit)
     schema.py    the request bodies (strict pydantic) and their 400s

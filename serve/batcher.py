@@ -30,7 +30,7 @@ import torch
 
 from model.generate import probabilities, race
 from model.transformer import KVCache
-from serve.decode import Decoder, seeded
+from model.decode import Decoder, seeded
 
 if TYPE_CHECKING:
     from serve.engine import Sampling

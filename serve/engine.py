@@ -1,7 +1,7 @@
 """The inference engine: a loaded bundle that turns prompt ids into streamed text, alone or many at once.
 
 `Engine.stream` is the single-stream generator (`chatpipe chat` and the benchmarks call it directly):
-serve/decode.py's KV-cache decoder (model/generate.py's sampling, fewer ops per token), one token at a
+model/decode.py's KV-cache decoder (model/generate.py's sampling, fewer ops per token), one token at a
 time, through a TextStream, then one `Finish`. The model's stop markers (the bundle's
 generation_config "stop") always end an answer; a chat answer (`chat=True`) is a turn's text, so it
 also ends where a turn cannot go on ("<|" or "|>" would make the conversation invalid when the client
@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from serve.batcher import Batcher
-from serve.decode import Decoder
+from model.decode import Decoder
 from serve.text import TextStream
 from tasks.bundle import Bundle
 from tasks.errors import InputError

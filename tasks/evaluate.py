@@ -14,8 +14,8 @@ One checkpoint (the latest of `eval.phase`) — and, when distillation is on, th
    is the share that end the assistant turn cleanly, as the gate defines it (tasks/gate.py turn_problem).
 3. HumanEval pass@1 (greedy) and pass@k (sampled), completions run in the sandbox (tasks/humaneval.py).
 4. Size and speed: the bytes of the bundle `publish` would write (weights — 2-bit packed for a ternary
-   model — config, tokenizer; tasks/bundle.py) and greedy generation tokens/s (model/generate.py, the
-   same prompt and length for every model, median of three after a warm-up).
+   model — config, tokenizer; tasks/bundle.py) and greedy generation tokens/s (model/decode.py, what
+   `chatpipe serve` runs; the same prompt and length for every model, median of three after a warm-up).
 
 With a student, `comparison` puts the two side by side (the table in reports/eval.md, `comparison.*` in
 MLflow): each measure for both, and the student's gap (val loss and bits per byte: student - teacher).
@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model import Transformer, generate
+from model import Transformer
+from model.decode import Decoder
 from tasks import atomic, bundle, chat_format, devices, humaneval
 from tasks.chat_format import Turn
 from tasks.config import Params, params_dict
@@ -260,18 +261,21 @@ def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> int:
         return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
-@torch.inference_mode()
-def generation_speed(model: Transformer, tokenizer: Tokenizer, rounds: int = 3) -> float:
-    """Greedy tokens/s from the first chat prompt to the end of the context, no stop: median of `rounds`
-    after one warm-up, so every model is timed on the same work."""
+def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: int = 7) -> list[float]:
+    """Greedy tokens/s of the server's decoder (model/decode.py) for each model, from the first chat prompt
+    to the end of the shortest context, no stop. Rounds interleave the models (alternating which goes
+    first), so machine noise hits them alike; the median of `rounds` after one warm-up round."""
+    decoders = [Decoder(model) for model in models]
     prompt = tokenizer.encode(CHAT_PROMPTS[0], add_special_tokens=False).ids
-    n = model.config.block_size - len(prompt)
-    times = []
-    for _ in range(rounds + 1):
-        start = time.perf_counter()
-        generate(model, prompt, n, temperature=0.0)
-        times.append(time.perf_counter() - start)
-    return round(n / statistics.median(times[1:]), 1)
+    n = min(model.config.block_size for model in models) - len(prompt)
+    times: list[list[float]] = [[] for _ in models]
+    for r in range(rounds + 1):
+        for i in (range(len(models)) if r % 2 else reversed(range(len(models)))):
+            start = time.perf_counter()
+            for _ in decoders[i].tokens(prompt, n, temperature=0.0):
+                pass
+            times[i].append(time.perf_counter() - start)
+    return [round(n / statistics.median(t[1:]), 1) for t in times]
 
 
 def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Params, layout: Layout,
@@ -289,8 +293,8 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
         timings["humaneval generation"] = he.metrics["generation_seconds"]
         timings["humaneval execution"] = he.metrics["execution_seconds"]
     part = Timer()
-    size, speed = bundle_bytes(model, layout.tokenizer), generation_speed(model, tokenizer)
-    timings["size and speed"] = part.seconds
+    size = bundle_bytes(model, layout.tokenizer)
+    timings["size"] = part.seconds
     timings["total"] = timer.seconds
     overall = val["overall"]
     return {"checkpoint": state["path"], "step": state["step"], "quant": model.config.quant,
@@ -298,7 +302,7 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
             "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
             "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
             "humaneval": he.metrics if he else None, "bundle_bytes": size,
-            "weights_bytes": bundle.weights_bytes(model), "generation_tokens_per_s": speed,
+            "weights_bytes": bundle.weights_bytes(model), "generation_tokens_per_s": None,  # set by run
             "timings": timings}, he
 
 
@@ -348,10 +352,16 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     metrics = {**metrics, "phase": cfg.phase, "student": None, "comparison": None}
     reports = layout.root / "reports"
     outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
-    student_he = None
+    student_he, models = None, [model]
     if params.distill.enabled:
         student, student_state, _, _ = load_model(params, layout, "distill")
         metrics["student"], student_he = measure(student, student_state, tokenizer, params, layout, device)
+        models.append(student)
+    part = Timer()
+    for m, speed in zip((metrics, metrics["student"]), generation_speeds(models, tokenizer)):
+        m["generation_tokens_per_s"] = speed
+    metrics["timings"]["generation speed"] = part.seconds
+    if metrics["student"]:
         metrics["comparison"] = comparison(metrics, metrics["student"])
     outputs += _write_humaneval(reports, "student_", student_he)
     metrics["seconds"] = timer.seconds

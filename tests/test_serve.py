@@ -27,7 +27,7 @@ from conftest import BUCKET, SECRET
 from model import KVCache, ModelConfig, MoEConfig, Transformer, generate
 from serve.app import create_app
 from serve.auth import Keys
-from serve.decode import Decoder
+from model.decode import Decoder
 from serve.engine import Engine, Finish, Sampling
 from serve.server import is_loopback, running
 from serve.text import TextStream

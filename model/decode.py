@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.generate import sample_token
-from model.quant import quantize_activations, ternary_weight
-from model.transformer import MLP, Block, KVCache, Transformer
+from .generate import sample_token
+from .quant import quantize_activations, ternary_weight
+from .transformer import MLP, Block, KVCache, Transformer
 
 
 def _rotate_half_matrix(d: int) -> torch.Tensor:
