@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup browser demo up down test test-slow bench repro clean
+.PHONY: setup browser vulkan demo up down test test-slow bench repro clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
+# Vulkan training and our GLSL kernels are tested for real on Mesa's software driver (lavapipe), with glslc.
+vulkan:
+	@{ ls /usr/share/vulkan/icd.d/lvp_icd*.json && command -v glslc; } >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    mesa-vulkan-drivers libvulkan1 glslc >/dev/null; }
+
 demo: setup
 	chatpipe run --params configs/tiny.yaml
 
@@ -35,10 +42,10 @@ up: setup
 down: setup
 	chatpipe down
 
-test: setup browser
+test: setup browser vulkan
 	$(BIN)/pytest
 
-test-slow: setup browser
+test-slow: setup browser vulkan
 	$(BIN)/pytest -m slow
 
 bench: setup

@@ -168,12 +168,14 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
 @app.command()
 def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.")] = 4200,
        debug: DebugOpt = False) -> None:
-    """Start a local Prefect server, the `local` and `cpu` process pools, the deployments and their workers."""
+    """Start a local Prefect server, the process pools, the deployments, and workers for `local`, `cpu` and
+    (with that device here) `cuda` / `vulkan`."""
     def go():
-        from flows.local import POOLS, up as start
+        from flows.local import local_pools, up as start
 
-        url = start(port)
-        typer.echo(f"Prefect server {url.removesuffix('/api')} (UI), pools {', '.join(POOLS)} with a worker each, "
+        pools = local_pools()
+        url = start(port, pools)
+        typer.echo(f"Prefect server {url.removesuffix('/api')} (UI), pools {', '.join(pools)} with a worker each, "
                    f"deployments from prefect.yaml.\n  run: prefect deployment run chat-pipeline/local --watch"
                    f"\n  stop: chatpipe down")
     _call(go, debug)

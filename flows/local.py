@@ -17,7 +17,15 @@ from pathlib import Path
 from tasks.config import PROJECT_ROOT
 from tasks.errors import ChatpipeError
 
-POOLS = ("local", "cpu")  # pools that get a worker here; every pool in prefect.yaml is created
+POOLS = ("local", "cpu")  # pools that always get a worker here; every pool in prefect.yaml is created
+
+
+def local_pools() -> tuple[str, ...]:
+    """POOLS, plus `cuda` / `vulkan` when this machine has that device (tasks/devices.py; software Vulkan
+    such as lavapipe counts: it runs Vulkan training for real, only slowly)."""
+    from tasks.devices import DEVICES
+
+    return POOLS + tuple(name for name in ("cuda", "vulkan") if DEVICES[name].available())
 
 
 def declared_pools() -> list[str]:
@@ -54,7 +62,7 @@ def _spawn(name: str, args: list[str], env: dict) -> None:
     (STATE / f"{name}.pid").write_text(str(proc.pid))
 
 
-def up(port: int = 4200, pools: tuple[str, ...] = POOLS, timeout: float = 180) -> str:
+def up(port: int = 4200, pools: tuple[str, ...] | None = None, timeout: float = 180) -> str:
     url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {"PREFECT_API_URL": url}
     if not _healthy(url):
@@ -69,7 +77,7 @@ def up(port: int = 4200, pools: tuple[str, ...] = POOLS, timeout: float = 180) -
         if _prefect("work-pool", "inspect", pool, env=env, check=False).returncode != 0:
             _prefect("work-pool", "create", pool, "--type", "process", env=env)
     _prefect("--no-prompt", "deploy", "--all", env=env)
-    for pool in pools:
+    for pool in pools or local_pools():
         _spawn(f"worker-{pool}", ["worker", "start", "--pool", pool], env)
     return url
 

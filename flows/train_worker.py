@@ -1,7 +1,8 @@
 """The training deployment: `train/<pool>` runs one training phase on a worker of that pool.
 
-A GPU machine runs `prefect worker start --pool cuda`; the chat-pipeline flow, started anywhere, hands
-it the pilot or the full run with `run_deployment` and waits. Both sides read and write the same workdir
+A GPU machine runs `prefect worker start --pool cuda` (or `--pool vulkan`); the chat-pipeline flow,
+started anywhere, hands it the pilot, the full run or the distillation with `run_deployment` and waits.
+Each deployment pins its device (`train/vulkan` trains with train.device=vulkan). Both sides read and write the same workdir
 (a shared disk), so the result is the phase's metrics file. A retried or restarted training deployment
 resumes from the phase's last checkpoint.
 """
@@ -17,9 +18,12 @@ from tasks.stage import StageResult
 
 
 @flow(name="train", log_prints=True)
-def train(phase: str = "pilot", overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".") -> dict:
-    """Train one phase on this worker; returns the phase's metrics."""
-    result = Request(list(overlays), list(overrides), workdir).run(phase)
+def train(phase: str = "pilot", overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".",
+          device: str | None = None) -> dict:
+    """Train one phase on this worker, on `device` (the deployment's: train/vulkan trains on Vulkan) or
+    else the params' train.device; returns the phase's metrics."""
+    pinned = [f"train.device={device}"] if device else []
+    result = Request(list(overlays), [*overrides, *pinned], workdir).run(phase)
     print(result.summary)
     return result.metrics
 

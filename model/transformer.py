@@ -18,6 +18,10 @@
 
 Loss = mean cross-entropy (targets of -1 are ignored) + aux_loss_coef * the sum of the MoE layers'
 load-balancing losses; `last_aux_loss` keeps the unweighted sum for logging.
+
+`use_kernels("triton")` (train.kernels on CUDA) swaps two hot spots for our Triton kernels (kernels/cuda):
+every RMSNorm, and the LM head + cross-entropy, which then never holds the batch's full fp32 logits (a
+training forward with targets returns logits None). The registry is KERNELS; "torch" is the default.
 """
 from __future__ import annotations
 
@@ -73,6 +77,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose function can be swapped for a kernel (same parameters, same state dict)."""
+    kernel = None  # None: torch's own; else fn(x, weight, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.kernel is None else self.kernel(x, self.weight, self.eps)
+
+
+def _triton() -> tuple:
+    from kernels.cuda import linear_cross_entropy, rms_norm
+
+    return rms_norm, linear_cross_entropy
+
+
+KERNELS = {"torch": lambda: (None, None), "triton": _triton}  # name -> () -> (rms_norm, linear_cross_entropy)
+
+
 class Attention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, qk_norm: bool, eps: float,
                  linear: type[nn.Linear] = nn.Linear):
@@ -82,8 +103,8 @@ class Attention(nn.Module):
         self.wk = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
         self.wv = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
         self.wo = linear(n_head * self.head_dim, n_embd, bias=False)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -118,8 +139,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, attn: Attention, mlp: nn.Module, n_embd: int, eps: float):
         super().__init__()
-        self.attn_norm, self.attn = nn.RMSNorm(n_embd, eps=eps), attn
-        self.mlp_norm, self.mlp = nn.RMSNorm(n_embd, eps=eps), mlp
+        self.attn_norm, self.attn = RMSNorm(n_embd, eps=eps), attn
+        self.mlp_norm, self.mlp = RMSNorm(n_embd, eps=eps), mlp
 
     def forward(self, x, cos, sin, cache, layer):
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
@@ -141,7 +162,7 @@ class Transformer(nn.Module):
                   if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linear),
                   c.n_embd, c.norm_eps)
             for i in range(c.n_layer))
-        self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -149,7 +170,16 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.last_aux_loss = torch.zeros(())
+        self.fused_loss = None  # linear + cross-entropy kernel (use_kernels), None: logits then F.cross_entropy
         self.init_weights()
+
+    def use_kernels(self, name: str) -> Transformer:
+        """Run the norms and the loss through KERNELS[name] ("torch" restores torch's own)."""
+        norm, self.fused_loss = KERNELS[name]()
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.kernel = norm
+        return self
 
     @torch.no_grad()
     def init_weights(self):
@@ -173,8 +203,11 @@ class Transformer(nn.Module):
             aux.append(a)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.norm(x)).float()  # a no-op in float32; upcasts bf16 for the softmax
         self.last_aux_loss = torch.stack(aux).sum()
+        if targets is not None and self.fused_loss is not None:
+            loss = self.fused_loss(self.norm(x).flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+            return None, loss + self.aux_loss_coef * self.last_aux_loss
+        logits = self.lm_head(self.norm(x)).float()  # a no-op in float32; upcasts bf16 for the softmax
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

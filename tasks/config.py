@@ -206,7 +206,7 @@ class ModelParams(ModelShape):
 
 
 class TrainParams(_Strict):
-    device: Literal["auto", "cpu", "cuda"]
+    device: Literal["auto", "cpu", "cuda", "vulkan"]  # auto: cuda, then a hardware Vulkan GPU, then cpu
     optimizer: Literal["adamw", "muon"]
     batch_size: int = Field(ge=1)       # sequences per optimizer step, across all ranks and micro-steps
     grad_accum: int = Field(ge=1)       # micro-steps per optimizer step
@@ -230,6 +230,7 @@ class TrainParams(_Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)        # MLflow flush and terminal refresh; every step is still recorded
     compile: bool                       # torch.compile the model
+    kernels: Literal["torch", "triton"] = "torch"  # triton: our kernels (kernels/cuda) for the norms and loss; CUDA only
 
 
 class DistillParams(_Strict):

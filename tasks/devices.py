@@ -1,7 +1,10 @@
 """Where training runs: a small registry of devices, and `auto`, which takes the first one available.
 
-Each entry says whether it is available here, how to get a `torch.device`, which autocast dtype it uses
-and (for MFU) the peak dense bf16 FLOP/s of known parts. A later backend is one more entry.
+Each entry says whether it is usable here (and if not, why), how to get a `torch.device`, which autocast
+dtype it uses, how its optimizer step runs (tasks/steps.py: torch autograd, or Vulkan's compiled step)
+and (for MFU) the peak dense bf16 FLOP/s of known parts. `auto` takes cuda, then vulkan, then cpu, and
+says what it passed over and why (a software Vulkan renderer such as lavapipe is passed over: it works,
+but slower than the CPU path). A later backend is one more entry.
 """
 from __future__ import annotations
 
@@ -19,11 +22,17 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L
 @dataclass(frozen=True)
 class Device:
     name: str
-    available: Callable[[], bool]
-    autocast: torch.dtype | None  # mixed precision on this device, or None for fp32
+    status: Callable[[], str | None]  # None: usable here; else why not ("no CUDA GPU", ...)
+    autocast: torch.dtype | None      # mixed precision on this device, or None for fp32
+    step: str = "torch"               # how an optimizer step runs there (tasks/steps.py)
+    tensors: str | None = None        # where the model's torch tensors live (None: on the device itself)
+    auto: Callable[[], str | None] = lambda: None  # why `auto` passes it over though it works (None: it doesn't)
+
+    def available(self) -> bool:
+        return self.status() is None
 
     def torch_device(self, local_rank: int = 0) -> torch.device:
-        return torch.device(f"cuda:{local_rank}") if self.name == "cuda" else torch.device(self.name)
+        return torch.device(f"cuda:{local_rank}") if self.name == "cuda" else torch.device(self.tensors or self.name)
 
     def peak_flops(self, local_rank: int = 0) -> float | None:
         if self.name != "cuda":
@@ -32,21 +41,38 @@ class Device:
         return next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
 
 
+def _vulkan_status() -> str | None:
+    from tasks import vulkan_step
+
+    return None if vulkan_step.available() else "no Vulkan device, or IREE not installed"
+
+
+def _vulkan_auto() -> str | None:
+    """A software renderer (Mesa's lavapipe) runs everything, but far slower than the CPU path itself."""
+    from tasks import vulkan_step
+
+    name = vulkan_step.device_name()
+    return f"only a software renderer ({name})" if "llvmpipe" in name or "SwiftShader" in name else None
+
+
 DEVICES = {
-    "cuda": Device("cuda", torch.cuda.is_available, torch.bfloat16),
-    "cpu": Device("cpu", lambda: True, None),
+    "cuda": Device("cuda", lambda: None if torch.cuda.is_available() else "no CUDA GPU", torch.bfloat16),
+    "vulkan": Device("vulkan", _vulkan_status, None, step="vulkan", tensors="cpu", auto=_vulkan_auto),
+    "cpu": Device("cpu", lambda: None, None),
 }
-AUTO_ORDER = ("cuda", "cpu")
+AUTO_ORDER = ("cuda", "vulkan", "cpu")
 
 
 def pick(requested: str) -> tuple[Device, str]:
-    """The device to train on and why it was chosen."""
+    """The device to train on and why it was chosen (`auto`: the first usable of AUTO_ORDER)."""
     if requested == "auto":
+        passed = []
         for name in AUTO_ORDER:
-            if DEVICES[name].available():
-                skipped = [n for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
-                return DEVICES[name], f"auto: {name}" + (f" ({', '.join(skipped)} not available)" if skipped else "")
+            device = DEVICES[name]
+            if (why := device.status() or device.auto()) is None:
+                return device, f"auto: {name}" + (f" ({'; '.join(passed)})" if passed else "")
+            passed.append(f"{name}: {why}")
     device = DEVICES[requested]
-    if not device.available():
-        raise ConfigError(f"params: train.device: {requested} is not available on this machine")
+    if why := device.status():
+        raise ConfigError(f"params: train.device: {requested} is not available on this machine ({why})")
     return device, f"{requested} (requested)"

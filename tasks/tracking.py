@@ -7,12 +7,15 @@ training run restarted from a checkpoint keeps appending to the same MLflow run.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 from pathlib import Path
 
 from tasks.config import TrackingParams
+
+log = logging.getLogger("chatpipe.tracking")
 
 _SECRET = re.compile(r"(key|token|secret|password|credential)", re.I)
 
@@ -48,6 +51,9 @@ class Run:
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
             cfg.experiment, artifact_location=(root / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None)
+        if run_id and not self._exists(run_id):  # a checkpoint brought from another tracking store
+            log.warning("MLflow run %s (from the checkpoint) is not in %s; continuing in a new run", run_id, uri)
+            run_id = None
         if run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -61,6 +67,15 @@ class Run:
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
         self.uri, self.flush_every, self.buffer = uri, flush_every, []
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

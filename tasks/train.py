@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model import Transformer, flops_per_token, generate, param_counts, preset
 from model.config import ModelConfig
-from tasks import atomic, checkpoint, devices, distill
+from tasks import atomic, checkpoint, devices, distill, steps
 from tasks.bundle import STOP_MARKERS
 from tasks.config import Params, TrainParams, params_dict
 from tasks.distributed import Ranks
@@ -218,6 +218,11 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
 
     torch.manual_seed(params.seed)
     model = Transformer(mcfg).to(device)
+    if cfg.kernels != "torch":
+        if device.type != "cuda":
+            raise ConfigError(f"params: train.kernels: {cfg.kernels} kernels run on CUDA, and this run trains on "
+                              f"{device_kind.name}; use train.kernels=torch")
+        model.use_kernels(cfg.kernels)
     optimizers = Optimizers(model, cfg)
     reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)
@@ -230,6 +235,8 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     if cfg.compile:
         train_model = torch.compile(train_model)
 
+    optimizer_step = steps.STEPS[device_kind.step](model, train_model, optimizers, objective, cfg, reader, ranks,
+                                                   device, autocast, distilling=teacher is not None)
     counts = param_counts(mcfg)
     tracker = None
     if ranks.main:
@@ -253,27 +260,11 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
         for step in range(state["step"], total):
             t0 = time.perf_counter()
             multiplier = lr_multiplier(step, cfg, total)
-            optimizers.set_lr(multiplier)
-            loss_sum, part_sums = torch.zeros((), device=device), {}
-            for micro in range(cfg.grad_accum):
-                x, y = (t.to(device, non_blocking=True) for t in reader.next_batch())
-                sync = micro == cfg.grad_accum - 1 or ranks.world == 1
-                with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast():
-                    loss, parts = objective(train_model, x, y)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float() / cfg.grad_accum
-                for name, value in parts.items():
-                    part_sums[name] = part_sums.get(name, 0.0) + value.float() / cfg.grad_accum
-            loss_value = ranks.mean(loss_sum)
+            loss_value, grad_norm, parts = optimizer_step(multiplier)
             if not math.isfinite(loss_value):
                 last = checkpoint.latest(directory)
                 raise TrainingError(f"step {step + 1}: loss is {loss_value}; training stopped. Last good "
                                     f"checkpoint: {last or 'none'}")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            optimizers.step()
-            optimizers.zero_grad()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             lr = cfg.lr * multiplier
             state["curve"].append([step + 1, loss_value, lr, grad_norm])
@@ -284,10 +275,13 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                 tracker.log(step + 1, {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                        "tokens_per_s": last_tps, "mfu": mfu,
                                        "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0),
-                                       **{k: ranks.mean(v) for k, v in part_sums.items()}})
+                                       **parts})
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{last_tps:,.0f}", refresh=False)
             bar.update(1)
             done = step + 1 == total
+            if done or any((step + 1) % every == 0 for every in (cfg.eval_every, cfg.sample_every,
+                                                                   cfg.checkpoint_every)):
+                optimizer_step.sync()  # the model and optimizers now hold the training state
             if (step + 1) % cfg.eval_every == 0 or done:
                 val = evaluate(model, layout.shards, mcfg.block_size, per_rank, cfg.eval_batches, device, autocast)
                 state["val"].append([step + 1, val])

@@ -217,3 +217,12 @@ def test_compiled_training_matches_eager(project, built):
     a = [float(r[1]) for r in curve(eager)]
     b = [float(r[1]) for r in curve(project)]
     assert b == pytest.approx(a, rel=1e-3)
+
+
+def test_triton_kernels_are_refused_off_cuda(built, tmp_path):
+    import contextlib
+
+    layout, _, _ = built
+    root = linked(tmp_path / "p", layout)
+    with contextlib.chdir(root), pytest.raises(ConfigError, match="train.kernels: triton kernels run on CUDA"):
+        train.run(test_params(*TINY, "train.kernels=triton"), Layout(root), "pilot")
