@@ -254,11 +254,13 @@ def load_model(params: Params, layout: Layout, phase: str | None = None
     return model, state, load_tokenizer(layout.tokenizer), device
 
 
-def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> int:
-    """The size of the bundle publish writes for this model (without its eval, lineage and HF export)."""
+def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
+    """The sizes of the bundle publish writes for this model (without its eval, lineage and HF export) and
+    of its weights file, from one write."""
     with tempfile.TemporaryDirectory() as tmp:
         out = bundle.write(Path(tmp) / "bundle", model, tokenizer_dir, "")
-        return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        return total, (out / "model.safetensors").stat().st_size
 
 
 def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: int = 7) -> list[float]:
@@ -293,7 +295,7 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
         timings["humaneval generation"] = he.metrics["generation_seconds"]
         timings["humaneval execution"] = he.metrics["execution_seconds"]
     part = Timer()
-    size = bundle_bytes(model, layout.tokenizer)
+    size, weights = bundle_bytes(model, layout.tokenizer)
     timings["size"] = part.seconds
     timings["total"] = timer.seconds
     overall = val["overall"]
@@ -302,7 +304,7 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
             "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
             "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
             "humaneval": he.metrics if he else None, "bundle_bytes": size,
-            "weights_bytes": bundle.weights_bytes(model), "generation_tokens_per_s": None,  # set by run
+            "weights_bytes": weights, "generation_tokens_per_s": None,  # set by run
             "timings": timings}, he
 
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import importlib.util
 import hashlib
 import json
 import logging
@@ -82,6 +84,7 @@ def _vulkan_config():
     return _config
 
 
+@functools.cache  # a process's Vulkan devices do not change; devices.pick asks more than once
 def _devices() -> list[dict]:
     try:
         rt = _runtime()
@@ -93,13 +96,15 @@ def _devices() -> list[dict]:
 
 
 def available() -> bool:
-    """IREE (compiler + runtime + turbine) is installed and a Vulkan device is present."""
+    """IREE (compiler + runtime + turbine) is installed and a Vulkan device is present.
+
+    The compiler and turbine are looked up, not imported (importing them takes seconds, and `auto`
+    device picks ask this on every run); the runtime is imported to list the devices."""
     try:
-        import iree.compiler
-        import iree.turbine.aot  # noqa: F401
-    except Exception:  # noqa: BLE001
+        installed = all(importlib.util.find_spec(m) is not None for m in ("iree.compiler", "iree.turbine"))
+    except ModuleNotFoundError:  # no `iree` package at all
         return False
-    return bool(_devices())
+    return installed and bool(_devices())
 
 
 def device_name() -> str:
