@@ -1,6 +1,6 @@
 """Record the ternary gap: the distilled BitNet b1.58 student against its float teacher, from one run.
 
-The peer is the teacher itself, measured by the same eval in the same run (tasks/evaluate.py): validation
+The peer is the teacher itself, measured by the same eval in the same run (tasks/evals/evaluate.py): validation
 loss and bits per byte on the same held-out documents, HumanEval pass@1, the published bundles' sizes and
 greedy generation tokens/s. Run it after a pipeline run with distillation on (`make demo`: the tiny overlay
 turns it on) and it writes `bench/results/<date>-ternary-gap-<bundle>.json` and prints the README's row.

@@ -19,9 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks import ingest, shard, tokenizer, train  # noqa: E402
-from tasks.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.stage import Layout  # noqa: E402
+from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from tasks.common.layout import Layout  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.tokens import shard, tokenizer  # noqa: E402
+from tasks.train import loop  # noqa: E402
 
 
 def plot(curve_csv: Path, val_csv: Path, out: Path) -> None:
@@ -60,7 +62,7 @@ def main() -> None:
         for stage in (ingest, tokenizer, shard):
             if not (root / "metrics" / f"{stage.__name__.split('.')[-1]}.json").exists():
                 print(stage.run(params, layout).summary, flush=True)
-        result = train.run(params, layout, "pilot")
+        result = loop.run(params, layout, "pilot")
     print(result.summary)
     out = PROJECT_ROOT / "bench" / "results" / f"{dt.date.today().isoformat()}-seed-pilot"
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Benchmark: generation speed of our serving engine against `transformers` `generate`, and under load.
 
 1. Single stream. The same model twice: our bundle through `serve.engine.Engine.stream` (KV cache,
-   incremental detokenization included) and its Hugging Face export (`tasks/hf_export.py`) loaded by
+   incremental detokenization included) and its Hugging Face export (`tasks/publish/hf_export.py`) loaded by
    `transformers.AutoModelForCausalLM` and run with `generate` — same prompt, greedy, the same number of
    new tokens (stop tokens off on both sides, so both produce exactly that many). Interleaved rounds
    after a warm-up, alternating which goes first; median tokens/s and the ratio. Both must produce the
@@ -40,9 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from model import Transformer, preset  # noqa: E402
 from serve.app import create_app  # noqa: E402
-from serve.engine import Engine, Sampling  # noqa: E402
+from serve.engine import Engine  # noqa: E402
+from serve.sampling import Sampling  # noqa: E402
 from serve.server import running  # noqa: E402
-from tasks import bundle, hf_export  # noqa: E402
+from tasks.common import bundle  # noqa: E402
+from tasks.publish import hf_export  # noqa: E402
 
 PROMPT = "<|user|> Can you recommend a good book about the sea?\n<|assistant|>"
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import Transformer, flops_per_token, preset  # noqa: E402
-from tasks.devices import DEVICES  # noqa: E402
+from tasks.train.backends.devices import DEVICES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

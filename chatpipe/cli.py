@@ -15,8 +15,11 @@ from typing import Annotated, Callable, Optional
 import typer
 import yaml
 
-from tasks.config import load_params, params_dict
-from tasks.errors import ChatpipeError
+from tasks import PIPELINE, Stage
+from tasks.common import atomic
+from tasks.common.config import load_params, params_dict
+from tasks.common.errors import ChatpipeError, StageFailed
+from tasks.common.layout import Layout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="chat-pipeline: raw conversations and code → a small served chat/code model.")
@@ -69,41 +72,35 @@ def _call(fn: Callable, debug: bool):
         _fail(f"internal error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", 1)
 
 
-def _stage(module: str, params: ParamsOpt, set_: SetOpt, debug: bool, directory: Path, **kwargs) -> None:
+def _stage(stage: Stage, params: ParamsOpt, set_: SetOpt, debug: bool, directory: Path, **args) -> None:
+    """Run one stage of the table in `directory`; a verdict to stop (an unhealthy pilot) exits non-zero."""
     def go():
-        import importlib
-
         os.chdir(directory)
-        cfg = load_params(params or [], set_ or [])
-        result = importlib.import_module(f"tasks.{module}").run(cfg, **kwargs)
+        result = stage(load_params(params or [], set_ or []), Layout(), **args)
+        if not result.ok:
+            raise StageFailed(result.summary)
         if os.environ.get("RANK", "0") == "0":
             typer.echo(result.summary)
     _call(go, debug)
 
 
-@app.command()
-def ingest(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-           directory: DirOpt = Path(".")) -> None:
-    """Read every enabled source, clean and dedup → data/documents/ and metrics/ingest.json."""
-    _stage("ingest", params, set_, debug, directory)
+def _stage_command(stage: Stage) -> None:
+    def command(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+                directory: DirOpt = Path(".")) -> None:
+        _stage(stage, params, set_, debug, directory)
+    command.__doc__ = stage.help
+    app.command(stage.cli)(command)
+
+
+for _spec in PIPELINE.values():  # every stage with a command of its own: ingest, tokenizer, shard, gate, ...
+    if not _spec.args:
+        _stage_command(_spec)
+PHASES = [s.name for s in PIPELINE.values() if s.cli == "train"]
 
 
 @app.command()
-def tokenizer(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-              directory: DirOpt = Path(".")) -> None:
-    """Train the byte-level BPE tokenizer → artifacts/tokenizer/ and metrics/tokenizer.json."""
-    _stage("tokenizer", params, set_, debug, directory)
-
-
-@app.command()
-def shard(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-          directory: DirOpt = Path(".")) -> None:
-    """Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json."""
-    _stage("shard", params, set_, debug, directory)
-
-
-@app.command()
-def train(phase: Annotated[str, typer.Option(help="pilot, full or distill (a student; params: distill).")] = "pilot",
+def train(phase: Annotated[str, typer.Option(help=f"{', '.join(PHASES)} (distill: a student; params: distill).")]
+          = PHASES[0],
           params: ParamsOpt = None,
           set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path("."),
           replace_stale: Annotated[bool, typer.Option(
@@ -114,28 +111,30 @@ def train(phase: Annotated[str, typer.Option(help="pilot, full or distill (a stu
     Resumes from the latest checkpoint of the phase. Data-parallel under torchrun:
     `torchrun --nproc_per_node 2 $(which chatpipe) train`.
     """
-    _stage("train", params, set_, debug, directory, phase=phase, replace_stale=replace_stale)
+    if phase not in PHASES:
+        _fail(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}", 2)
+    _stage(PIPELINE[phase], params, set_, debug, directory, replace_stale=replace_stale)
 
 
-@app.command()
-def gate(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-         directory: DirOpt = Path(".")) -> None:
-    """Judge the pilot (loss, NaN, spikes, grad norm, trend, samples) → metrics/gate.json; fails if unhealthy."""
-    _stage("gate", params, set_, debug, directory)
+@app.command("dvc-yaml")
+def dvc_yaml(directory: DirOpt = Path("."),
+             check: Annotated[bool, typer.Option(help="Only compare: exit 1 if dvc.yaml differs.")] = False,
+             debug: DebugOpt = False) -> None:
+    """Write dvc.yaml from the stage table (tasks/__init__.py); `--check` says whether it is current."""
+    def go() -> bool:
+        from chatpipe.dvc import render
 
-
-@app.command("eval")
-def evaluate(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-             directory: DirOpt = Path(".")) -> None:
-    """Evaluate the trained model (val loss/bpb, chat turns, HumanEval) → metrics/eval.json, reports/eval.md."""
-    _stage("evaluate", params, set_, debug, directory)
-
-
-@app.command()
-def publish(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
-            directory: DirOpt = Path(".")) -> None:
-    """Bundle the model → dist/<name>/ (+ HF export), upload to GCS, register in MLflow."""
-    _stage("publish", params, set_, debug, directory)
+        path, text = directory / "dvc.yaml", render()
+        current = path.exists() and path.read_text() == text
+        if check:
+            typer.echo(f"{path}: {'current' if current else 'differs from the stage table (run chatpipe dvc-yaml)'}")
+        elif not current:
+            atomic.write_bytes(path, text.encode())
+        if not check:
+            typer.echo(f"{path}: {'unchanged' if current else 'written'} ({len(PIPELINE)} stages)")
+        return current or not check
+    if not _call(go, debug):
+        raise typer.Exit(1)
 
 
 @app.command("run")
@@ -171,7 +170,8 @@ def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.
     """Start a local Prefect server, the process pools, the deployments, and workers for `local`, `cpu` and
     (with that device here) `cuda` / `vulkan`."""
     def go():
-        from flows.local import local_pools, up as start
+        from flows.local import local_pools
+        from flows.local import up as start
 
         pools = local_pools()
         url = start(port, pools)
@@ -270,7 +270,7 @@ def model_info(preset: Annotated[str, typer.Argument(help="A preset name, e.g. c
         from model import PRESETS, describe
 
         if preset not in PRESETS:
-            from tasks.errors import ConfigError
+            from tasks.common.errors import ConfigError
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         typer.echo(describe(preset))
     _call(go, debug)

@@ -2,45 +2,60 @@
 
     ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish
 
-Each box is a Prefect task that calls the same `tasks/<stage>.run` as the CLI and DVC. A task's cache key
-is the content hash of what it reads (flows/stages.py, from dvc.yaml), so a re-run with nothing changed
-does no work and a changed param re-runs its stage and everything after it. `distill` (a student taught by
-the full model; tasks/distill.py) does nothing unless `distill.enabled`. Training runs in-process,
-or — with `train_pool` — as the `train/<pool>` deployment on a worker of that pool (flows/train_worker.py).
-Every flow run is one MLflow parent run; each stage nests under it.
+Each box is a Prefect task made from its entry in the stage table (tasks/__init__.py) and calls the same
+`run` as the CLI and DVC. A task takes the results of the stages it consumes, so Prefect's UI draws the
+edges of the DAG; its cache key is the content hash of what it reads (flows/stages.py), so a re-run with
+nothing changed does no work and a changed param or code file re-runs its stage and everything after it.
+The gate stops the flow on an unhealthy pilot; the distillation runs only when `distill.enabled`.
+Training runs in-process, or — with `train_pool` — as the `train/<pool>` deployment on a worker of that
+pool (flows/train_worker.py). Every flow run is one MLflow parent run; each stage nests under it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from flows import report, stages
-from flows.request import STAGES, Request
-from tasks.stage import StageResult
-
-TRAINING = ("pilot", "full", "distill")
-STAGE_RETRIES = dict.fromkeys(TRAINING, 2)  # training resumes from its last checkpoint on retry
-
-
-@task(cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True)
-def run_stage(stage: str, key: str, request: Request, train_pool: str | None = None) -> StageResult:
-    """Run one stage (its cache key is computed by the flow from the stage's inputs)."""
-    if train_pool and stage in TRAINING:
-        from flows.train_worker import dispatch
-
-        return dispatch(train_pool, stage, request)
-    return request.run(stage)
+from flows.request import Request
+from tasks import PIPELINE
+from tasks.common.errors import GateFailed
+from tasks.common.stage import StageResult
 
 
-def stage(name: str, request: Request, train_pool: str | None) -> StageResult:
-    params, root = request.load(), request.root
-    key = stages.cache_key(name, params, root)
-    options = {"name": name, "retries": STAGE_RETRIES.get(name, 0), "retry_delay_seconds": 5}
-    if not stages.outputs_present(name, params, root):
-        options["refresh_cache"] = True  # a cached result whose files are gone is no result
-    return run_stage.with_options(**options)(name, key, request, train_pool)
+def stage_task(name: str) -> Callable[..., StageResult]:
+    """The flow's call for one stage: `stage(request, *consumed results, train_pool=None) -> StageResult`."""
+    spec = PIPELINE[name]
+
+    @task(name=name, cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True,
+          retries=spec.retries, retry_delay_seconds=5)
+    def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None
+            ) -> tuple[StageResult]:
+        # Prefect links a task's return value and its direct parts to the task run, by identity; a part of a
+        # StageResult is its stage name, an interned string that the next stages' metrics repeat, which would
+        # draw edges that are not there. Returned as (result,), only the result itself is linked.
+        if train_pool and spec.dispatch:
+            from flows.train_worker import dispatch
+
+            return (dispatch(train_pool, name, request),)
+        return (request.run(name),)
+
+    def call(request: Request, *consumes: StageResult | None, train_pool: str | None = None) -> StageResult:
+        params, root = request.load(), request.root
+        fresh = {} if stages.outputs_present(spec, root) else {"refresh_cache": True}  # files gone: no result
+        [result] = run.with_options(**fresh)(request, tuple(r for r in consumes if r),
+                                             stages.cache_key(spec, params, root), train_pool)
+        get_run_logger().info(result.summary)
+        return result
+
+    return call
+
+
+ingest, tokenizer, shard = stage_task("ingest"), stage_task("tokenizer"), stage_task("shard")
+pilot, gate, full, distill = stage_task("pilot"), stage_task("gate"), stage_task("full"), stage_task("distill")
+evaluate, publish = stage_task("eval"), stage_task("publish")
 
 
 @flow(name="chat-pipeline", log_prints=True)
@@ -50,11 +65,19 @@ def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: 
     + overrides."""
     base = Request(overlays=[str(Path(p).resolve()) for p in overlays], overrides=list(overrides),
                    workdir=str(Path(workdir).resolve()))
-    base.load()  # bad params fail here, before any work
+    params = base.load()  # bad params fail here, before any work
     with base.lock(), report.parent_run(base) as parent:
         request = base.with_parent(parent.run_id)
-        results = {}
-        for name in STAGES:
-            results[name] = stage(name, request, train_pool)
-            get_run_logger().info(results[name].summary)
-        return report.publish(request, parent, results)
+        documents = ingest(request)
+        bpe = tokenizer(request, documents)
+        shards = shard(request, documents, bpe)
+        pilot_run = pilot(request, shards, train_pool=train_pool)
+        verdict = gate(request, pilot_run)
+        if not verdict.ok:  # an unhealthy pilot: the full run never starts
+            raise GateFailed(verdict.summary)
+        teacher = full(request, verdict, shards, train_pool=train_pool)
+        student = distill(request, teacher, train_pool=train_pool) if params.distill.enabled else None
+        scores = evaluate(request, teacher, student)
+        bundles = publish(request, scores)
+        results = [documents, bpe, shards, pilot_run, verdict, teacher, student, scores, bundles]
+        return report.publish(request, parent, {r.stage: r for r in results if r})

@@ -14,16 +14,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.config import PROJECT_ROOT
-from tasks.errors import ChatpipeError
+from tasks.common.config import PROJECT_ROOT
+from tasks.common.errors import ChatpipeError
 
 POOLS = ("local", "cpu")  # pools that always get a worker here; every pool in prefect.yaml is created
 
 
 def local_pools() -> tuple[str, ...]:
-    """POOLS, plus `cuda` / `vulkan` when this machine has that device (tasks/devices.py; software Vulkan
+    """POOLS, plus `cuda` / `vulkan` when this machine has that device (tasks/train/backends/devices.py; software Vulkan
     such as lavapipe counts: it runs Vulkan training for real, only slowly)."""
-    from tasks.devices import DEVICES
+    from tasks.train.backends.devices import DEVICES
 
     return POOLS + tuple(name for name in ("cuda", "vulkan") if DEVICES[name].available())
 

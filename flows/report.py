@@ -7,32 +7,26 @@ and the same file as an MLflow artifact, with a link artifact pointing at the ML
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 from pathlib import Path
 
 from flows.request import Request
-from tasks.config import params_dict
-from tasks.evaluate import comparison_table
-from tasks.lineage import git_commit
-from tasks.stage import StageResult
-from tasks.tracking import Run
+from tasks.common.config import params_dict
+from tasks.common.stage import StageResult
+from tasks.common.tracking import Run
+from tasks.evals.compare import comparison_table
+from tasks.publish.lineage import git_commit
 
 
-@contextlib.contextmanager
-def parent_run(request: Request):
+def parent_run(request: Request) -> Run:
+    """The flow run's MLflow run (a context manager: FAILED if the flow fails)."""
     from prefect.runtime import flow_run
 
     params = request.load()
-    run = Run(params.tracking, request.root, run_name=f"chat-pipeline {flow_run.name or ''}".strip(),
-              tags={"chatpipe.flow_run_id": str(flow_run.id or ""), "chatpipe.flow_run_name": str(flow_run.name or ""),
-                    "chatpipe.git_commit": git_commit() or "unknown", "chatpipe.workdir": str(request.root)},
-              params=params_dict(params))
-    try:
-        yield run
-    except BaseException:
-        run.finish("FAILED")
-        raise
+    return Run(params.tracking, request.root, run_name=f"chat-pipeline {flow_run.name or ''}".strip(),
+               tags={"chatpipe.flow_run_id": str(flow_run.id or ""), "chatpipe.flow_run_name": str(flow_run.name or ""),
+                     "chatpipe.git_commit": git_commit() or "unknown", "chatpipe.workdir": str(request.root)},
+               params=params_dict(params))
 
 
 def loss_plot(root: Path, out: Path) -> Path | None:
@@ -121,7 +115,6 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
                    "eval.humaneval_pass1": (evaluation.get("humaneval") or {}).get("pass@1_greedy")})
     if gap := (evaluation.get("comparison") or {}).get("gap"):
         parent.log(0, {f"student.{k}": v for k, v in gap.items() if v is not None})
-    parent.finish()
     create_markdown_artifact(text, key="chat-pipeline-report", description="losses, gate verdict, samples")
     create_link_artifact(link, key="mlflow-run", description="the flow run's MLflow parent run (mlflow ui)")
     return {"gate": "passed" if results["gate"].metrics.get("passed") else "failed",

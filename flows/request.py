@@ -10,25 +10,12 @@ import fcntl
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
-from tasks.config import Params, load_params
-from tasks.errors import ChatpipeError
-from tasks.stage import Layout, StageResult
-
-
-def _stages() -> dict[str, Callable[[Params, Layout], StageResult]]:
-    from tasks import evaluate, gate, ingest, publish, shard, tokenizer, train
-
-    def training(phase: str):  # the flow re-runs training exactly when its inputs changed
-        return lambda params, layout: train.run(params, layout, phase, replace_stale=True)
-
-    return {"ingest": ingest.run, "tokenizer": tokenizer.run, "shard": shard.run,
-            "pilot": training("pilot"), "gate": gate.run, "full": training("full"),
-            "distill": training("distill"), "eval": evaluate.run, "publish": publish.run}
-
-
-STAGES = _stages()  # in pipeline order
+from tasks import PIPELINE
+from tasks.common.config import Params, load_params
+from tasks.common.errors import ChatpipeError
+from tasks.common.layout import Layout
+from tasks.common.stage import StageResult
 
 
 @dataclass(frozen=True)
@@ -51,7 +38,7 @@ class Request:
     def run(self, stage: str) -> StageResult:
         params = self.load()
         with contextlib.chdir(self.root):
-            return STAGES[stage](params, Layout(self.root))
+            return PIPELINE[stage](params, Layout(self.root))
 
     @contextlib.contextmanager
     def lock(self):

@@ -13,8 +13,8 @@ import json
 from prefect import flow
 
 from flows.request import Request
-from tasks.errors import ChatpipeError
-from tasks.stage import StageResult
+from tasks.common.errors import ChatpipeError
+from tasks.common.stage import StageResult
 
 
 @flow(name="train", log_prints=True)

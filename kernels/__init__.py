@@ -1,2 +1,23 @@
-"""Our own GPU code: cuda/ (Triton kernels, testable on CPU through Triton's interpreter) and vulkan/ (GLSL
-compute shaders compiled to SPIR-V with glslc, dispatched through the `vulkan` package)."""
+"""kernels: our own low-level code, below model/ (kernels imports nothing from model, tasks, flows or serve).
+
+On a runtime path today:
+    cuda/rmsnorm.py, cuda/cross_entropy.py   Triton RMSNorm and linear + cross-entropy: the model runs every
+                                             RMSNorm and its LM head + loss through them when training on CUDA
+                                             with `train.kernels: triton` (model/transformer.py `use_kernels`;
+                                             the default, `torch`, uses none of our kernels)
+    ternary_codes.py                         the 2-bit packed ternary weight format (pure torch): model/quant.py
+                                             packs a ternary model's bundle with it and unpacks it on load
+
+Tested building blocks, on no runtime path today (nothing in model, tasks or serve calls them):
+    cuda/ternary_matmul.py                   Triton matmul reading 2-bit packed ternary weights (a served
+                                             ternary model is unpacked to floats instead);
+                                             tests/test_kernels_triton.py, bench/kernels.py
+    vulkan/adamw.comp, ternary_matmul.comp   GLSL compute shaders, compiled with glslc and dispatched by
+                                             vulkan/runtime.py; tests/test_vulkan_kernels.py. The Vulkan
+                                             training step (tasks/train/backends/vulkan.py) does not use them:
+                                             IREE compiles its whole step, AdamW included.
+
+cuda/ needs the cuda extra (triton; on CPU tensors the kernels run in Triton's interpreter, which is how the
+tests check them without a GPU); vulkan/ needs the vulkan extra (the `vulkan` package) plus glslc and a
+Vulkan device. `import kernels` and kernels.ternary_codes need neither.
+"""

@@ -2,7 +2,8 @@
 
 A LLaMA/Qwen3-style decoder (RMSNorm, RoPE, GQA, optional QK-norm, SwiGLU or mixture-of-experts MLPs),
 a KV cache and a sampler, named shapes, and analytic parameter/FLOP/memory counts. It depends on torch
-and the standard library only: the pipeline (tasks, flows, chatpipe) imports it, never the reverse.
+and our kernels (kernels/) only: the pipeline (tasks, flows, chatpipe) and the server import it, never
+the reverse.
 
     config.py       ModelConfig, MoEConfig: validated, JSON round trip
     transformer.py  Transformer, KVCache

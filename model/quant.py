@@ -10,16 +10,19 @@ float checkpoint loads into a ternary model and QAT can start from it.
     BitLinear                       nn.Linear with absmean-ternary weights and per-token absmax int8 inputs
     ternary_codes, ternary_weight   absmean weight quantizer: (codes, scale), and codes * scale
     quantize_activations            per-token absmax int8 activation quantizer (forward values, no STE)
-    pack_ternary, unpack_ternary    one weight tensor <-> (uint8 codes, 4 per byte; scale; shape)
+    pack_ternary                    one weight tensor -> (uint8 codes, 4 per byte; scale; shape)
     packed_state_dict, load_packed  a whole model, BitLinear weights packed, everything else as is
+
+The packed byte layout, and its inverse `unpack_ternary`, live in kernels/ternary_codes.py: the ternary
+matmul kernels read the same bytes, and kernels/ imports nothing from model/.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.ternary_codes import pack_codes, unpack_ternary
 
 EPS = 1e-5
 _SUFFIXES = ("weight", "weight_scale", "weight_shape")  # the three entries a packed weight becomes
@@ -73,19 +76,11 @@ class BitLinear(nn.Linear):
 def pack_ternary(w: torch.Tensor) -> tuple[torch.Tensor, float, tuple[int, ...]]:
     """Quantize w as BitLinear does and pack it: codes 0, 1, 2 (for -1, 0, +1) at 2 bits, 4 to a byte.
 
-    Returns (uint8 tensor of ceil(numel / 4) bytes, scale, shape); weight i sits at bits 2*(i % 4) of byte i // 4.
+    Returns (uint8 tensor of ceil(numel / 4) bytes, scale, shape); weight i sits at bits 2*(i % 4) of byte i // 4
+    (the layout is kernels/ternary_codes.py's; its `unpack_ternary` is the inverse).
     """
     codes, scale = ternary_codes(w.detach())
-    flat = (codes.flatten() + 1).to(torch.uint8)
-    flat = F.pad(flat, (0, -flat.numel() % 4)).view(-1, 4)
-    packed = flat[:, 0] | flat[:, 1] << 2 | flat[:, 2] << 4 | flat[:, 3] << 6
-    return packed, scale.item(), tuple(w.shape)
-
-
-def unpack_ternary(packed: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of pack_ternary: the float32 tensor codes * scale, equal to BitLinear's quantized weight."""
-    codes = torch.stack([packed >> s & 3 for s in (0, 2, 4, 6)], dim=1).flatten()[:math.prod(shape)]
-    return (codes.float() - 1).view(shape) * torch.tensor(scale, dtype=torch.float32)
+    return pack_codes(codes), scale.item(), tuple(w.shape)
 
 
 def _bitlinears(model: nn.Module) -> dict[str, BitLinear]:

@@ -4,6 +4,7 @@ Decoding itself is model/decode.py's Decoder (eval times generation with it too)
 
     engine.py    Engine: a loaded bundle generating text (one stream here, or many through the batcher)
     batcher.py   Batcher: one thread running every active generation as one batched decode step per token
+    sampling.py  Sampling: one answer's sampling parameters (the engine's and the batcher's)
     text.py      TextStream: token ids → UTF-8-safe text deltas, stop strings, stripped chat answers
     prompts.py   request → prompt ids within the context (old chat exchanges dropped to fit)
     schema.py    the request bodies (strict pydantic) and their 400s

@@ -28,15 +28,16 @@ from starlette.exceptions import HTTPException
 
 from serve import prompts
 from serve.auth import Keys
-from serve.engine import Busy, Engine, Finish, Generation, Sampling
+from serve.engine import Busy, Engine, Finish, Generation
 from serve.errors import APIError
+from serve.sampling import Sampling
 from serve.schema import (
     ChatRequest,
     CompletionRequest,
     GenerationRequest,
     validation_error,
 )
-from tasks.errors import ConfigError
+from tasks.common.errors import ConfigError
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("chatpipe.serve")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from serve.errors import APIError
-from tasks.errors import InputError
+from tasks.common.errors import InputError
 
 ENV_VAR = "CHATPIPE_API_KEYS"
 

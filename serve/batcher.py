@@ -24,16 +24,14 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
+from model.decode import Decoder, seeded
 from model.generate import probabilities, race
 from model.transformer import KVCache
-from model.decode import Decoder, seeded
-
-if TYPE_CHECKING:
-    from serve.engine import Sampling
+from serve.sampling import Sampling
 
 
 class Job(Protocol):

@@ -24,29 +24,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from serve.batcher import Batcher
 from model.decode import Decoder
+from serve.batcher import Batcher
+from serve.sampling import Sampling
 from serve.text import TextStream
-from tasks.bundle import Bundle
-from tasks.errors import InputError
+from tasks.common.bundle import Bundle
 
-TURN_BREAKERS = ("<|", "|>")  # text no chat turn may contain (tasks/chat_format.validate)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float | None
-    top_k: int | None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if (self.max_tokens < 1 or self.temperature < 0 or (self.top_k is not None and self.top_k < 1)
-                or (self.top_p is not None and not 0 < self.top_p <= 1)):
-            raise InputError(f"sampling: need max_tokens >= 1, temperature >= 0, top_k >= 1 and 0 < top_p <= 1; "
-                             f"got {self.max_tokens}, {self.temperature}, {self.top_k}, {self.top_p}")
+TURN_BREAKERS = ("<|", "|>")  # text no chat turn may contain (tasks/chat/format.validate)
 
 
 @dataclass(frozen=True)

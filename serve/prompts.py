@@ -1,6 +1,6 @@
 """The token ids a request asks the model to continue, within the model's context.
 
-A chat's messages become turns (tasks/chat_format), are validated as a prompt and rendered with the
+A chat's messages become turns (tasks/chat/format), are validated as a prompt and rendered with the
 assistant marker last. Every turn starts with a special token, which the tokenizer never merges across,
 so a conversation's ids are its turns' ids end to end. When the conversation plus max_tokens does not
 fit the context, the oldest exchanges (a user turn and its answer) are dropped, never the system turn
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from serve.errors import APIError
-from tasks.chat_format import Turn, from_messages, prompt, render, validate_prompt
+from tasks.chat.format import Turn, from_messages, prompt, render, validate_prompt
 
 Encode = Callable[[str], list[int]]
 

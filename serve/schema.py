@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve.engine import Sampling
 from serve.errors import APIError
+from serve.sampling import Sampling
 
 MAX_STOP_STRINGS = 4
 

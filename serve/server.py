@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from tasks.errors import InputError
+from tasks.common.errors import InputError
 
 DEFAULT_HOST = "127.0.0.1"
 

@@ -1,8 +1,8 @@
 """Where a served model comes from: a bundle directory, or a published gs:// one, on a chosen device.
 
 `chatpipe serve` and `chatpipe chat` take `--model dist/<name>` (loaded and checksum-verified by
-tasks/bundle.py) or `--model gs://bucket/prefix/<name>` (downloaded once into the local cache by
-tasks/publish.py, which checks the publish marker and the checksums, then loaded the same way).
+tasks/common/bundle.py) or `--model gs://bucket/prefix/<name>` (downloaded once into the local cache by
+tasks/publish/publish.py, which checks the publish marker and the checksums, then loaded the same way).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from tasks import bundle
-from tasks.errors import ConfigError
+from tasks.common import bundle
+from tasks.common.errors import ConfigError
 
 
 def cache_dir() -> Path:
@@ -35,7 +35,7 @@ def device(requested: str) -> torch.device:
 def open_bundle(model: str, requested_device: str = "auto") -> bundle.Bundle:
     """The bundle named by `model` (a directory or a gs:// URI), loaded for inference."""
     if model.startswith("gs://"):
-        from tasks.publish import download
+        from tasks.publish.publish import download
 
         path = download(model, cache_dir())
     else:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TextIO
 
 from serve import prompts
-from serve.engine import Engine, Sampling
+from serve.engine import Engine
 from serve.errors import APIError
-from tasks.chat_format import Turn, validate_prompt
+from serve.sampling import Sampling
+from tasks.chat.format import Turn, validate_prompt
 
 HELP = "one line per message; /reset forgets the conversation, /exit (or Ctrl-D) quits"
 

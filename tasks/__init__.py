@@ -1,1 +1,111 @@
-"""tasks"""
+"""The stage table: every stage of the pipeline, declared once.
+
+    ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish
+
+Each `Stage` says what runs (`run`, imported when called), the params sections it reads, the code it runs
+(folders of this project: a stage's cache cannot miss a file of its own code; tests/test_house.py checks
+that every module a stage imports lies in one of them), the files it reads from earlier stages and the
+files it writes, its retries, and whether a training worker elsewhere may run it.
+
+Everything that drives the stages reads this table: the Prefect flow's tasks and cache keys
+(flows/stages.py), the CLI's stage commands (chatpipe/cli.py) and `dvc.yaml`, which is generated from it
+(`chatpipe dvc-yaml`; a test fails when the committed file differs). The packages below hold the stages,
+grouped as the diagram: ingest/, tokens/, train/, evals/, publish/, over common/ and chat/.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Output:
+    path: str
+    persist: bool = False   # DVC keeps it across runs (a training phase resumes from its checkpoints)
+    cache: bool = True      # DVC stores it in its cache (reports and bundles are rebuilt instead)
+
+
+@dataclass(frozen=True)
+class Plot:
+    path: str
+    y: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: str                          # "module:function", called as function(params, layout, **args)
+    help: str                         # one line: what the stage does and where it writes
+    params: tuple[str, ...]           # params.yaml keys it reads (a section, or a dotted key)
+    code: tuple[str, ...]             # project folders holding every module it imports
+    inputs: tuple[str, ...] = ()      # files and folders it reads (earlier stages' outputs, the user's data)
+    outputs: tuple[Output, ...] = ()  # what it writes besides metrics/<name>.json
+    plots: tuple[Plot, ...] = ()
+    command: str = ""                 # the `chatpipe` command that runs it (default: its name)
+    args: dict = field(default_factory=dict)  # keyword arguments of `run`, and the command's options
+    retries: int = 0                  # Prefect retries (a training phase resumes from its last checkpoint)
+    dispatch: bool = False            # may run on a `train/<pool>` worker (flows/train_worker.py)
+
+    @property
+    def cli(self) -> str:
+        return self.command or self.name
+
+    @property
+    def metrics(self) -> str:
+        return f"metrics/{self.name}.json"
+
+    def __call__(self, params, layout, **args):
+        """Run the stage: `run(params, layout, **self.args, **args)` -> StageResult."""
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)(params, layout, **{**self.args, **args})
+
+
+SHARED = ("tasks/common", "tasks/chat")
+TRAINING = ("tasks/train", "tasks/tokens", "model", "kernels", *SHARED)
+
+
+def _training(phase: str, help: str, params: tuple[str, ...], inputs: tuple[str, ...]) -> Stage:
+    return Stage(phase, "tasks.train.loop:run", help, ("seed", "model", "train", *params), TRAINING, inputs,
+                 (Output(f"checkpoints/{phase}", persist=True),),
+                 (Plot(f"metrics/{phase}_curve.csv", "loss"), Plot(f"metrics/{phase}_val.csv", "val_loss")),
+                 command="train", args={"phase": phase, "replace_stale": True}, retries=2, dispatch=True)
+
+
+PIPELINE: dict[str, Stage] = {s.name: s for s in (
+    Stage("ingest", "tasks.ingest.ingest:run",
+          "Read every enabled source, clean and dedup → data/documents/ and metrics/ingest.json.",
+          ("ingest",), ("tasks/ingest", *SHARED), ("data/chat_combined.txt",), (Output("data/documents"),)),
+    Stage("tokenizer", "tasks.tokens.tokenizer:run",
+          "Train the byte-level BPE tokenizer → artifacts/tokenizer/ and metrics/tokenizer.json.",
+          ("tokenizer", "shard.val_fraction", "model.block_size"), ("tasks/tokens", *SHARED),
+          ("data/documents",), (Output("artifacts/tokenizer"),)),
+    Stage("shard", "tasks.tokens.shard:run",
+          "Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json.",
+          ("shard",), ("tasks/tokens", *SHARED), ("data/documents", "artifacts/tokenizer"),
+          (Output("data/shards"),)),
+    _training("pilot", "The short run the gate judges → checkpoints/pilot/, metrics/pilot.json.", (),
+              ("data/shards", "artifacts/tokenizer")),
+    Stage("gate", "tasks.train.gate:run",
+          "Judge the pilot (loss, NaN, spikes, grad norm, trend, samples) → metrics/gate.json; fails if unhealthy.",
+          ("gate",), ("tasks/train", *SHARED),
+          ("metrics/pilot.json", "metrics/pilot_curve.csv", "metrics/pilot_val.csv")),
+    _training("full", "The full run, from the pilot's weights → checkpoints/full/, metrics/full.json.", (),
+              ("metrics/gate.json", "data/shards", "artifacts/tokenizer", "checkpoints/pilot")),
+    _training("distill", "A student taught by the full model (distill.enabled) → checkpoints/distill/.",
+              ("distill",), ("checkpoints/pilot", "checkpoints/full", "data/shards", "artifacts/tokenizer")),
+    Stage("eval", "tasks.evals.evaluate:run",
+          "Evaluate the trained model (val loss/bpb, chat turns, HumanEval) → metrics/eval.json, reports/eval.md.",
+          ("seed", "eval", "shard.val_fraction", "train.device", "distill.enabled"),
+          ("tasks/evals", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
+          ("checkpoints/full", "checkpoints/distill", "data/documents", "artifacts/tokenizer"),
+          (Output("reports/eval.md", cache=False), Output("reports/humaneval_samples.jsonl"),
+           Output("reports/humaneval_results.jsonl"), Output("reports/student_humaneval_samples.jsonl"),
+           Output("reports/student_humaneval_results.jsonl"))),
+    Stage("publish", "tasks.publish.publish:run",
+          "Bundle the model → dist/<name>/ (+ HF export), upload to GCS, register in MLflow.",
+          ("eval.phase", "publish", "distill.enabled", "distill.student.quant"),
+          ("tasks/publish", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
+          ("checkpoints/full", "checkpoints/distill", "metrics/eval.json", "metrics/pilot.json", "metrics/full.json",
+           "data/shards/manifest.json", "artifacts/tokenizer"),
+          (Output("dist", cache=False),)),
+)}

@@ -14,8 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own temp projects
 
-from tasks.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.stage import Layout  # noqa: E402
+from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from tasks.common.layout import Layout  # noqa: E402
 
 # Small but real: every built-in source, several shards per split.
 TEST_OVERRIDES = [
@@ -33,6 +33,32 @@ TINY = ["model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_siz
         "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3", "train.eval_every=6",
         "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8", "train.checkpoint_every=4",
         "train.keep_checkpoints=2", "train.log_every=2", "train.device=cpu", "train.lr=3e-3"]  # a model that trains in seconds
+
+
+TINY_OVERLAY = str(PROJECT_ROOT / "configs" / "tiny.yaml")
+# The whole flow (all nine stages) in about a minute, over the tiny overlay.
+MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=64",
+         "train.batch_size=4", "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3",
+         "train.eval_every=6", "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8",
+         "train.checkpoint_every=6", "train.device=cpu", "train.lr=3e-3",
+         # a 12-step pilot cannot reach the seed's bar; these thresholds judge it as healthy
+         "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0",
+         # eval on a sliver of the val split and four HumanEval problems
+         "eval.val_max_tokens=4096", "eval.chat_max_tokens=8", "eval.humaneval.problems=4",
+         "eval.humaneval.n_samples=2", "eval.humaneval.k=[1,2]", "eval.humaneval.max_new_tokens=16",
+         "distill.enabled=true", "distill.steps=4"]  # the tiny overlay's ternary student, a few steps of it
+
+CODE = ("chatpipe", "flows", "tasks", "model", "kernels")  # what a clone needs to run the pipeline
+
+
+def clone_code(root: Path) -> Path:
+    """A copy of the project's code and configs, as a fresh clone has them; run it with PYTHONPATH=root."""
+    for package in CODE:
+        shutil.copytree(PROJECT_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore", "configs", "data/chat_combined.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (PROJECT_ROOT / name).is_dir() else shutil.copy)(PROJECT_ROOT / name, root / name)
+    return root
 
 
 def make_project(root: Path) -> Path:
@@ -54,7 +80,8 @@ test_params.__test__ = False  # a helper, not a test
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """One real run of the three data stages; tests must treat it as read-only."""
-    from tasks import ingest, shard, tokenizer
+    from tasks.ingest import ingest
+    from tasks.tokens import shard, tokenizer
 
     root = make_project(tmp_path_factory.mktemp("built"))
     params = test_params()
@@ -77,24 +104,25 @@ def linked(root: Path, layout: Layout) -> Path:
 @pytest.fixture(scope="session")
 def trained(built, tmp_path_factory):
     """`built` plus a TINY model trained through pilot and full (checkpoints/full); read-only."""
-    from tasks import train
+    from tasks.train import loop
 
     layout, _, _ = built
     root = linked(tmp_path_factory.mktemp("trained"), layout)
     params = test_params(*TINY)
     with contextlib.chdir(root):
         for phase in ("pilot", "full"):
-            train.run(params, Layout(root), phase)
+            loop.run(params, Layout(root), phase)
     return Layout(root), params
 
 
 @pytest.fixture(scope="session")
 def bundle_path(trained, tmp_path_factory) -> Path:
-    """A model bundle (tasks/bundle.py) of the `trained` model; read-only."""
-    from tasks import bundle
+    """A model bundle (tasks/common/bundle.py) of the `trained` model; read-only."""
+    from tasks.common import bundle
+    from tasks.train import checkpoint
 
     layout, _ = trained
-    model, _ = bundle.from_checkpoint(layout.checkpoints / "full")
+    model, _ = checkpoint.latest_model(layout.checkpoints / "full")
     return bundle.write(tmp_path_factory.mktemp("dist") / "tiny-test", model, layout.tokenizer,
                         "# tiny-test\n\nA model trained by the test suite.\n")
 

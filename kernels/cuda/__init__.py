@@ -6,10 +6,23 @@
     ternary_matmul(x, packed, scale, shape)               x @ W.T for a 2-bit packed ternary W, unpacked in
                                                           the kernel (ternary_matmul.py)
 
+Runtime use: rms_norm and linear_cross_entropy, when the model trains on CUDA with `train.kernels: triton`
+(model/transformer.py `use_kernels`). ternary_matmul is a tested building block on no runtime path (serving
+a ternary model unpacks its weights to floats); tests/test_kernels_triton.py and bench/kernels.py use it.
+
 Written for CUDA GPUs; on CPU tensors they run under Triton's interpreter (TRITON_INTERPRET=1, set before
 these modules are imported: triton.jit picks interpreter or compiler when a kernel is defined), which is
-how tests/test_kernels_triton.py checks them without a GPU. Needs the `triton` package.
+how tests/test_kernels_triton.py checks them without a GPU. Needs the `triton` package: the cuda extra
+(pip install 'chat-pipeline[cuda]'); without it importing this package fails with one line saying so.
 """
+try:
+    import triton  # noqa: F401 -- the cuda extra; checked here so a missing one is one clear line
+except ModuleNotFoundError as e:
+    if e.name != "triton":
+        raise
+    raise ModuleNotFoundError("the Triton kernels (kernels/cuda) need the cuda extra: "
+                              "pip install 'chat-pipeline[cuda]'", name="triton") from None
+
 from .cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from .rmsnorm import rms_norm, rms_norm_reference
 from .ternary_matmul import ternary_matmul, ternary_matmul_reference

@@ -1,10 +1,11 @@
 """Matmul with 2-bit packed ternary weights, unpacked inside the kernel.
 
-Why: a ternary (BitNet b1.58) student is published packed (model/quant.py `pack_ternary`): codes 0, 1, 2
-for -1, 0, +1, four to a byte, one fp32 scale per tensor; 16x smaller than fp32. Serving it by first
-unpacking every weight to floats gives that memory back, and at decode time (M = a few tokens) a matmul
-is bound by reading the weight: reading 2 bits instead of 16 or 32 per weight is the speed-up. This
-kernel reads the packed bytes as they are stored and decodes each tile of weights in registers:
+Why: a ternary (BitNet b1.58) student is published packed (model/quant.py `pack_ternary`, in the layout of
+kernels/ternary_codes.py): codes 0, 1, 2 for -1, 0, +1, four to a byte, one fp32 scale per tensor; 16x
+smaller than fp32. Serving it by first unpacking every weight to floats gives that memory back, and at
+decode time (M = a few tokens) a matmul is bound by reading the weight: reading 2 bits instead of 16 or 32
+per weight is the speed-up. This kernel reads the packed bytes as they are stored and decodes each tile of
+weights in registers:
 
     weight (n, k) is flat index i = n * K + k of the [N, K] weight: code = byte[i // 4] >> 2 * (i % 4) & 3
     y[m, n] = scale * sum_k x[m, k] * (code(n, k) - 1)
@@ -22,6 +23,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from kernels.ternary_codes import unpack_ternary
 
 
 @triton.jit
@@ -73,7 +76,5 @@ def ternary_matmul(x: torch.Tensor, packed: torch.Tensor, scale: float, shape: t
 
 
 def ternary_matmul_reference(x: torch.Tensor, packed: torch.Tensor, scale: float, shape: tuple[int, int]) -> torch.Tensor:
-    """The same in eager PyTorch: unpack the whole weight to fp32 (model/quant.py), then a matmul."""
-    from model.quant import unpack_ternary
-
+    """The same in eager PyTorch: unpack the whole weight to fp32 (kernels/ternary_codes.py), then a matmul."""
     return (x.float() @ unpack_ternary(packed, scale, shape).T).to(x.dtype)

@@ -1,10 +1,10 @@
 """Our own GLSL compute kernels on Vulkan: compile `.comp` -> SPIR-V with glslc, dispatch with the `vulkan` package.
 
-Why this exists: the Vulkan training step (tasks/vulkan_step.py) goes through IREE, which compiles whole torch
+Why this exists: the Vulkan training step (tasks/train/backends/vulkan.py) goes through IREE, which compiles whole torch
 graphs but gives no say over the kernels, and is slow on some of them (its AdamW over 1M floats took 20 ms on
 lavapipe against 3.3 ms hand-written). This module is the escape hatch next to it, in the way ggml does it: a
 few hand-written GLSL compute shaders (adamw.comp: a fused AdamW step; ternary_matmul.comp: a matmul reading
-2-bit packed ternary weights straight from model.quant.pack_ternary's format), compiled at first use and run
+2-bit packed ternary weights straight from kernels/ternary_codes.py's format), compiled at first use and run
 on any Vulkan device: Mesa's lavapipe (CPU) in CI, ANV/RADV/NVIDIA on real machines.
 
 Why the `vulkan` cffi package (pip `vulkan==1.3.275.1`) and not `wgpu`: it loads our SPIR-V as is and has
@@ -310,8 +310,8 @@ def device() -> _Device:
             _DEVICE = _Device()
         except VulkanKernelError:
             raise
-        except ImportError:
-            raise VulkanKernelError("the `vulkan` package is not installed (pip install vulkan==1.3.275.1)") \
+        except ImportError:  # the `vulkan` package (the vulkan extra) is not installed
+            raise VulkanKernelError("our Vulkan kernels need the vulkan extra: pip install 'chat-pipeline[vulkan]'") \
                 from None
         except Exception as e:  # noqa: BLE001 -- the loader's own errors (no libvulkan, no ICD) come as cffi/Vk exceptions
             raise VulkanKernelError(f"cannot open a Vulkan device: {type(e).__name__}: {e} "
@@ -398,7 +398,7 @@ def adamw_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray
 
 
 def ternary_matmul(x: np.ndarray, packed, scale: float, shape: tuple[int, int]) -> np.ndarray:
-    """y[M, N] = x[M, K] @ W.T, W = model.quant.unpack_ternary(packed, scale, shape) decoded in the shader.
+    """y[M, N] = x[M, K] @ W.T, W = kernels.ternary_codes.unpack_ternary(packed, scale, shape) decoded in the shader.
 
     packed: the uint8 codes from model.quant.pack_ternary (numpy array, or a CPU torch tensor), >= ceil(N*K/4)
     bytes; shape: (N, K), the [out, in] weight shape. x: C-contiguous float32 [M, K]. Returns a new float32 [M, N].

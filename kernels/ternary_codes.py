@@ -1,0 +1,42 @@
+"""The 2-bit packed ternary weight format: what model/quant.py publishes and the ternary matmul kernels read.
+
+A ternary weight is codes in {-1, 0, +1} times one fp32 scale per tensor. Packed, code c is stored as c + 1
+(0, 1, 2; 3 is unused) at 2 bits, four to a byte, in the weight's row-major (flat) order:
+
+    weight i sits at bits 2 * (i % 4) of byte i // 4        (the last byte padded with code 0, i.e. 0 bits)
+
+so an [N, K] weight takes ceil(N * K / 4) bytes. Which codes and scale a float weight gets is the model's
+business (model/quant.py `pack_ternary`: BitLinear's absmean quantizer, then `pack_codes`); this module is the
+byte layout only, in pure torch, shared by the model (packing, and `unpack_ternary` when loading a packed
+bundle) and by the kernels and their references (kernels/cuda/ternary_matmul.py,
+kernels/vulkan/ternary_matmul.comp).
+
+    pack_codes(codes) -> uint8                      codes in {-1, 0, +1} (any shape, any dtype) -> packed bytes
+    unpack_codes(packed, numel) -> float32          the first numel codes, flat, as -1.0 / 0.0 / +1.0
+    unpack_ternary(packed, scale, shape) -> float32 codes * scale in `shape`: the weight a packed tensor stands for
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes in {-1, 0, +1} (any shape; float or integer) -> uint8 tensor of ceil(numel / 4) bytes, 4 codes a byte."""
+    flat = (codes.flatten() + 1).to(torch.uint8)
+    flat = F.pad(flat, (0, -flat.numel() % 4)).view(-1, 4)
+    return flat[:, 0] | flat[:, 1] << 2 | flat[:, 2] << 4 | flat[:, 3] << 6
+
+
+def unpack_codes(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of pack_codes: the first `numel` codes as a flat float32 tensor of -1, 0 and +1."""
+    codes = torch.stack([packed >> s & 3 for s in (0, 2, 4, 6)], dim=1).flatten()[:numel]
+    return codes.float() - 1
+
+
+def unpack_ternary(packed: torch.Tensor, scale: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The float32 weight packed codes stand for: codes * scale, in `shape` (model/quant.py's pack_ternary inverted:
+    equal to BitLinear's quantized weight)."""
+    return unpack_codes(packed, math.prod(shape)).view(shape) * torch.tensor(scale, dtype=torch.float32)

@@ -1,0 +1,1 @@
+"""The chat format: grammar, markers, stop markers, turn rules, sample prompts."""

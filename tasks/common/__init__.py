@@ -1,0 +1,1 @@
+"""Used by every stage; imports no stage."""

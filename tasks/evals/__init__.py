@@ -1,0 +1,1 @@
+"""The eval stage: loss, bits per byte, chat turns, HumanEval, teacher vs student."""

@@ -1,0 +1,323 @@
+"""Evaluation: `chatpipe eval` measures the trained model, and publish decides on its numbers.
+
+One checkpoint (the latest of `eval.phase`) — and, when distillation is on, the student beside it
+(the latest of checkpoints/distill) — measured the same way:
+
+1. Validation loss, perplexity and bits per byte, overall and per source, on the validation documents
+   (the split by document id that the shards and the tokenizer's held-out set use). Each source's
+   documents are tokenized and joined as the shards join them, every document followed by
+   <|endoftext|> (and one before the first, so every token of the text is predicted), cut into
+   block_size windows and scored in batches. Bits per byte = NLL / ln 2 / UTF-8 bytes of the text:
+   unlike the loss it is comparable across tokenizers. `eval.val_max_tokens` caps the tokens per
+   source; the document that crosses the cap is cut there and its bytes are counted up to the cut.
+2. Chat: one seeded generation (the bundle's default sampling) for each of CHAT_PROMPTS; the turn rate
+   is the share that end the assistant turn cleanly, as the gate defines it (tasks/train/gate.py turn_problem).
+3. HumanEval pass@1 (greedy) and pass@k (sampled), completions run in the sandbox (tasks/evals/humaneval.py).
+4. Size and speed: the bytes of the bundle `publish` would write (weights — 2-bit packed for a ternary
+   model — config, tokenizer; tasks/common/bundle.py) and greedy generation tokens/s (model/decode.py, what
+   `chatpipe serve` runs; the same prompt and length for every model, median of three after a warm-up).
+
+With a student, `comparison` puts the two side by side (the table in reports/eval.md, `comparison.*` in
+MLflow): each measure for both, and the student's gap (val loss and bits per byte: student - teacher).
+
+Outputs, each written whole (tasks/common/atomic.py), metrics last: reports/eval.md (tables and the chat
+generations), reports/humaneval_samples.jsonl (the reference samples format), reports/
+humaneval_results.jsonl (every completion with its outcome; both empty when HumanEval is disabled) and
+metrics/eval.json, recorded as the MLflow run "eval"; the student's HumanEval files are reports/student_
+humaneval_{samples,results}.jsonl and its measures `student` in eval.json. Publish reads `val_loss`,
+`turn_rate` and `humaneval["pass@1_greedy"]` (`humaneval` is null when disabled) from it, or from
+`student` for the student.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from model import Transformer
+from model.decode import Decoder
+from tasks.chat.format import EOT
+from tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
+from tasks.common import atomic, bundle
+from tasks.common.config import Params, params_dict
+from tasks.common.documents import val_rows
+from tasks.common.errors import InputError
+from tasks.common.layout import Layout
+from tasks.common.stage import StageResult, Timer, finish
+from tasks.evals import humaneval
+from tasks.evals.compare import comparison, comparison_table, percent
+from tasks.tokens.tokenizer import load as load_tokenizer
+from tasks.train import checkpoint
+from tasks.train.backends import devices
+from tasks.train.samples import samples
+
+WINDOW_TOKENS = 16384  # tokens per validation batch (windows of block_size)
+# ---------------------------------------------------------------- validation loss and bits per byte
+
+@dataclass
+class SourceStream:
+    """One source's validation documents as the shards lay them out: <eot> doc <eot> doc <eot> ..."""
+    tokens: list[int]
+    bytes: int = 0
+    documents: int = 0
+
+    @property
+    def targets(self) -> int:
+        """Tokens predicted: all but the leading <eot>."""
+        return len(self.tokens) - 1
+
+    def add(self, text: str, encoding, eot: int, cap: int | None) -> None:
+        ids = [*encoding.ids, eot]
+        room = len(ids) if cap is None else min(len(ids), cap - self.targets)
+        if room <= 0:
+            return
+        self.tokens += ids[:room]
+        kept = text[:encoding.offsets[room - 1][1]] if room < len(encoding.ids) else text
+        self.bytes += len(kept.encode("utf-8"))
+        self.documents += 1
+
+
+def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenizer,
+                       max_tokens: int | None) -> dict[str, SourceStream]:
+    """Each source's validation documents, tokenized and joined, up to `max_tokens` predicted tokens."""
+    eot = tokenizer.token_to_id(EOT)
+    streams: dict[str, SourceStream] = {}
+
+    def full(source: str) -> bool:
+        return max_tokens is not None and source in streams and streams[source].targets >= max_tokens
+
+    for rows in val_rows(documents, val_fraction):
+        rows = [(src, text) for src, text in rows if not full(src)]
+        encodings = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
+        for (src, text), encoding in zip(rows, encodings):
+            streams.setdefault(src, SourceStream([eot])).add(text, encoding, eot, max_tokens)
+    if not streams:
+        raise InputError(f"{documents}: no validation documents (shard.val_fraction={val_fraction}); "
+                         "ingest more documents or raise shard.val_fraction")
+    return dict(sorted(streams.items()))
+
+
+@torch.no_grad()
+def stream_nll(model: Transformer, tokens: list[int], device: torch.device) -> float:
+    """Summed next-token NLL (nats) over a token stream, in non-overlapping block_size windows."""
+    block = model.config.block_size
+    t = torch.tensor(tokens, dtype=torch.long)
+    n_windows = math.ceil((len(t) - 1) / block)
+    x = torch.zeros(n_windows * block, dtype=torch.long)
+    y = torch.full((n_windows * block,), -1, dtype=torch.long)  # padding targets are ignored
+    x[:len(t) - 1], y[:len(t) - 1] = t[:-1], t[1:]
+    x, y = x.view(n_windows, block), y.view(n_windows, block)
+    per_batch = max(1, WINDOW_TOKENS // block)
+    total = 0.0
+    for i in range(0, n_windows, per_batch):
+        logits, _ = model(x[i:i + per_batch].to(device))
+        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + per_batch].flatten().to(device),
+                                 ignore_index=-1, reduction="sum").item()
+    return total
+
+
+def _scores(nll: float, tokens: int, n_bytes: int) -> dict:
+    loss = nll / tokens
+    return {"loss": round(loss, 5), "ppl": round(math.exp(loss), 4),
+            "bpb": round(nll / math.log(2) / n_bytes, 5), "tokens": tokens, "bytes": n_bytes}
+
+
+def validation(model: Transformer, tokenizer: Tokenizer, documents: Path, val_fraction: float,
+               max_tokens: int | None, device: torch.device) -> dict:
+    """{"overall": scores, "per_source": {source: scores + documents}}; scores = loss, ppl, bpb, tokens, bytes."""
+    model.eval()
+    per_source, nll_sum = {}, 0.0
+    for src, stream in validation_streams(documents, val_fraction, tokenizer, max_tokens).items():
+        nll = stream_nll(model, stream.tokens, device)
+        nll_sum += nll
+        per_source[src] = {**_scores(nll, stream.targets, stream.bytes), "documents": stream.documents}
+    overall = _scores(nll_sum, sum(s["tokens"] for s in per_source.values()),
+                      sum(s["bytes"] for s in per_source.values()))
+    return {"overall": overall, "per_source": per_source}
+
+
+# ---------------------------------------------------------------- chat
+
+def chat(model: Transformer, tokenizer: Tokenizer, max_tokens: int, seed: int) -> list[dict]:
+    """One generation per chat prompt with the bundle's default sampling; each judged by turn_problem."""
+    g = DEFAULT_GENERATION
+    return [{**sample, "problem": turn_problem(sample)}
+            for sample in samples(model, tokenizer, max_tokens, seed, CHAT_PROMPTS, temperature=g["temperature"],
+                                  top_k=g["top_k"], top_p=g["top_p"])]
+
+
+# ---------------------------------------------------------------- the report
+
+def _fenced(text: str) -> str:
+    """A markdown code block that no backtick run inside `text` can close."""
+    fence = "`" * max(3, max(map(len, re.findall("`+", text)), default=0) + 1)
+    return f"{fence}\n{text.rstrip()}\n{fence}"
+
+
+def report(metrics: dict) -> str:
+    """reports/eval.md: the numbers as tables, every chat generation, the HumanEval summary."""
+    he = metrics["humaneval"]
+    turns = sum(c["problem"] is None for c in metrics["chat"])
+    lines = [f"# Evaluation of `{metrics['checkpoint']}`", "",
+             "| measure | value |", "| --- | --- |",
+             f"| validation loss | {metrics['val_loss']:.4f} |", f"| perplexity | {metrics['val_ppl']:.2f} |",
+             f"| bits per byte | {metrics['val_bpb']:.4f} |",
+             f"| chat turn structure | {turns}/{len(metrics['chat'])} ({metrics['turn_rate']:.0%}) |"]
+    if he:
+        lines.append(f"| HumanEval pass@1 (greedy) | {percent(he['pass@1_greedy'])} |")
+        lines += [f"| HumanEval pass@{k} ({he['samples']} samples) | {percent(v)} |" for k, v in he["pass@k"].items()]
+    if metrics["comparison"]:
+        lines += ["", *comparison_table(metrics["comparison"])]
+    lines += ["", "## Validation by source", "",
+              "| source | documents | tokens | bytes | loss | perplexity | bits/byte |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [(f"| {src} | {s['documents']:,} | {s['tokens']:,} | {s['bytes']:,} | {s['loss']:.4f} | "
+               f"{s['ppl']:.2f} | {s['bpb']:.4f} |") for src, s in metrics["per_source"].items()]
+    lines += ["", "## HumanEval", ""]
+    if he:
+        lines += [(f"{he['problems']} problems, one greedy and {he['samples']} sampled completions each "
+                   f"(at most {he['max_new_tokens']} new tokens); {he['truncated_prompts']} prompts were cut to "
+                   "fit the model's context (left truncation). Every completion ran in the sandbox: "
+                   "`reports/humaneval_results.jsonl`; the samples in the reference format: "
+                   "`reports/humaneval_samples.jsonl`."), "", "| status | completions |", "| --- | ---: |"]
+        lines += [f"| {status} | {n} |" for status, n in he["statuses"].items()]
+    else:
+        lines.append("Not run (`eval.humaneval.enabled: false`).")
+    lines += ["", "## Chat", "", (f"{turns} of {len(metrics['chat'])} answers end their turn cleanly "
+                                  "(stop marker before the token limit, not empty, no turn marker inside)."), ""]
+    for i, c in enumerate(metrics["chat"], 1):
+        verdict = "clean turn" if c["problem"] is None else c["problem"]
+        lines += [f"### {i}. {verdict}", "", _fenced(c["prompt"] + c["completion"]), ""]
+    lines += ["## Time", "", "| part | seconds |", "| --- | ---: |"]
+    lines += [f"| {part} | {s:.1f} |" for part, s in metrics["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+
+
+# ---------------------------------------------------------------- the stage
+
+def load_model(params: Params, layout: Layout, phase: str | None = None
+               ) -> tuple[Transformer, dict, Tokenizer, torch.device]:
+    """The latest checkpoint of `phase` (default eval.phase) and the tokenizer it was trained with."""
+    device = devices.pick(params.train.device)[0].torch_device()
+    model, state = checkpoint.latest_model(layout.checkpoints / (phase or params.eval.phase), device,
+                                          layout.tokenizer)
+    return model, state, load_tokenizer(layout.tokenizer), device
+
+
+def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
+    """The sizes of the bundle publish writes for this model (without its eval, lineage and HF export) and
+    of its weights file, from one write."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = bundle.write(Path(tmp) / "bundle", model, tokenizer_dir, "")
+        total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        return total, (out / "model.safetensors").stat().st_size
+
+
+def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: int = 7) -> list[float]:
+    """Greedy tokens/s of the server's decoder (model/decode.py) for each model, from the first chat prompt
+    to the end of the shortest context, no stop. Rounds interleave the models (alternating which goes
+    first), so machine noise hits them alike; the median of `rounds` after one warm-up round."""
+    decoders = [Decoder(model) for model in models]
+    prompt = tokenizer.encode(CHAT_PROMPTS[0], add_special_tokens=False).ids
+    n = min(model.config.block_size for model in models) - len(prompt)
+    times: list[list[float]] = [[] for _ in models]
+    for r in range(rounds + 1):
+        for i in (range(len(models)) if r % 2 else reversed(range(len(models)))):
+            start = time.perf_counter()
+            for _ in decoders[i].tokens(prompt, n, temperature=0.0):
+                pass
+            times[i].append(time.perf_counter() - start)
+    return [round(n / statistics.median(t[1:]), 1) for t in times]
+
+
+def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Params, layout: Layout,
+            device: torch.device) -> tuple[dict, humaneval.HumanEvalRun | None]:
+    """Every measure of one model: its eval.json section, and the HumanEval result (None when disabled)."""
+    cfg, timer = params.eval, Timer()
+    part = Timer()
+    val = validation(model, tokenizer, layout.documents, params.shard.val_fraction, cfg.val_max_tokens, device)
+    timings = {"validation": part.seconds}
+    part = Timer()
+    samples = chat(model, tokenizer, cfg.chat_max_tokens, params.seed)
+    timings["chat"] = part.seconds
+    he = humaneval.evaluate(model, tokenizer, cfg.humaneval, params.seed) if cfg.humaneval.enabled else None
+    if he:
+        timings["humaneval generation"] = he.metrics["generation_seconds"]
+        timings["humaneval execution"] = he.metrics["execution_seconds"]
+    part = Timer()
+    size, weights = bundle_bytes(model, layout.tokenizer)
+    timings["size"] = part.seconds
+    timings["total"] = timer.seconds
+    overall = val["overall"]
+    return {"checkpoint": state["path"], "step": state["step"], "quant": model.config.quant,
+            "val_loss": overall["loss"], "val_ppl": overall["ppl"], "val_bpb": overall["bpb"],
+            "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
+            "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
+            "humaneval": he.metrics if he else None, "bundle_bytes": size,
+            "weights_bytes": weights, "generation_tokens_per_s": None,  # set by run
+            "timings": timings}, he
+
+
+def _write_humaneval(reports: Path, prefix: str, he: humaneval.HumanEvalRun | None) -> list[Path]:
+    """The samples and per-completion results files (empty when HumanEval is off: never stale)."""
+    paths = [reports / f"{prefix}humaneval_samples.jsonl", reports / f"{prefix}humaneval_results.jsonl"]
+    atomic.write_bytes(paths[0], _jsonl(he.samples if he else []))
+    atomic.write_bytes(paths[1], _jsonl(he.results if he else []))
+    return paths
+
+
+def _summary(m: dict) -> str:
+    he = m["humaneval"]
+    parts = [f"val loss {m['val_loss']:.2f} (ppl {m['val_ppl']:.1f}, {m['val_bpb']:.2f} bits/byte)",
+             f"chat turns {sum(c['problem'] is None for c in m['chat'])}/{len(m['chat'])}"]
+    if he:
+        parts.append(f"HumanEval pass@1 {percent(he['pass@1_greedy'])} (greedy), sampled "
+                     + ", ".join(f"pass@{k} {percent(v)}" for k, v in he["pass@k"].items()))
+    return " · ".join(parts)
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    cfg, timer = params.eval, Timer()
+    model, state, tokenizer, device = load_model(params, layout)
+    if cfg.humaneval.enabled:
+        humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
+    metrics, he = measure(model, state, tokenizer, params, layout, device)
+    metrics = {**metrics, "phase": cfg.phase, "student": None, "comparison": None}
+    reports = layout.root / "reports"
+    outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
+    student_he, models = None, [model]
+    if params.distill.enabled:
+        student, student_state, _, _ = load_model(params, layout, "distill")
+        metrics["student"], student_he = measure(student, student_state, tokenizer, params, layout, device)
+        models.append(student)
+    part = Timer()
+    for m, speed in zip((metrics, metrics["student"]), generation_speeds(models, tokenizer)):
+        m["generation_tokens_per_s"] = speed
+    metrics["timings"]["generation speed"] = part.seconds
+    if metrics["student"]:
+        metrics["comparison"] = comparison(metrics, metrics["student"])
+    outputs += _write_humaneval(reports, "student_", student_he)
+    metrics["seconds"] = timer.seconds
+    atomic.write_bytes(outputs[0], report(metrics).encode("utf-8"))
+    summary = f"eval: {_summary(metrics)}"
+    if metrics["student"]:
+        gap = metrics["comparison"]["gap"]
+        summary += (f"; student ({metrics['student']['quant'] or 'float'}): {_summary(metrics['student'])}, "
+                    f"gap {gap['val_loss']:+.3f} loss, {gap['val_bpb']:+.3f} bits/byte, "
+                    f"{gap['bundle_size_ratio']:.1f}x smaller")
+    summary += f" · {os.path.relpath(outputs[0])} [{timer.seconds:.1f}s]"
+    return finish(layout, "eval", summary, metrics, outputs, params.tracking, params_dict(params))

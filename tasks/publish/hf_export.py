@@ -1,0 +1,120 @@
+"""Export a dense model as a Hugging Face checkpoint that `transformers` loads with no custom code.
+
+Our transformer is LLaMA's architecture under other parameter names: pre-norm RMSNorm, RoPE in the
+rotate-half layout HF uses (model/transformer.py `apply_rope` pairs x[i] with x[i + d/2]), GQA, SwiGLU
+with w1 = gate, w3 = up, w2 = down, no biases. So the export is a renaming, never a permutation:
+`AutoModelForCausalLM.from_pretrained(dir)` gives our logits (tests/test_hf_export.py). A model with
+QK-norm is Qwen3's architecture instead (RMSNorm over head_dim on q and k before RoPE, as ours). MoE
+models are not exported: our experts drop tokens beyond a capacity, HF's MoE models do not, so the
+logits would differ.
+
+    config.json              LlamaConfig / Qwen3Config (architectures, dtype float32, bos/eos ids)
+    model.safetensors        HF parameter names
+    tokenizer.json           our BPE tokenizer, unchanged
+    tokenizer_config.json    PreTrainedTokenizerFast, eos <|endoftext|>, a chat_template for our format
+    special_tokens_map.json
+    generation_config.json   sampling defaults; every stop marker is an eos id
+
+The tokenizer files are written as plain JSON (not by transformers' save_pretrained), so older
+transformers versions read them too.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from model import Transformer
+from tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
+from tasks.chat.turns import DEFAULT_GENERATION
+from tasks.common import atomic
+
+_LAYER_NAMES = {  # ours (under blocks.{i}.) -> HF (under model.layers.{i}.)
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight",
+    "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.w1.weight": "mlp.gate_proj.weight",
+    "mlp.w3.weight": "mlp.up_proj.weight",
+    "mlp.w2.weight": "mlp.down_proj.weight",
+}
+_TOP_NAMES = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+              "lm_head.weight": "lm_head.weight"}
+
+
+def unsupported(model: Transformer) -> str | None:
+    """Why this model cannot be exported (None if it can)."""
+    if model.config.moe is not None:
+        return "MoE models have no exact transformers equivalent (capacity-based token dropping)"
+    if model.config.quant is not None:
+        return f"{model.config.quant} weights and int8 activations have no transformers Llama equivalent"
+    return None
+
+
+def architecture(model: Transformer) -> str:
+    return "Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"
+
+
+def hf_name(name: str) -> str:
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    _, layer, rest = name.split(".", 2)  # blocks.{i}.<rest>
+    return f"model.layers.{layer}.{_LAYER_NAMES[rest]}"
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our weights under HF names (float32, contiguous); a tied LM head is left out, as HF expects."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    return {hf_name(k): v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def hf_config(model: Transformer, stop_ids: list[int]):
+    from transformers import LlamaConfig, Qwen3Config
+
+    c = model.config
+    common = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_hidden,
+                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
+                  head_dim=c.head_dim, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+                  rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, hidden_act="silu",
+                  attention_bias=False, bos_token_id=stop_ids[0], eos_token_id=stop_ids[0],
+                  pad_token_id=stop_ids[0], architectures=[architecture(model)], dtype="float32")
+    if c.qk_norm:
+        return Qwen3Config(**common, use_sliding_window=False)
+    return LlamaConfig(**common, mlp_bias=False)
+
+
+def write_tokenizer(tokenizer_dir: Path, out: Path, max_length: int) -> None:
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out / "tokenizer.json")
+    atomic.write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", **HF_SPECIAL_TOKENS, "chat_template": CHAT_TEMPLATE,
+        "model_max_length": max_length, "clean_up_tokenization_spaces": False})
+    atomic.write_json(out / "special_tokens_map.json", HF_SPECIAL_TOKENS)
+
+
+def export(model: Transformer, tokenizer_dir: Path, out_dir: Path, generation: dict | None = None) -> Path:
+    """Write `out_dir` (atomically) as a transformers checkpoint of `model`; see the module docstring."""
+    from tokenizers import Tokenizer
+    from transformers import GenerationConfig
+
+    if why := unsupported(model):
+        raise ValueError(f"cannot export to transformers: {why}")
+    tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    gen = {**DEFAULT_GENERATION, **(generation or {})}
+    stop_ids = [i for t in (EOT, *gen["stop"]) if (i := tokenizer.token_to_id(t)) is not None]
+    stop_ids = list(dict.fromkeys(stop_ids))  # <|endoftext|> first: it is the bos/eos/pad id
+    with atomic.atomic_dir(Path(out_dir)) as tmp:
+        hf_config(model, stop_ids).save_pretrained(tmp)
+        save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_tokenizer(tokenizer_dir, tmp, model.config.block_size)
+        GenerationConfig(bos_token_id=stop_ids[0], eos_token_id=stop_ids, pad_token_id=stop_ids[0],
+                         do_sample=True, temperature=gen["temperature"], top_p=gen["top_p"],
+                         top_k=gen["top_k"], max_new_tokens=gen["max_new_tokens"]).save_pretrained(tmp)
+    return Path(out_dir)

@@ -1,5 +1,0 @@
-"""Ingest sources: one module per kind, registered by `@reader(kind)` in `base`."""
-from tasks.sources import chat, code, distill, hf, synthetic_code  # noqa: F401  (registers the readers)
-from tasks.sources.base import READERS, Doc, Skips
-
-__all__ = ["READERS", "Doc", "Skips"]

@@ -1,0 +1,1 @@
+"""Training: pilot, gate, full, distill."""

@@ -1,0 +1,1 @@
+"""Where a training step runs: the device registry and the Vulkan step."""

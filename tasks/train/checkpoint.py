@@ -1,0 +1,115 @@
+"""Checkpoints that resume exactly: `checkpoints/<phase>/step-NNNNNN/`.
+
+A checkpoint holds the weights (`model.safetensors`), the optimizer states (`optimizer.pt`), the RNG
+states (`rng.pt`), and `state.json` (step, data reader position, curve so far, model config, tokenizer
+hash, MLflow run id). It is written to a temp directory and renamed, with `checksums.json` last, so a run
+killed at any moment leaves either a whole checkpoint or none; `latest()` skips anything incomplete or
+corrupt. Only the newest `keep` are kept.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from model import Transformer
+from model.config import ModelConfig
+from tasks.common import atomic
+from tasks.common.errors import InputError
+from tasks.common.hashing import sha256_file
+from tasks.tokens.tokenizer import file_hash
+
+log = logging.getLogger("chatpipe.checkpoint")
+_STEP = re.compile(r"^step-(\d{6,})$")
+FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: Path, step: int, model: nn.Module, optimizer: list[dict], state: dict, keep: int) -> Path:
+    final = Path(directory) / f"step-{step:06d}"
+    with atomic.atomic_dir(final) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))  # stores a tied matrix once
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        atomic.write_json(tmp / "state.json", state)
+        atomic.write_json(tmp / "checksums.json", {name: sha256_file(tmp / name) for name in FILES})
+    for old in all_steps(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def all_steps(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((p for p in directory.iterdir() if _STEP.match(p.name)), key=lambda p: int(p.name[5:]))
+
+
+def verify(path: Path) -> bool:
+    try:
+        sums = json.loads((path / "checksums.json").read_text())
+        return all(sha256_file(path / name) == sums[name] for name in FILES)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def latest(directory: Path) -> Path | None:
+    """The newest complete checkpoint whose checksums hold; corrupt ones are skipped with a warning."""
+    for path in reversed(all_steps(directory)):
+        if verify(path):
+            return path
+        log.warning("skipping checkpoint %s: incomplete or corrupt (checksum mismatch)", path)
+    return None
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((Path(path) / "state.json").read_text())
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    load_model(model, str(Path(path) / "model.safetensors"), device=str(next(model.parameters()).device))
+
+
+def load(path: Path, model: nn.Module) -> tuple[list[dict], dict, dict]:
+    """Load the weights into `model`; return (optimizer states, rng states, state)."""
+    load_weights(model, path)
+    device = next(model.parameters()).device
+    optimizer = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    return optimizer, rng, read_state(path)
+
+
+def latest_model(directory: Path, device: str | torch.device = "cpu",
+                    tokenizer_dir: Path | None = None) -> tuple[Transformer, dict]:
+    """The model in the latest valid checkpoint under `directory` (e.g. checkpoints/full), and its state.
+
+    Given `tokenizer_dir`, a tokenizer other than the one the checkpoint was trained with is refused."""
+    path = latest(Path(directory))
+    if path is None:
+        raise InputError(f"{directory}: no complete checkpoint; train first (`chatpipe train`)")
+    state = read_state(path)
+    if tokenizer_dir is not None and state["inputs"]["tokenizer"] != file_hash(tokenizer_dir):
+        raise InputError(f"{tokenizer_dir}/tokenizer.json is not the tokenizer {path} was trained with "
+                         "(sha256 differs); retrain, or restore that tokenizer")
+    model = Transformer(ModelConfig.from_dict(state["inputs"]["model"])).to(device)
+    load_weights(model, path)
+    state["path"] = str(path)
+    return model.eval(), state

@@ -1,0 +1,117 @@
+"""Logit distillation: the `distill` training phase, where a student learns from a teacher's logits.
+
+The teacher is one of our own checkpoints (by default the full run's), so it shares the tokenizer and
+its next-token distribution is over the same vocabulary as the student's. The student is the model
+section with `distill.student` on top (e.g. `quant: ternary`, or a smaller shape); it starts from the
+teacher's weights (`init: teacher` — quantization-aware training from the float model) or from scratch.
+
+    loss = alpha * CE(student, data) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+
+p_T = softmax(teacher / T), q_T = softmax(student / T); T^2 keeps the KD gradient's size independent of
+T (Hinton et al., 2015). With `top_k`, the teacher's distribution is cut to its k most likely tokens
+and renormalized; the student's log-probabilities stay over the whole vocabulary, so the term is the
+cross-entropy of the cut teacher against the student minus the cut teacher's entropy. The teacher runs
+in eval mode without gradients, in bf16 on CUDA. `tasks/train/loop.py` runs the loop; this module says what
+the phase trains, from what, and on which loss.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model import Transformer, preset
+from model.config import ModelConfig
+from tasks.common.config import Params, TrainParams
+from tasks.common.errors import ConfigError
+from tasks.common.layout import Layout
+from tasks.train import checkpoint
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float,
+            temperature: float, top_k: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The distillation loss of student logits [B, T, V] against teacher logits [B, T, V] (same vocab).
+
+    Returns (loss, {"ce": data cross-entropy, "kd": the KL term before its weights}); positions whose
+    target is -1 are ignored by both terms.
+    """
+    vocab = student.size(-1)
+    s, t, y = student.reshape(-1, vocab).float(), teacher.detach().reshape(-1, vocab).float(), targets.reshape(-1)
+    keep = y != -1
+    ce = F.cross_entropy(s, y, ignore_index=-1)
+    log_q = F.log_softmax(s[keep] / temperature, dim=-1)
+    t = t[keep] / temperature
+    if top_k is not None and top_k < vocab:
+        t, index = t.topk(top_k, dim=-1)
+        log_q = log_q.gather(-1, index)
+    log_p = F.log_softmax(t, dim=-1)
+    kd = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    return alpha * ce + (1 - alpha) * temperature ** 2 * kd, {"ce": ce.detach(), "kd": kd.detach()}
+
+
+def student_config(params: Params, vocab_size: int) -> ModelConfig:
+    """The model section, then `distill.student`'s overrides on top."""
+    try:
+        return preset(params.model.preset, vocab_size=vocab_size,
+                      **{**params.model.overrides(), **params.distill.student.overrides()})
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"params: distill.student: {e}") from None
+
+
+def recipe(params: Params) -> TrainParams:
+    """The training recipe of the phase: train's, with distill.lr as the peak learning rate when set."""
+    train, lr = params.train, params.distill.lr
+    if lr is None:
+        return train
+    return train.model_copy(update={"lr": lr, "lr_min": lr * train.lr_min / train.lr})  # the same floor ratio
+
+
+@dataclass
+class Teacher:
+    model: Transformer
+    checkpoint: Path
+    identity: dict  # what the student's checkpoints record: which teacher, by content hash
+
+    @classmethod
+    def load(cls, params: Params, layout: Layout, device: torch.device) -> Teacher:
+        """The teacher phase's latest checkpoint, frozen; refused if trained with another tokenizer."""
+        model, state = checkpoint.latest_model(layout.checkpoints / params.distill.teacher, device,
+                                              tokenizer_dir=layout.tokenizer)
+        if device.type == "cuda":
+            model = model.to(torch.bfloat16)
+        model.requires_grad_(False)
+        path = Path(state["path"])
+        weights = json.loads((path / "checksums.json").read_text())["model.safetensors"]
+        return cls(model, path, {"phase": params.distill.teacher, "step": state["step"],
+                                 "model": state["inputs"]["model"], "weights_sha256": weights})
+
+    def init_student(self, student: Transformer) -> None:
+        """Copy the teacher's weights into a student of the same shape (a ternary student included)."""
+        mine, theirs = student.config.to_dict(), dict(self.identity["model"])
+        if diff := sorted(k for k in mine if k != "quant" and mine[k] != theirs.get(k)):
+            raise ConfigError(f"params: distill.init=teacher needs the student's shape to be the teacher's; "
+                              f"it differs in {', '.join(diff)} (use distill.init=scratch)")
+        checkpoint.load_weights(student, self.checkpoint)
+
+    def objective(self, params: Params) -> Callable:
+        """loss(model, x, y) -> (loss, parts) for the training loop."""
+        d = params.distill
+
+        def loss(model, x: torch.Tensor, y: torch.Tensor):
+            logits, _ = model(x)
+            with torch.no_grad():
+                teacher_logits, _ = self.model(x)
+            total, parts = kd_loss(logits, teacher_logits, y, d.alpha, d.temperature, d.top_k)
+            return total + model_aux(model), parts
+        return loss
+
+
+def model_aux(model) -> torch.Tensor | float:
+    """The MoE load-balancing term the model's own loss would add (0 for dense models)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    return inner.aux_loss_coef * inner.last_aux_loss if inner.aux_loss_coef else 0.0

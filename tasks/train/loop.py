@@ -1,0 +1,242 @@
+"""Training: `chatpipe train --phase pilot|full|distill`.
+
+A plain loop: schedule the learning rate, forward and backward over the micro-batches, clip, step,
+record; every so often the validation loss, sample generations and a checkpoint. The distill phase is the
+same loop with a student model and the distillation loss (tasks/train/distill.py). Data-parallel under
+`torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast on CUDA.
+
+Around it, each in its own module: where a run starts and when it may resume (tasks/train/resume.py:
+exactly, with the same per-step losses, when the inputs are the same), checkpoints
+(tasks/train/checkpoint.py), the curve files `metrics/<phase>_*.csv` for DVC plots
+(tasks/train/curves.py), MLflow metrics (tasks/common/tracking.py), and devices
+(tasks/train/backends/devices.py). On Vulkan the device runs the whole step
+(tasks/train/backends/offload.py) and the loop syncs its state back before reading the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import Transformer, flops_per_token, param_counts, preset
+from model.config import ModelConfig
+from tasks.common.config import Params, params_dict
+from tasks.common.errors import ConfigError, InputError, TrainingError
+from tasks.common.layout import Layout
+from tasks.common.stage import StageResult, Timer, finish
+from tasks.common.tracking import Run
+from tasks.tokens.reader import TokenReader
+from tasks.tokens.tokenizer import load as load_tokenizer
+from tasks.train import checkpoint, curves, distill, resume
+from tasks.train.backends import devices
+from tasks.train.backends.offload import StepContext
+from tasks.train.distributed import Ranks
+from tasks.train.optim import Optimizers, lr_multiplier
+from tasks.train.samples import samples
+
+PHASES = ("pilot", "full", "distill")
+
+
+def model_config(params: Params, vocab_size: int) -> ModelConfig:
+    try:
+        return preset(params.model.preset, vocab_size=vocab_size, **params.model.overrides())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"params: model: {e}") from None
+
+
+def standard(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The pilot's and full run's objective: the model's own loss (cross-entropy + MoE aux)."""
+    return model(x, y)[1], {}
+
+
+def forward_backward(t: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward and backward over `grad_accum` micro-batches; the gradients add up in the parameters.
+
+    Returns this rank's mean loss and objective parts (distillation's ce and kd) as tensors. Under DDP only
+    the last micro-batch all-reduces the gradients (`no_sync` around the others).
+    """
+    accum = t.cfg.grad_accum
+    loss_sum, part_sums = torch.zeros((), device=t.device), {}
+    for micro in range(accum):
+        x, y = (batch.to(t.device, non_blocking=True) for batch in t.reader.next_batch())
+        sync = micro == accum - 1 or t.ranks.world == 1
+        with (contextlib.nullcontext() if sync else t.train_model.no_sync()), t.autocast():
+            loss, parts = t.objective(t.train_model, x, y)
+        (loss / accum).backward()
+        loss_sum += loss.detach().float() / accum
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + value.float() / accum
+    return loss_sum, part_sums
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int, batches: int,
+             device: torch.device, autocast) -> float:
+    """Mean loss over the first `batches` validation batches, in a fixed order."""
+    model.eval()
+    reader = TokenReader(shards, "val", block_size, batch_size, shuffle=False)
+    losses = []
+    for _ in range(min(batches, max(1, reader.n_blocks // batch_size))):
+        x, y = reader.next_batch()
+        with autocast():
+            losses.append(model(x.to(device), y.to(device))[1].float().item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def skipped(layout: Layout, phase: str) -> StageResult:
+    """A phase switched off in params (distill.enabled: false): empty outputs, so DVC has them, and a record."""
+    (layout.checkpoints / phase).mkdir(parents=True, exist_ok=True)
+    curves.write(layout, phase, {"curve": [], "val": []})
+    return finish(layout, phase, f"train {phase}: skipped ({phase}.enabled is false)",
+                  {"phase": phase, "enabled": False}, [layout.checkpoints / phase])
+
+
+def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
+        replace_stale: bool = False) -> StageResult:
+    """Train one phase to its step count, from where it left off (tasks/train/resume.py)."""
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
+    if phase == "distill" and not params.distill.enabled:
+        return skipped(layout, phase)
+    timer, ranks = Timer(), Ranks()
+    device_kind, why = devices.pick(params.train.device)
+    ranks.start(device_kind.name)
+    device = device_kind.torch_device(ranks.local)
+    autocast = (lambda: torch.autocast(device.type, dtype=device_kind.autocast)) if device_kind.autocast \
+        else contextlib.nullcontext
+
+    shard_manifest = layout.shards / "manifest.json"
+    if not shard_manifest.exists():
+        raise InputError(f"{layout.shards}: no shards; run `chatpipe shard` first")
+    manifest = json.loads(shard_manifest.read_text())
+    tokenizer = load_tokenizer(layout.tokenizer)
+    teacher = distill.Teacher.load(params, layout, device) if phase == "distill" else None
+    cfg = distill.recipe(params) if teacher else params.train
+    mcfg = (distill.student_config if teacher else model_config)(params, manifest["vocab_size"])
+    objective = teacher.objective(params) if teacher else standard
+    per_rank = cfg.batch_size // (cfg.grad_accum * ranks.world)
+    if per_rank * cfg.grad_accum * ranks.world != cfg.batch_size:
+        raise ConfigError(f"params: train.batch_size: {cfg.batch_size} is not divisible by grad_accum "
+                          f"({cfg.grad_accum}) × processes ({ranks.world})")
+
+    torch.manual_seed(params.seed)
+    model = Transformer(mcfg).to(device)
+    if cfg.kernels != "torch":
+        if device.type != "cuda":
+            raise ConfigError(f"params: train.kernels: {cfg.kernels} kernels run on CUDA, and this run trains on "
+                              f"{device_kind.name}; use train.kernels=torch")
+        model.use_kernels(cfg.kernels)
+    optimizers = Optimizers(model, cfg)
+    reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
+                         rank=ranks.rank, world_size=ranks.world)
+    total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "distill": params.distill.steps}[phase]
+    directory = layout.checkpoints / phase
+    inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, teacher)
+    state = resume.start(phase, params, layout, model, optimizers, reader, inputs, replace_stale, teacher)
+
+    train_model = ranks.wrap(model, device)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    context = StepContext(model, train_model, optimizers, objective, cfg, reader, ranks, device, autocast,
+                          distilling=teacher is not None)
+    offloaded = device_kind.offload(context) if device_kind.offload else None  # Vulkan: the device steps
+
+    counts = param_counts(mcfg)
+    tracker = None
+    if ranks.main:
+        tracker = Run(params.tracking, layout.root, run_name=phase, run_id=state["mlflow_run_id"],
+                      tags={"chatpipe.phase": phase, "chatpipe.device": device_kind.name,
+                            "chatpipe.tokenizer_sha256": manifest["tokenizer_sha256"],
+                            "chatpipe.documents_fingerprint": manifest.get("documents_fingerprint", "")},
+                      params={"phase": phase, **params_dict(params), "model_config": mcfg.to_dict(),
+                              "params_total": counts["total"], "world_size": ranks.world},
+                      flush_every=cfg.log_every)
+        state["mlflow_run_id"] = tracker.run_id
+
+    tokens_per_step = cfg.batch_size * mcfg.block_size
+    flops = flops_per_token(mcfg, mcfg.block_size)
+    peak = device_kind.peak_flops(ranks.local)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {phase}", unit="step", disable=not ranks.main,
+               mininterval=1.0)
+    start_step, tokens_per_s = state["step"], None
+    with bar, tracker or contextlib.nullcontext():
+        for step in range(state["step"], total):
+            n, t0 = step + 1, time.perf_counter()
+            multiplier = lr_multiplier(step, cfg, total)
+            if offloaded:
+                loss, grad_norm, parts = offloaded.step(multiplier)
+            else:
+                optimizers.set_lr(multiplier)
+                loss_sum, part_sums = forward_backward(context)
+                loss = ranks.mean(loss_sum)
+                if math.isfinite(loss):  # else no step: the check below stops the run
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                    optimizers.step()
+                    optimizers.zero_grad()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    parts = {name: ranks.mean(value) for name, value in part_sums.items()}
+            if not math.isfinite(loss):
+                raise TrainingError(f"step {n}: loss is {loss}; training stopped. Last good checkpoint: "
+                                    f"{checkpoint.latest(directory) or 'none'}")
+
+            dt = time.perf_counter() - t0
+            lr = cfg.lr * multiplier
+            state["curve"].append([n, loss, lr, grad_norm])
+            state["step"] = n
+            tokens_per_s = tokens_per_step / dt
+            if tracker:
+                mfu = flops * tokens_per_s / (peak * ranks.world) if peak else None
+                tracker.log(n, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                                "mfu": mfu, "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0),
+                                **parts})
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.update(1)
+
+            last = n == total
+            validate, sample, save = (last or n % every == 0
+                                      for every in (cfg.eval_every, cfg.sample_every, cfg.checkpoint_every))
+            if offloaded and (validate or sample or save):
+                offloaded.sync()  # the model and optimizers now hold the training state
+            if validate:
+                val = evaluate(model, layout.shards, mcfg.block_size, per_rank, cfg.eval_batches, device, autocast)
+                state["val"].append([n, val])
+                if tracker:
+                    tracker.log(n, {"val_loss": val, "val_ppl": math.exp(min(val, 50))})
+            if sample and ranks.main:
+                state["samples"] = samples(model, tokenizer, cfg.sample_tokens, seed=params.seed + n)
+                tracker.log_text("\n\n".join(f"{s['prompt']}{s['completion']}" for s in state["samples"]),
+                                 f"samples/{phase}-step-{n:06d}.txt")
+            if save:
+                if ranks.main:
+                    tracker.flush()
+                    checkpoint.save(directory, n, model, optimizers.state_dict(),
+                                    {"step": n, "phase": phase, "inputs": inputs,
+                                     "reader": reader.state_dict(), "train": state},
+                                    keep=cfg.keep_checkpoints)
+                    curves.write(layout, phase, state)
+                ranks.barrier()
+
+    latest = checkpoint.latest(directory)
+    metrics = {"phase": phase, **curves.summary(state), "tokens_per_s": tokens_per_s,
+               "resumed_at": start_step if start_step else None, "device": why, "world_size": ranks.world,
+               "params_total": counts["total"], "params_active": counts["active"],
+               "flops_per_token": flops, "checkpoint": str(latest) if latest else None,
+               "mlflow_run_id": state["mlflow_run_id"], "tracking_uri": tracker.uri if tracker else None,
+               "init": state["init"], "samples": state["samples"], "seconds": timer.seconds,
+               **({"model": mcfg.to_dict(), "teacher": teacher.identity, "distill": inputs["distill"]}
+                  if teacher else {})}
+    summary = (f"train {phase}: {metrics['steps']} steps on {why}, loss {metrics['final_loss']:.3f}"
+               f" (val {metrics['final_val_loss']:.3f}), grad norm p99 {metrics['grad_norm_p99']:.2f}, "
+               f"{(tokens_per_s or 0):,.0f} tokens/s → {latest} [{timer.seconds:.1f}s]")
+    if not ranks.main:
+        return StageResult(f"train_{phase}", summary, metrics, ())
+    curves.write(layout, phase, state)
+    return finish(layout, phase, summary, metrics, [directory])

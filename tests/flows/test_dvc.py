@@ -1,0 +1,74 @@
+"""`dvc repro` runs the whole pipeline in a real git+DVC repo (a clone of the project, its own code running);
+a second run does nothing; a changed param re-runs its stage and those after it; an edit of the training code
+re-runs training and what follows it, not the data stages; `dvc exp run -S` and `dvc metrics show` work."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.common.config import PROJECT_ROOT, params_dict
+
+from conftest import MICRO, clone_code, test_params
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, cwd):
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+                        "PYTHONPATH": str(cwd),  # the clone's code is what runs
+                        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_repro_then_noop_then_partial(tmp_path):
+    repo = clone_code(tmp_path / "repo")
+    # params.yaml keeps the shard section (so a change there is granular); the overlay holds the rest
+    small = params_dict(test_params(*MICRO))
+    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) | {"shard": small.pop("shard")}
+    (repo / "params.yaml").write_text(yaml.safe_dump(base))
+    (repo / "configs" / "tiny.yaml").write_text(yaml.safe_dump(small))
+    dvc = str(BIN / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, repo)
+
+    first = run([dvc, "repro"], repo)
+    for stage in ("ingest", "tokenizer", "shard", "pilot", "gate", "full", "distill", "eval", "publish"):
+        assert f"Running stage '{stage}'" in first
+    assert (repo / "checkpoints" / "full" / "step-000006").exists()
+    assert (repo / "dist" / "chat-pipeline" / "checksums.json").exists()
+    assert (repo / "dist" / "chat-pipeline-ternary" / "checksums.json").exists()
+    lock = (repo / "dvc.lock").read_text()
+
+    second = run([dvc, "repro"], repo)
+    assert "Running stage" not in second and "up to date" in second
+    assert (repo / "dvc.lock").read_text() == lock
+    assert "final_loss" in run([dvc, "metrics", "show"], repo)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard"]["shard_tokens"] = 32768
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    third = run([dvc, "repro"], repo)
+    assert "Running stage 'shard'" in third and "Running stage 'pilot'" in third
+    assert "Running stage 'ingest'" not in third and "Running stage 'tokenizer'" not in third
+    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 1  # other data: trained afresh
+
+    # the training step's code changed: training and what follows re-run (from scratch), the data stages don't
+    step = repo / "tasks" / "train" / "loop.py"
+    step.write_text(step.read_text() + "\n# an edit of the training step\n")
+    fourth = run([dvc, "repro"], repo)
+    for stage in ("pilot", "gate", "full", "distill", "eval", "publish"):
+        assert f"Running stage '{stage}'" in fourth
+    for stage in ("ingest", "tokenizer", "shard"):
+        assert f"Running stage '{stage}'" not in fourth
+    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 2  # not resumed from the old code's run
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "repro"], repo)
+    exp = run([dvc, "exp", "run", "-S", "shard.val_fraction=0.06"], repo)
+    assert "Running stage 'shard'" in exp and "Running stage 'ingest'" not in exp
+    assert "0.06" in run([dvc, "exp", "show", "--md"], repo)

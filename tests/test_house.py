@@ -1,0 +1,194 @@
+"""The rules of the house, read from the code itself (every import statement, those inside functions too).
+
+(a) every module a stage imports lies in one of the code folders the stage table declares for it, and each
+    declared folder is needed (delete one and (a) fails) — so a stage's cache cannot miss its own code;
+(b) no import cycle anywhere;
+(c) arrows point down: chatpipe → flows → tasks → model → kernels; serve uses tasks and model; inside tasks,
+    a stage package imports only earlier ones along the diagram, and common/ and chat/ import no stage;
+(d) dvc.yaml is what the stage table gives.
+"""
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from chatpipe.dvc import render
+from tasks import PIPELINE
+from tasks.common.config import PROJECT_ROOT
+
+PACKAGES = ("chatpipe", "flows", "tasks", "model", "kernels", "serve")
+STAGE_PACKAGES = ("tasks.ingest", "tasks.tokens", "tasks.train", "tasks.evals", "tasks.publish")  # diagram order
+TABLE = "tasks"  # tasks/__init__.py, the stage table: read by the drivers, run by no stage
+
+
+def module_file(name: str) -> Path | None:
+    base = PROJECT_ROOT / name.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+@cache
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+@cache
+def imports(name: str) -> frozenset[str]:
+    """The project modules `name` imports, anywhere in its body."""
+    found, path = set(), modules()[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+            source = ".".join(p for p in (base, node.module) if p)
+            found |= {f"{source}.{a.name}" if module_file(f"{source}.{a.name}") else source for a in node.names}
+    return frozenset(m for m in found if m.split(".")[0] in PACKAGES and m in modules())
+
+
+def with_parents(name: str) -> set[str]:
+    """A module and the packages Python runs first to import it (`a.b.c` → a, a.b, a.b.c)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def closure(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for module in with_parents(todo.pop()) - seen:
+            seen.add(module)
+            todo += imports(module)
+    return seen - {TABLE}
+
+
+def uncovered(modules_: set[str], folders: tuple[str, ...]) -> list[str]:
+    roots = [PROJECT_ROOT / f for f in folders]
+    return sorted(str(modules()[m].relative_to(PROJECT_ROOT)) for m in modules_
+                  if not any(modules()[m].is_relative_to(r) for r in roots))
+
+
+# ---------------------------------------------------------------- (a) code deps
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_declared_code_covers_what_the_stage_imports(name):
+    stage = PIPELINE[name]
+    assert not uncovered(closure(stage.run.partition(":")[0]), stage.code), \
+        f"{name} imports code outside its declared folders {stage.code}"
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_each_declared_folder_is_needed(name):
+    """Deleting any one code dep from the table entry leaves an imported module uncovered."""
+    stage = PIPELINE[name]
+    reached = closure(stage.run.partition(":")[0])
+    for folder in stage.code:
+        rest = tuple(f for f in stage.code if f != folder)
+        assert uncovered(reached, rest), f"{name}: {folder} is declared but nothing the stage imports lies there"
+
+
+def test_the_checker_sees_a_missing_folder():
+    """The training step's own folder removed from the pilot's deps: the check names the modules it misses."""
+    pilot = PIPELINE["pilot"]
+    missed = uncovered(closure("tasks.train.loop"), tuple(f for f in pilot.code if f != "tasks/train"))
+    assert "tasks/train/loop.py" in missed and "tasks/train/optim.py" in missed
+
+
+# ---------------------------------------------------------------- (b) cycles
+
+def cycles() -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), over explicit imports."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in imports(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in imports(v):
+                found.append(sorted(component))
+
+    for module in modules():
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles() == []
+
+
+# ---------------------------------------------------------------- (c) arrows
+
+def violations(importer: str, forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(f"{m} → {t}" for m in modules() if m == importer or m.startswith(importer + ".")
+                  for t in imports(m) if any(t == f or t.startswith(f + ".") for f in forbidden))
+
+
+def test_layers_point_down():
+    assert violations("model", ("tasks", "flows", "serve", "chatpipe")) == []
+    assert violations("kernels", ("model", "tasks", "flows", "serve", "chatpipe")) == []
+    assert violations("tasks", ("flows", "serve", "chatpipe")) == []
+    assert violations("flows", ("chatpipe", "serve")) == []
+    assert violations("serve", ("flows", "chatpipe")) == []
+
+
+def test_shared_packages_import_no_stage():
+    assert violations("tasks.common", STAGE_PACKAGES) == []
+    assert violations("tasks.chat", ("tasks.common", *STAGE_PACKAGES)) == []  # chat imports nothing but itself
+
+
+def test_stages_import_only_upstream():
+    for i, package in enumerate(STAGE_PACKAGES):
+        assert violations(package, STAGE_PACKAGES[i + 1:]) == [], f"{package} imports a later stage"
+
+
+# ---------------------------------------------------------------- (d) dvc.yaml
+
+def test_dvc_yaml_is_generated_from_the_stage_table():
+    assert (PROJECT_ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: run `chatpipe dvc-yaml`"
+
+
+# ---------------------------------------------------------------- (e) the README's tree
+
+def readme_tree() -> set[str]:
+    """The paths the README's architecture tree lists (two spaces of indent per level)."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = text.split("## Architecture", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    paths, parents = set(), []
+    for line in block.splitlines():
+        depth, name = (len(line) - len(line.lstrip(" "))) // 2, line.split()[0]
+        parents = parents[:depth] + [name.rstrip("/")]
+        paths.add("/".join(parents))
+    return paths
+
+
+def test_readme_tree_is_the_real_tree():
+    listed = readme_tree()
+    assert sorted(p for p in listed if not (PROJECT_ROOT / p).exists()) == []
+    code = {str(p.relative_to(PROJECT_ROOT)) for package in PACKAGES
+            for p in (PROJECT_ROOT / package).rglob("*") if p.suffix in (".py", ".comp") and p.name != "__init__.py"}
+    assert sorted(code - listed) == []

@@ -1,0 +1,97 @@
+"""`train.device: vulkan` through the real training stage on Mesa's lavapipe: the same losses as CPU, and
+checkpoints that do not remember where they were trained (Vulkan → CPU, CPU → Vulkan, then served)."""
+import contextlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.common import bundle
+from tasks.common.config import PROJECT_ROOT
+from tasks.common.layout import Layout
+from tasks.train import checkpoint, loop
+from tasks.train.backends import devices
+
+from conftest import TEST_OVERRIDES, TINY, linked, test_params
+
+vulkan_step = pytest.importorskip("tasks.train.backends.vulkan")
+pytestmark = pytest.mark.skipif(not vulkan_step.available(),
+                                reason="no Vulkan device (apt mesa-vulkan-drivers) or IREE not installed")
+
+STEPS = [*TINY, "train.pilot_steps=8", "train.checkpoint_every=4", "train.eval_every=4", "train.sample_every=8",
+         "train.keep_checkpoints=4", "distill.enabled=false"]
+
+
+def run(root: Path, device: str, *extra) -> dict:
+    with contextlib.chdir(root):
+        return loop.run(test_params(*STEPS, f"train.device={device}", *extra), Layout(root), "pilot").metrics
+
+
+def losses(root: Path) -> list[float]:
+    return [float(line.split(",")[1]) for line in (root / "metrics" / "pilot_curve.csv").read_text().splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def runs(built, tmp_path_factory):
+    """The same 8 steps on CPU and on Vulkan, checkpoints at 4 and 8."""
+    layout, _, _ = built
+    roots = {d: linked(tmp_path_factory.mktemp(d), layout) for d in ("cpu", "vulkan")}
+    return {d: (root, run(root, d)) for d, root in roots.items()}
+
+
+def test_vulkan_trains_with_the_cpu_losses(runs):
+    (cpu, _), (vk, metrics) = runs["cpu"], runs["vulkan"]
+    assert metrics["device"] == "vulkan (requested)" and metrics["steps"] == 8
+    diff = max(abs(a - b) for a, b in zip(losses(cpu), losses(vk)))
+    assert diff < 1e-4, diff          # fp32 on both sides; measured ~1e-6
+    assert abs(metrics["final_val_loss"] - runs["cpu"][1]["final_val_loss"]) < 1e-4
+
+
+def test_checkpoints_move_between_vulkan_and_cpu(runs, built, tmp_path):
+    """Step 4 from one device, steps 5-8 on the other: the same curve as 8 steps on either."""
+    layout, _, _ = built
+    for first, then in (("vulkan", "cpu"), ("cpu", "vulkan")):
+        root = linked(tmp_path / f"{first}-{then}", layout)
+        shutil.copytree(runs[first][0] / "checkpoints" / "pilot" / "step-000004", root / "checkpoints" / "pilot" / "step-000004")
+        metrics = run(root, then)
+        assert metrics["resumed_at"] == 4
+        tail = losses(root)[4:]
+        diff = max(abs(a - b) for a, b in zip(tail, losses(runs["cpu"][0])[4:]))
+        assert len(tail) == 4 and diff < 1e-4, (first, then, diff)
+
+
+def test_a_vulkan_checkpoint_serves_anywhere(runs, tmp_path):
+    root = runs["vulkan"][0]
+    model, _ = checkpoint.latest_model(root / "checkpoints" / "pilot", tokenizer_dir=root / "artifacts" / "tokenizer")
+    out = bundle.load(bundle.write(tmp_path / "from-vulkan", model, root / "artifacts" / "tokenizer", "# card\n"))
+    x = torch.randint(0, model.config.vocab_size, (1, 16))
+    assert torch.equal(out.model(x)[0], model(x)[0])
+    state = checkpoint.read_state(checkpoint.latest(root / "checkpoints" / "pilot"))
+    assert state["inputs"]["model"] == model.config.to_dict()
+
+
+def test_the_cli_trains_on_vulkan_and_auto_passes_over_lavapipe(runs, built, tmp_path):
+    layout, _, _ = built
+    root = linked(tmp_path / "cli", layout)
+    args = [str(Path(sys.executable).parent / "chatpipe"), "train", "--phase", "pilot",
+            "-p", str(PROJECT_ROOT / "configs" / "tiny.yaml")]
+    for setting in (*TEST_OVERRIDES, *STEPS, "train.device=vulkan", "train.pilot_steps=4"):
+        args += ["-S", setting]
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train pilot: 4 steps on vulkan (requested)" in proc.stdout + proc.stderr
+    device, why = devices.pick("auto")
+    if "llvmpipe" in vulkan_step.device_name() and not torch.cuda.is_available():
+        assert device.name == "cpu" and "vulkan: only a software renderer (llvmpipe" in why
+
+
+def test_what_vulkan_cannot_run_is_refused_before_any_work(built, tmp_path):
+    from tasks.common.errors import ConfigError
+
+    layout, _, _ = built
+    root = linked(tmp_path / "p", layout)
+    with pytest.raises(ConfigError, match="vulkan does not support grad_accum > 1, MoE layers"):
+        run(root, "vulkan", "train.grad_accum=2", "model.moe={n_experts: 2, top_k: 1}")
