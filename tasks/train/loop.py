@@ -132,7 +132,10 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
         if device.type != "cuda":
             raise ConfigError(f"params: train.kernels: {cfg.kernels} kernels run on CUDA, and this run trains on "
                               f"{device_kind.name}; use train.kernels=torch")
-        model.use_kernels(cfg.kernels)
+        try:
+            model.use_kernels(cfg.kernels)
+        except ModuleNotFoundError as e:  # kernels/cuda needs the cuda extra; its message says so
+            raise ConfigError(f"params: train.kernels: {e}") from None
     optimizers = Optimizers(model, cfg)
     reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)

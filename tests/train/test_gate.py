@@ -3,6 +3,8 @@ import contextlib
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +190,11 @@ def test_message_names_every_failed_check(tmp_path, params):
     with contextlib.chdir(tmp_path):
         message = failure(gate.run(params))
     assert message == ("gate failed: train_loss 4.61 ≥ 4.0; grad_norm_p99 12.3 ≥ 5.0 "
-                               "(report: metrics/gate.json)")
+                       "(report: metrics/gate.json)")
+    # `chatpipe gate` (what DVC runs) exits non-zero with that line, and nothing else on stderr
+    cli = subprocess.run([str(Path(sys.executable).parent / "chatpipe"), "gate", "-C", str(tmp_path), "-S",
+                          "tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db")], capture_output=True, text=True)
+    assert (cli.returncode, cli.stdout, cli.stderr) == (2, "", f"chatpipe: error: {message}\n")
     checks = {c["name"]: c for c in report(tmp_path)["checks"]}
     assert checks["train_loss"]["value"] == pytest.approx(4.61)
     assert checks["grad_norm_p99"] == {**checks["grad_norm_p99"], "value": pytest.approx(12.3), "threshold": 5.0,

@@ -49,7 +49,9 @@ class Device:
 def _vulkan_status() -> str | None:
     from tasks.train.backends import vulkan as vulkan_step
 
-    return None if vulkan_step.available() else "no Vulkan device, or IREE not installed"
+    if not vulkan_step.installed():
+        return "IREE is not installed (the vulkan extra: pip install 'chat-pipeline[vulkan]')"
+    return None if vulkan_step.available() else "no Vulkan device"
 
 
 def _vulkan_auto() -> str | None:

@@ -112,7 +112,7 @@ def _devices() -> list[dict]:
         return []
 
 
-def _installed() -> bool:
+def installed() -> bool:
     """IREE's compiler and turbine are there: looked up, not imported (importing them takes seconds)."""
     try:
         return all(importlib.util.find_spec(m) is not None for m in ("iree.compiler", "iree.turbine"))
@@ -125,7 +125,7 @@ def available() -> bool:
 
     The compiler and turbine are looked up, not imported (`auto` device picks ask this on every run);
     the runtime is imported to list the devices."""
-    return _installed() and bool(_devices())
+    return installed() and bool(_devices())
 
 
 def device_name() -> str:
@@ -191,7 +191,7 @@ class VulkanTrainer:
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                  grad_clip: float | None = 1.0, cache: bool = True):
         if not available():
-            raise ConfigError(f"vulkan: {NEEDS_EXTRA}" if not _installed() else
+            raise ConfigError(f"vulkan: {NEEDS_EXTRA}" if not installed() else
                               "vulkan: no Vulkan device (apt-get install libvulkan1 mesa-vulkan-drivers for lavapipe)")
         self.config = model.config
         self.batch_size, self.seq_len = batch_size, seq_len or model.config.block_size
