@@ -21,6 +21,12 @@ from tasks.common.config import load_params, params_dict
 from tasks.common.errors import ChatpipeError, StageFailed
 from tasks.common.layout import Layout
 
+# What the pipeline does not need from its libraries, off unless the user sets it: Prefect's server telemetry
+# (it posts to prefect.io; on the temporary server's fresh SQLite it raced the first flow run: `database is
+# locked`, with a traceback, in every `make demo`) and MLflow's INFO lines about its own tables.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="chat-pipeline: raw conversations and code → a small served chat/code model.")
 
@@ -46,8 +52,11 @@ class _NoTraceback(logging.Filter):
 
 
 def _quiet_libraries(debug: bool) -> None:
-    for name in ("httpx", "httpcore", "mlflow", "alembic"):
+    """Libraries say what went wrong; what went right is the stages' own summaries (and, from Prefect, which
+    flow run this is). Prefect's temporary-server notices and each task's "Finished in state" go."""
+    for name in ("httpx", "httpcore", "mlflow", "alembic", "prefect", "prefect.task_runs"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG if debug else logging.INFO)  # the summaries
     if not debug:
         for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
             for handler in logging.getLogger(name).handlers:
@@ -154,7 +163,7 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
                    f"(val {summary['pilot_val_loss']:.3f}); full loss {summary['full_loss']:.3f} "
                    f"(val {summary['full_val_loss']:.3f})\n  checkpoint: {summary['checkpoint']}\n"
                    f"  MLflow run: {summary['mlflow_run_id']} in {uri}\n  report: {summary['report']}\n"
-                   f"  open the runs: mlflow ui --backend-store-uri {uri}\n"
+                   f"  open the runs: mlflow ui --backend-store-uri {uri}  then open {summary['mlflow_ui']}\n"
                    f"  model bundle: {summary['bundle']} (val {summary['val_bpb']:.3f} bits/byte)\n"
                    f"  serve it: chatpipe serve --model {summary['bundle']}  then open http://127.0.0.1:8000/chat")
         if summary["student_bundle"]:
@@ -211,6 +220,8 @@ def serve(model: ModelOpt,
               help="Longest prompt accepted (default: the model's context - 1).")] = None,
           max_tokens: Annotated[Optional[int], typer.Option(
               help="Largest max_tokens a request may ask for (default: the model's context).")] = None,
+          max_request_bytes: Annotated[Optional[int], typer.Option(
+              help="Largest request body, in bytes (default: 1 MiB); a larger one gets a 413 unread.")] = None,
           device: DeviceOpt = "auto", debug: DebugOpt = False) -> None:
     """Serve a model: an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a /chat page."""
     def go():
@@ -222,7 +233,7 @@ def serve(model: ModelOpt,
 
         keys = Keys.configured(api_key_file)
         engine = Engine(open_bundle(model, device), max_concurrent, queue_timeout)
-        api = create_app(engine, keys, max_prompt_tokens, max_tokens)
+        api = create_app(engine, keys, max_prompt_tokens, max_tokens, max_request_bytes)
         sock = bind(host, port)
         if not keys.enabled and not is_loopback(host):
             logging.getLogger("chatpipe").warning(

@@ -6,7 +6,9 @@ Each box is a Prefect task made from its entry in the stage table (tasks/__init_
 `run` as the CLI and DVC. A task takes the results of the stages it consumes, so Prefect's UI draws the
 edges of the DAG; its cache key is the content hash of what it reads (flows/stages.py), so a re-run with
 nothing changed does no work and a changed param or code file re-runs its stage and everything after it.
-The gate stops the flow on an unhealthy pilot; the distillation runs only when `distill.enabled`.
+The gate stops the flow on an unhealthy pilot (a pilot stopped by a NaN loss included: the gate still
+writes its report); the distillation runs only when `distill.enabled`. A crash is retried (training resumes
+from its last checkpoint); our own errors and verdicts are not: the same inputs would end the same way.
 Training runs in-process, or — with `train_pool` — as the `train/<pool>` deployment on a worker of that
 pool (flows/train_worker.py). Every flow run is one MLflow parent run; each stage nests under it.
 """
@@ -21,8 +23,14 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from flows import report, stages
 from flows.request import Request
 from tasks import PIPELINE
-from tasks.common.errors import GateFailed
+from tasks.common.errors import ChatpipeError, GateFailed, StageFailed
 from tasks.common.stage import StageResult
+
+
+def crashed(task, task_run, state) -> bool:
+    """Retry a crash (a killed worker, a lost connection, a bug that may not recur), never our own error: a NaN
+    loss, a refused config or checkpoint is a verdict on the inputs, and the same run would end the same way."""
+    return not isinstance(state.result(raise_on_failure=False), ChatpipeError)
 
 
 def stage_task(name: str) -> Callable[..., StageResult]:
@@ -30,7 +38,7 @@ def stage_task(name: str) -> Callable[..., StageResult]:
     spec = PIPELINE[name]
 
     @task(name=name, cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True,
-          retries=spec.retries, retry_delay_seconds=5)
+          retries=spec.retries, retry_delay_seconds=5, retry_condition_fn=crashed)
     def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None
             ) -> tuple[StageResult]:
         # Prefect links a task's return value and its direct parts to the task run, by identity; a part of a
@@ -48,6 +56,8 @@ def stage_task(name: str) -> Callable[..., StageResult]:
         [result] = run.with_options(**fresh)(request, tuple(r for r in consumes if r),
                                              stages.cache_key(spec, params, root), train_pool)
         get_run_logger().info(result.summary)
+        if not result.ok and spec.halts:
+            raise StageFailed(result.summary)
         return result
 
     return call
@@ -71,7 +81,7 @@ def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: 
         documents = ingest(request)
         bpe = tokenizer(request, documents)
         shards = shard(request, documents, bpe)
-        pilot_run = pilot(request, shards, train_pool=train_pool)
+        pilot_run = pilot(request, shards, train_pool=train_pool)  # stopped by a NaN, it is judged all the same
         verdict = gate(request, pilot_run)
         if not verdict.ok:  # an unhealthy pilot: the full run never starts
             raise GateFailed(verdict.summary)

@@ -13,7 +13,7 @@ from pathlib import Path
 from flows.request import Request
 from tasks.common.config import params_dict
 from tasks.common.stage import StageResult
-from tasks.common.tracking import Run
+from tasks.common.tracking import Run, ui_url
 from tasks.evals.compare import comparison_table
 from tasks.publish.lineage import git_commit
 
@@ -93,8 +93,7 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
     root = request.root
-    experiment = parent.client.get_run(parent.run_id).info.experiment_id
-    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.run_id}"
+    link = ui_url(parent.experiment_id, parent.run_id)
     for tag, value in (("chatpipe.documents_fingerprint", results["ingest"].metrics.get("fingerprint")),
                        ("chatpipe.tokenizer_sha256", results["tokenizer"].metrics.get("sha256"))):
         if value:
@@ -126,4 +125,5 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
             "val_bpb": evaluation.get("val_bpb"), "bundle": results["publish"].metrics.get("bundle"),
             "student_bundle": (results["publish"].metrics.get("student") or {}).get("bundle"),
             "student_gap": (evaluation.get("comparison") or {}).get("gap"),
-            "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri, "report": str(reports / "report.md")}
+            "mlflow_run_id": parent.run_id, "tracking_uri": parent.uri, "mlflow_ui": ui_url(parent.experiment_id),
+            "report": str(reports / "report.md")}

@@ -34,8 +34,13 @@ def dispatch(pool: str, phase: str, request: Request) -> StageResult:
 
     run = run_deployment(f"train/{pool}", parameters={"phase": phase, "overlays": request.overlays,
                                                       "overrides": request.overrides, "workdir": request.workdir})
-    if not run.state or not run.state.is_completed():
-        state = run.state.name if run.state else "unknown"
-        raise ChatpipeError(f"train/{pool} ({phase}) ended {state}: {run.state.message if run.state else ''}")
+    state = run.state
+    if state is None or state.is_crashed() or state.is_cancelled():  # the worker died: the flow retries
+        raise RuntimeError(f"train/{pool} ({phase}) ended {state.name if state else 'unknown'}: "
+                           f"{state.message if state else ''}")
+    if not state.is_completed():  # the phase failed there, on its inputs: the same run would fail again
+        raise ChatpipeError(f"train/{pool} ({phase}) ended {state.name}: {state.message}")
     metrics = json.loads((request.root / "metrics" / f"{phase}.json").read_text())
-    return StageResult(phase, f"train {phase}: done on pool {pool} (flow run {run.name})", metrics)
+    stopped = metrics.get("stopped")  # a NaN loss ended it early
+    return StageResult(phase, f"train {phase}: {stopped or 'done'} on pool {pool} (flow run {run.name})", metrics,
+                       ok=not stopped)

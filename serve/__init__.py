@@ -7,7 +7,8 @@ Decoding itself is model/decode.py's Decoder (eval times generation with it too)
     sampling.py  Sampling: one answer's sampling parameters (the engine's and the batcher's)
     text.py      TextStream: token ids → UTF-8-safe text deltas, stop strings, stripped chat answers
     prompts.py   request → prompt ids within the context (old chat exchanges dropped to fit)
-    schema.py    the request bodies (strict pydantic) and their 400s
+    schema.py    the request bodies (strict pydantic, every string valid Unicode) and their 400s
+    limits.py    BodyLimit: request bodies over --max-request-bytes refused (413) before they are parsed
     errors.py    APIError: OpenAI-style error bodies
     auth.py      API keys (file, $CHATPIPE_API_KEYS), checked in constant time
     app.py       the FastAPI app: /v1/chat/completions, /v1/completions, /v1/models, /health, /chat

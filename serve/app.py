@@ -6,8 +6,9 @@
     GET  /health                liveness and slot use, no auth
     GET  /chat                  the chat page (serve/static/), no auth (it asks for a key if needed)
 
-A request is checked completely (body, model, limits, conversation) before it takes a generation slot,
-so a bad one costs no model time and is always a 4xx. Streams send one chunk per batch of new text, a
+A request is checked completely (body size, body, model, limits, conversation) before it takes a
+generation slot, so a bad one costs no model time and is always a 4xx; a body over the size limit is
+refused before it is parsed (serve/limits.py). Streams send one chunk per batch of new text, a
 final chunk with finish_reason, a usage chunk if asked (`stream_options.include_usage`), then
 `data: [DONE]`. A client that goes away cancels its generation.
 """
@@ -30,11 +31,13 @@ from serve import prompts
 from serve.auth import Keys
 from serve.engine import Busy, Engine, Finish, Generation
 from serve.errors import APIError
+from serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
 from serve.sampling import Sampling
 from serve.schema import (
     ChatRequest,
     CompletionRequest,
     GenerationRequest,
+    unreadable_body,
     validation_error,
 )
 from tasks.common.errors import ConfigError
@@ -74,9 +77,10 @@ def usage_of(finish: Finish) -> dict:
 
 
 def create_app(engine: Engine, keys: Keys | None = None, max_prompt_tokens: int | None = None,
-               max_tokens: int | None = None) -> FastAPI:
+               max_tokens: int | None = None, max_request_bytes: int | None = None) -> FastAPI:
     """The app serving `engine`. Limits default to the model's context (block_size - 1 prompt tokens,
-    block_size new ones); a prompt plus max_tokens beyond the context ends with finish_reason "length"."""
+    block_size new ones); a prompt plus max_tokens beyond the context ends with finish_reason "length".
+    Request bodies: at most max_request_bytes (default 1 MiB)."""
     context = engine.context
     max_prompt_tokens = context - 1 if max_prompt_tokens is None else max_prompt_tokens
     max_tokens = context if max_tokens is None else max_tokens
@@ -85,15 +89,17 @@ def create_app(engine: Engine, keys: Keys | None = None, max_prompt_tokens: int 
                           f"(the model's context of {context} tokens, minus one for the answer)")
     if max_tokens < 1:
         raise ConfigError(f"--max-tokens {max_tokens}: must be at least 1")
+    max_request_bytes = DEFAULT_MAX_REQUEST_BYTES if max_request_bytes is None else max_request_bytes
+    if max_request_bytes < 1:
+        raise ConfigError(f"--max-request-bytes {max_request_bytes}: must be at least 1")
     keys = keys or Keys(())
 
     app = FastAPI(title=f"chat-pipeline: {engine.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(APIError, lambda request, e: e.response())
     app.add_exception_handler(RequestValidationError, lambda request, e: validation_error(e.errors()).response())
-    app.add_exception_handler(HTTPException, lambda request, e: APIError(
-        e.status_code, str(e.detail), type="invalid_request_error" if e.status_code < 500 else "server_error",
-        headers=e.headers).response())
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     def authorized(request: Request) -> None:
         keys.check(request.headers.get("authorization"))
@@ -152,6 +158,14 @@ def create_app(engine: Engine, keys: Keys | None = None, max_prompt_tokens: int 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _http_error(request: Request, e: HTTPException):
+    """Starlette's and FastAPI's own refusals (unknown path, wrong method, a body they could not read)."""
+    if e.status_code == 400 and e.__cause__ is not None:  # FastAPI: json.loads failed, not on the syntax
+        return unreadable_body(e.__cause__).response()
+    return APIError(e.status_code, str(e.detail), type="invalid_request_error" if e.status_code < 500
+                    else "server_error", headers=e.headers).response()
 
 
 async def _internal_error(request: Request, e: Exception):

@@ -4,8 +4,10 @@ A chat's messages become turns (tasks/chat/format), are validated as a prompt an
 assistant marker last. Every turn starts with a special token, which the tokenizer never merges across,
 so a conversation's ids are its turns' ids end to end. When the conversation plus max_tokens does not
 fit the context, the oldest exchanges (a user turn and its answer) are dropped, never the system turn
-or the last user turn: a long chat goes on with what fits instead of failing. If what is left is still
-over max_prompt_tokens, or a raw completion prompt is, the request is refused (400).
+or the last user turn: a long chat goes on with what fits instead of failing. The newest exchanges are
+taken first, so only what fits (and one exchange more) is tokenized: a conversation of 30,000 messages
+costs what one of 30 does. If what is left is still over max_prompt_tokens, or a raw completion prompt
+is, the request is refused (400).
 """
 from __future__ import annotations
 
@@ -30,14 +32,19 @@ def conversation(messages: list[dict]) -> tuple[Turn, ...]:
 def chat_ids(encode: Encode, turns: Sequence[Turn], max_tokens: int, context: int,
              max_prompt_tokens: int) -> list[int]:
     """The ids of prompt(turns), oldest exchanges dropped while prompt + max_tokens exceeds the context."""
-    pieces = [encode(render([turn])) for turn in turns]
+    first = 1 if turns[0].role == "system" else 0  # the system turn is always kept, and the last turn
+    kept = [encode(render([turn])) for turn in (*turns[:first], turns[-1])]
     answer_marker = encode(prompt([]))
-    first = 1 if turns[0].role == "system" else 0  # the system turn is always kept
-    start = first
-    while start < len(turns) - 1 and (sum(map(len, pieces[:first] + pieces[start:])) + len(answer_marker)
-                                      + max_tokens > context):
-        start += 2
-    ids = [i for piece in pieces[:first] + pieces[start:] for i in piece] + answer_marker
+    used = sum(map(len, kept)) + len(answer_marker) + max_tokens
+    newer = []  # the exchanges kept, newest first
+    for end in range(len(turns) - 1, first, -2):  # turns[end - 2:end]: one exchange, newest first
+        exchange = [encode(render([turn])) for turn in turns[end - 2:end]]
+        used += sum(map(len, exchange))
+        if used > context:
+            break
+        newer.append(exchange)
+    pieces = [*kept[:first], *(piece for exchange in reversed(newer) for piece in exchange), kept[-1]]
+    ids = [i for piece in pieces for i in piece] + answer_marker
     return _within(ids, max_prompt_tokens, "messages")
 
 

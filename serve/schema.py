@@ -1,14 +1,18 @@
 """The request bodies the API accepts, as strict pydantic models (OpenAI's field names and meanings).
 
-Strict: a string where a number belongs is an error, not a guess. Fields OpenAI clients send that we
-do not implement (user, logprobs, presence_penalty, ...) are ignored, as other OpenAI-compatible
-servers do; `n` must be 1. Unset sampling fields take the bundle's generation_config.json defaults.
+Strict: a string where a number belongs is an error, not a guess. Every string is `Text`: one that
+cannot be UTF-8 (a lone surrogate, which JSON can spell as "\\ud800") is a 400 naming its field, where the
+tokenizer would have failed on it. Fields OpenAI clients send that we do not implement (logprobs,
+presence_penalty, ...) are ignored, as other OpenAI-compatible servers do; `user` and a message's `name`
+are checked as text, then unused; `n` must be 1. Unset sampling fields take the bundle's
+generation_config.json defaults.
 """
 from __future__ import annotations
 
-from typing import Literal
+import sys
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from serve.errors import APIError
 from serve.sampling import Sampling
@@ -16,18 +20,32 @@ from serve.sampling import Sampling
 MAX_STOP_STRINGS = 4
 
 
+def _unicode(text: str) -> str:
+    """`text`, if it is valid Unicode (encodable as UTF-8, as the tokenizer needs)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"is not valid text: a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x}) at character "
+                         f"{e.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)  # Python's json reads NaN, 1e999
 
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(Strict):
-    role: str
-    content: str | list[TextPart]
+    role: Text
+    content: Text | list[TextPart]
+    name: Text | None = None  # OpenAI's participant name: checked, unused
 
     def plain(self) -> dict:
         """{role, content} with the content parts joined into one string."""
@@ -40,16 +58,17 @@ class StreamOptions(Strict):
 
 
 class GenerationRequest(Strict):
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = Field(None, validate_default=True)  # a list once validated
+    stop: Text | list[Text] | None = Field(None, validate_default=True)  # a list once validated
     seed: int | None = Field(None, ge=-2**63, lt=2**64)  # what torch.Generator.manual_seed takes
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    user: Text | None = None  # OpenAI's end-user id: checked, unused
 
     @field_validator("n")
     @classmethod
@@ -98,7 +117,7 @@ class ChatRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: str
+    prompt: Text
 
 
 FIELDS = {name for model in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions)
@@ -124,3 +143,17 @@ def validation_error(errors: list[dict]) -> APIError:
             param += f".{part}" if param else part
     message = "is required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
     return APIError(400, f"{param or 'the body'}: {message}", param=param or None)
+
+
+def unreadable_body(cause: BaseException | None) -> APIError:
+    """A 400 for a body FastAPI could not turn into JSON for a reason other than its syntax (`cause`: what
+    json.loads raised), saying which."""
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"byte {cause.object[cause.start]:#04x} at offset {cause.start} is not UTF-8"
+    elif isinstance(cause, RecursionError):
+        why = "nested too deeply"
+    elif isinstance(cause, ValueError):
+        why = f"a number of more than {sys.get_int_max_str_digits()} digits"
+    else:
+        why = "it cannot be read"
+    return APIError(400, f"the body is not valid JSON ({why})")

@@ -5,7 +5,8 @@
 Each `Stage` says what runs (`run`, imported when called), the params sections it reads, the code it runs
 (folders of this project: a stage's cache cannot miss a file of its own code; tests/test_house.py checks
 that every module a stage imports lies in one of them), the files it reads from earlier stages and the
-files it writes, its retries, and whether a training worker elsewhere may run it.
+files it writes, its retries, whether a training worker elsewhere may run it, and whether a result that
+says stop (ok=False) stops the flow at once or is read on (the pilot's, by the gate).
 
 Everything that drives the stages reads this table: the Prefect flow's tasks and cache keys
 (flows/stages.py), the CLI's stage commands (chatpipe/cli.py) and `dvc.yaml`, which is generated from it
@@ -43,8 +44,9 @@ class Stage:
     plots: tuple[Plot, ...] = ()
     command: str = ""                 # the `chatpipe` command that runs it (default: its name)
     args: dict = field(default_factory=dict)  # keyword arguments of `run`, and the command's options
-    retries: int = 0                  # Prefect retries (a training phase resumes from its last checkpoint)
+    retries: int = 0                  # Prefect retries of a crash (a training phase resumes from its checkpoint)
     dispatch: bool = False            # may run on a `train/<pool>` worker (flows/train_worker.py)
+    halts: bool = True                # a result with ok=False stops the flow there; False: the flow reads it on
 
     @property
     def cli(self) -> str:
@@ -64,11 +66,11 @@ SHARED = ("tasks/common", "tasks/chat")
 TRAINING = ("tasks/train", "tasks/tokens", "model", "kernels", *SHARED)
 
 
-def _training(phase: str, help: str, params: tuple[str, ...], inputs: tuple[str, ...]) -> Stage:
+def _training(phase: str, help: str, params: tuple[str, ...], inputs: tuple[str, ...], halts: bool = True) -> Stage:
     return Stage(phase, "tasks.train.loop:run", help, ("seed", "model", "train", *params), TRAINING, inputs,
                  (Output(f"checkpoints/{phase}", persist=True),),
                  (Plot(f"metrics/{phase}_curve.csv", "loss"), Plot(f"metrics/{phase}_val.csv", "val_loss")),
-                 command="train", args={"phase": phase, "replace_stale": True}, retries=2, dispatch=True)
+                 command="train", args={"phase": phase, "replace_stale": True}, retries=2, dispatch=True, halts=halts)
 
 
 PIPELINE: dict[str, Stage] = {s.name: s for s in (
@@ -84,11 +86,11 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
           ("shard",), ("tasks/tokens", *SHARED), ("data/documents", "artifacts/tokenizer"),
           (Output("data/shards"),)),
     _training("pilot", "The short run the gate judges → checkpoints/pilot/, metrics/pilot.json.", (),
-              ("data/shards", "artifacts/tokenizer")),
+              ("data/shards", "artifacts/tokenizer"), halts=False),  # stopped by a NaN, it is still the gate's to judge
     Stage("gate", "tasks.train.gate:run",
           "Judge the pilot (loss, NaN, spikes, grad norm, trend, samples) → metrics/gate.json; fails if unhealthy.",
           ("gate",), ("tasks/train", *SHARED),
-          ("metrics/pilot.json", "metrics/pilot_curve.csv", "metrics/pilot_val.csv")),
+          ("metrics/pilot.json", "metrics/pilot_curve.csv", "metrics/pilot_val.csv"), halts=False),  # the flow acts on it
     _training("full", "The full run, from the pilot's weights → checkpoints/full/, metrics/full.json.", (),
               ("metrics/gate.json", "data/shards", "artifacts/tokenizer", "checkpoints/pilot")),
     _training("distill", "A student taught by the full model (distill.enabled) → checkpoints/distill/.",

@@ -155,3 +155,22 @@ def gcs_env(emulator, monkeypatch, tmp_path):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", SECRET)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
     return emulator
+
+
+# ---------------------------------------------------------------- a real headless browser (Debian's chromium)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: the page tests need Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -18,10 +18,18 @@ from tasks.common.config import TrackingParams
 log = logging.getLogger("chatpipe.tracking")
 
 _SECRET = re.compile(r"(key|token|secret|password|credential)", re.I)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's "Model training"
 
 
 def tracking_uri(cfg: TrackingParams, root: Path = Path(".")) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, base: str = "http://127.0.0.1:5000") -> str:
+    """Where `mlflow ui` shows an experiment's runs table (or one run). MLflow 3's UI opens an experiment on
+    its GenAI overview (traces) unless told `workflowType=machine_learning`, whatever the experiment's kind."""
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + \
+        "?workflowType=machine_learning"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -49,9 +57,7 @@ class Run:
 
         uri = tracking_uri(cfg, root)  # on the client only: a global URI would leak into the next project
         self.client = MlflowClient(uri)
-        experiment = self.client.get_experiment_by_name(cfg.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            cfg.experiment, artifact_location=(root / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None)
+        experiment_id = self._experiment(cfg.experiment, root, uri)
         if run_id and not self._exists(run_id):  # a checkpoint brought from another tracking store
             log.warning("MLflow run %s (from the checkpoint) is not in %s; continuing in a new run", run_id, uri)
             run_id = None
@@ -67,13 +73,24 @@ class Run:
             items = sorted(flatten(params or {}).items())
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-        self.uri, self.flush_every, self.buffer, self.ended = uri, flush_every, [], False
+        self.uri, self.experiment_id, self.flush_every, self.buffer, self.ended = uri, experiment_id, flush_every, [], False
 
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         self.finish("FAILED" if kind else "FINISHED")
+
+    def _experiment(self, name: str, root: Path, uri: str) -> str:
+        """The experiment's id, created if new and marked as model training (MLflow 3's experiment kind)."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(
+                name, artifact_location=(root / "mlruns").resolve().as_uri() if uri.startswith("sqlite") else None,
+                tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        if EXPERIMENT_KIND not in experiment.tags:  # made by an earlier version, or by hand
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        return experiment.experiment_id
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException

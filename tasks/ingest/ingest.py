@@ -2,7 +2,8 @@
 
 Sources are read in params order through the reader registry (`tasks/ingest/sources`), cleaned by one shared
 `Cleaner` (so dedup works across sources), and written per source under `data/documents/`. Every
-document read is accounted for: kept, or dropped under a counted reason.
+document read is accounted for: kept, or dropped under a counted reason. Skips and drops go to the
+manifest as counts; the log gets one line per source and skip reason, never one per record.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                 fingerprint.update(f"{name}/{did}\n".encode())
                 chars += len(doc.text)
             writer.flush()
+            for line in skips.summary(name):  # once per source and reason, never per skipped record
+                log.warning(line)
             kept = read - sum(drops.values())
             per_source[name] = {
                 "kind": src.kind, "read": read, "kept": kept, "chars": chars,

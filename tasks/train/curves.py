@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 import numpy as np
 
@@ -27,13 +28,18 @@ def write(layout: Layout, phase: str, state: dict) -> None:
 
 
 def summary(state: dict, window: int = 50) -> dict:
-    """Steps, the loss over the last `window` steps, the last validation loss and the grad-norm tail."""
+    """Steps, the loss over the last `window` steps, the last validation loss and the grad-norm tail.
+
+    A run stopped by a NaN/inf loss has no final loss (null, not NaN: the file stays valid JSON); the other
+    numbers are over its finite values."""
     losses = [row[1] for row in state["curve"]]
-    norms = [row[3] for row in state["curve"]]
+    finite = [x for x in losses if math.isfinite(x)]
+    norms = [row[3] for row in state["curve"] if math.isfinite(row[3])]
+    tail = losses[-window:]
     return {
         "steps": len(losses),
-        "final_loss": float(np.mean(losses[-window:])) if losses else None,
-        "min_loss": min(losses) if losses else None,
+        "final_loss": float(np.mean(tail)) if tail and all(map(math.isfinite, tail)) else None,
+        "min_loss": min(finite) if finite else None,
         "final_val_loss": state["val"][-1][1] if state["val"] else None,
         "grad_norm_p99": float(np.percentile(norms, 99)) if norms else None,
         "grad_norm_max": max(norms) if norms else None,

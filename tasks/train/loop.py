@@ -27,7 +27,7 @@ from tqdm import tqdm
 from model import Transformer, flops_per_token, param_counts, preset
 from model.config import ModelConfig
 from tasks.common.config import Params, params_dict
-from tasks.common.errors import ConfigError, InputError, TrainingError
+from tasks.common.errors import ConfigError, InputError
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
 from tasks.common.tracking import Run
@@ -168,7 +168,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     peak = device_kind.peak_flops(ranks.local)
     bar = tqdm(total=total, initial=state["step"], desc=f"train {phase}", unit="step", disable=not ranks.main,
                mininterval=1.0)
-    start_step, tokens_per_s = state["step"], None
+    start_step, tokens_per_s, stopped = state["step"], None, None
     with bar, tracker or contextlib.nullcontext():
         for step in range(state["step"], total):
             n, t0 = step + 1, time.perf_counter()
@@ -186,9 +186,13 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     parts = {name: ranks.mean(value) for name, value in part_sums.items()}
-            if not math.isfinite(loss):
-                raise TrainingError(f"step {n}: loss is {loss}; training stopped. Last good checkpoint: "
-                                    f"{checkpoint.latest(directory) or 'none'}")
+            if not math.isfinite(loss):  # the curve keeps the step, so the gate sees why the run stopped
+                stopped = (f"step {n}: loss is {loss}; training stopped. Last good checkpoint: "
+                           f"{checkpoint.latest(directory) or 'none'}")
+                state["curve"].append([n, loss, cfg.lr * multiplier, math.nan])
+                if tracker:
+                    tracker.finish("FAILED")
+                break
 
             dt = time.perf_counter() - t0
             lr = cfg.lr * multiplier
@@ -228,7 +232,8 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                 ranks.barrier()
 
     latest = checkpoint.latest(directory)
-    metrics = {"phase": phase, **curves.summary(state), "tokens_per_s": tokens_per_s,
+    metrics = {"phase": phase, **curves.summary(state), **({"stopped": stopped} if stopped else {}),
+               "tokens_per_s": tokens_per_s,
                "resumed_at": start_step if start_step else None, "device": why, "world_size": ranks.world,
                "params_total": counts["total"], "params_active": counts["active"],
                "flops_per_token": flops, "checkpoint": str(latest) if latest else None,
@@ -236,10 +241,11 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                "init": state["init"], "samples": state["samples"], "seconds": timer.seconds,
                **({"model": mcfg.to_dict(), "teacher": teacher.identity, "distill": inputs["distill"]}
                   if teacher else {})}
-    summary = (f"train {phase}: {metrics['steps']} steps on {why}, loss {metrics['final_loss']:.3f}"
-               f" (val {metrics['final_val_loss']:.3f}), grad norm p99 {metrics['grad_norm_p99']:.2f}, "
-               f"{(tokens_per_s or 0):,.0f} tokens/s → {latest} [{timer.seconds:.1f}s]")
+    summary = f"train {phase}: {stopped}" if stopped else (
+        f"train {phase}: {metrics['steps']} steps on {why}, loss {metrics['final_loss']:.3f}"
+        f" (val {metrics['final_val_loss']:.3f}), grad norm p99 {metrics['grad_norm_p99']:.2f}, "
+        f"{(tokens_per_s or 0):,.0f} tokens/s → {latest} [{timer.seconds:.1f}s]")
     if not ranks.main:
-        return StageResult(f"train_{phase}", summary, metrics, ())
+        return StageResult(f"train_{phase}", summary, metrics, (), ok=not stopped)
     curves.write(layout, phase, state)
-    return finish(layout, phase, summary, metrics, [directory])
+    return finish(layout, phase, summary, metrics, [directory], ok=not stopped)  # stopped: the CLI exits 2

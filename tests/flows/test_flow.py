@@ -24,16 +24,39 @@ def prefect_server(tmp_path_factory):
         yield
 
 
-def dag(flow_run_id: str) -> dict[str, set[str]]:
-    """Each task of a flow run and the tasks whose results it took: the edges Prefect's UI draws."""
+def task_runs(flow_run_id) -> dict:
+    """The task runs of a flow run, by stage."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    names = {r.id: r.name.rsplit("-", 1)[0] for r in runs}
-    return {names[r.id]: {names[i.id] for inputs in r.task_inputs.values() for i in inputs if i.id in names}
-            for r in runs}
+    return {r.name.rsplit("-", 1)[0]: r for r in runs}
+
+
+def dag(flow_run_id: str) -> dict[str, set[str]]:
+    """Each task of a flow run and the tasks whose results it took: the edges Prefect's UI draws."""
+    runs = task_runs(flow_run_id)
+    names = {r.id: name for name, r in runs.items()}
+    return {name: {names[i.id] for inputs in r.task_inputs.values() for i in inputs if i.id in names}
+            for name, r in runs.items()}
+
+
+def break_training_forward(monkeypatch, at: int, how) -> None:
+    """The model's `at`-th training forward pass (counting every phase's steps in order) goes wrong, once."""
+    from model import Transformer
+
+    real, calls = Transformer.forward, {"n": 0}
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = real(self, idx, targets, **kw)
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if calls["n"] == at:
+                loss = how(loss)
+        return logits, loss
+
+    monkeypatch.setattr(Transformer, "forward", forward)
 
 
 def mtimes(root, *paths):
@@ -42,7 +65,6 @@ def mtimes(root, *paths):
 
 def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     from mlflow.tracking import MlflowClient
-    from prefect.settings import PREFECT_API_URL
 
     from flows.chat_pipeline import chat_pipeline
 
@@ -90,12 +112,13 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     chat_pipeline(overlays=[TINY], overrides=[*MICRO, "shard.shard_tokens=32768"], workdir=str(root))
     assert (root / "data" / "shards" / "manifest.json").exists()
 
-    # the training step's code edited in a clone, whose `chatpipe run` drives the same directory: pilot and
-    # every stage after it re-run (training from scratch, not resumed), the data stages are cache hits
+    # the training step's code edited in a clone, whose `chatpipe run` drives the same directory on Prefect's
+    # temporary server, as `make demo` does: pilot and every stage after it re-run (training from scratch, not
+    # resumed), the data stages are cache hits; the output is the stages' summaries, no traceback
     clone = clone_code(tmp_path / "clone")
     step = clone / "tasks" / "train" / "loop.py"
     step.write_text(step.read_text() + "\n# an edit of the training step\n")
-    env = os.environ | {"PYTHONPATH": str(clone), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PYTHONPATH": str(clone)}
     where = subprocess.run([sys.executable, "-c", "from tasks.common.config import PROJECT_ROOT; print(PROJECT_ROOT)"],
                            cwd=clone, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where == str(clone)  # the clone's code is what runs
@@ -104,9 +127,45 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     proc = subprocess.run([str(Path(sys.executable).parent / "chatpipe"), "run", "-C", str(root), "-p", TINY,
                            *overrides], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "ERROR" not in out and "temporary server" not in out, out[-3000:]
+    assert out.count("Finished in state") == 1  # the flow's; the tasks' own lines are their summaries
     after = mtimes(root, *watched)
     assert [p for p in watched if after[p] != before[p]] == list(watched[3:])
     assert len(list((root / "checkpoints").glob("pilot.replaced-*"))) == replaced + 1
+
+
+def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch):
+    from flows.chat_pipeline import chat_pipeline
+    from tasks.common.errors import GateFailed
+
+    root = make_project(tmp_path / "proj")
+    break_training_forward(monkeypatch, 6, lambda loss: loss * float("nan"))  # the pilot's step 6
+    state = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root), return_state=True)
+    with pytest.raises(GateFailed, match=r"gate failed: finite 2 > 0;"):  # its loss and its grad norm
+        state.result()
+    checks = {c["name"]: c for c in json.loads((root / "metrics" / "gate.json").read_text())["checks"]}
+    assert checks["finite"]["verdict"] == "fail" and "loss nan at step 6" in checks["finite"]["detail"]
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["pilot"].run_count == 1 and "full" not in runs   # a verdict on the inputs: not retried
+
+
+def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
+    from flows.chat_pipeline import chat_pipeline
+
+    def crash(loss):
+        raise RuntimeError("a simulated crash of the worker")
+
+    root = make_project(tmp_path / "proj")
+    break_training_forward(monkeypatch, 12 + 5, crash)  # the full run's step 5, after its checkpoint at 4
+    summary = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.checkpoint_every=2"], workdir=str(root))
+    assert summary["checkpoint"].endswith("full/step-000006")
+    full = json.loads((root / "metrics" / "full.json").read_text())
+    assert full["resumed_at"] == 4 and full["steps"] == 6
+    parent = summary["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+    flow_run_id = MlflowClient(summary["tracking_uri"]).get_run(parent).data.tags["chatpipe.flow_run_id"]
+    assert task_runs(flow_run_id)["full"].run_count == 2
 
 
 def test_gate_stops_a_diverging_run(tmp_path):

@@ -4,8 +4,6 @@ Chromium is a test dependency like any other: if it is missing the tests fail an
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -15,9 +13,6 @@ from serve.engine import Engine
 from serve.server import running
 from tasks.common import bundle
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 QUESTION = "Hi! How are you?"
 RECORD_ANSWER_LENGTHS = """() => {
     window.answerLengths = [];
@@ -28,18 +23,6 @@ RECORD_ANSWER_LENGTHS = """() => {
 }"""
 ANSWERED = """n => document.querySelectorAll(".msg.assistant").length === n
                  && !document.querySelector(".msg.assistant.streaming")"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: the page tests need Debian's chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,9 @@ def endless(bundle_path, tmp_path_factory) -> Path:
                         generation={"stop": []})
 
 
-def serving(path: Path, **engine_options):
-    return running(create_app(Engine(bundle.load(path), **engine_options)))
+def serving(path: Path, app_options: dict | None = None, **engine_options):
+    """A real server over the bundle at `path`: create_app's options (limits) and the Engine's."""
+    return running(create_app(Engine(bundle.load(path), **engine_options), **(app_options or {})))
 
 
 def chat(url: str, **body) -> httpx.Response:
@@ -280,6 +281,19 @@ def test_a_key_file_without_keys_is_refused(tmp_path):
         Keys.configured(tmp_path / "missing", env={})
 
 
+def test_answers_are_not_held_back_by_delayed_acks(server):
+    """A response's body goes out right after its headers (TCP_NODELAY), not once the client's delayed ACK of
+    the headers arrives (~40 ms on Linux, on every request)."""
+    with httpx.Client(base_url=server) as client:
+        client.get("/health")
+        times = []
+        for _ in range(9):
+            start = time.perf_counter()
+            client.get("/health")
+            times.append(time.perf_counter() - start)
+    assert sorted(times)[4] < 0.02, times
+
+
 def test_loopback_hosts():
     assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.7", "example.com"]))
@@ -487,11 +501,12 @@ def test_text_stream_holds_back_stop_prefixes_and_strips(loaded):
 
 
 def test_chatpipe_serve_command(bundle_path, tmp_path):
-    """The real command: binds 127.0.0.1 only by default, prints its URLs, keys from a file and the env."""
+    """The real command: binds 127.0.0.1 only by default, prints its URLs, keys from a file and the env, bounds
+    request bodies."""
     (tmp_path / "keys").write_text("file-secret-123\n")
     env = {**os.environ, "CHATPIPE_API_KEYS": "env-secret-456"}
     proc = subprocess.Popen([CHATPIPE, "serve", "--model", str(bundle_path), "--port", "0",
-                             "--api-key-file", str(tmp_path / "keys")],
+                             "--api-key-file", str(tmp_path / "keys"), "--max-request-bytes", "4096"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -507,6 +522,9 @@ def test_chatpipe_serve_command(bundle_path, tmp_path):
         for key, status in (("file-secret-123", 200), ("env-secret-456", 200), ("nope", 401), (None, 401)):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             assert httpx.post(f"{api}/chat/completions", json=ok, headers=headers, timeout=30).status_code == status
+        big = httpx.post(f"{api}/chat/completions", json={**ok, "messages": [{"role": "user", "content": "x" * 4096}]},
+                         headers={"Authorization": "Bearer file-secret-123"}, timeout=30)
+        assert big.status_code == 413 and "limit of 4096 bytes" in big.json()["error"]["message"]
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

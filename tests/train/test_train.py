@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from model import Transformer
-from tasks.common.errors import ConfigError, TrainingError
+from tasks.common.errors import ConfigError
 from tasks.common.layout import Layout
 from tasks.train import checkpoint, loop, resume
 from tasks.train.optim import Optimizers, lr_multiplier
@@ -133,9 +134,15 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(project, monkeypatch):
         return logits, loss
 
     monkeypatch.setattr(Transformer, "forward", forward)
-    with pytest.raises(TrainingError, match=r"step 6: loss is nan; training stopped. Last good checkpoint: .*step-000004"):
-        loop.run(test_params(*TINY), Layout(project), "pilot")
+    result = loop.run(test_params(*TINY), Layout(project), "pilot")
+    assert not result.ok   # a verdict, not a crash: the CLI exits 2 on it, the flow does not retry it
+    assert re.fullmatch(r"train pilot: step 6: loss is nan; training stopped\. Last good checkpoint: .*step-000004",
+                        result.summary)
     assert [p.name for p in checkpoint.all_steps(project / "checkpoints" / "pilot")] == ["step-000004"]
+    # what the gate reads: the curve up to the NaN step, and metrics that stay valid JSON
+    assert curve(project)[-1][:2] == ["6", "nan"] and len(curve(project)) == 6
+    metrics = json.loads((project / "metrics" / "pilot.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["stopped"] == result.summary.removeprefix("train pilot: ") and metrics["final_loss"] is None
 
 
 def test_checkpoint_from_other_inputs_is_refused_or_replaced(project):

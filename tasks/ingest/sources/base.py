@@ -5,14 +5,11 @@ could not use. A new source is a new module with `@reader("kind")`, not a new br
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from tasks.common.errors import InputError
-
-log = logging.getLogger("chatpipe.ingest")
 
 
 @dataclass
@@ -22,8 +19,13 @@ class Doc:
 
 
 class Skips:
-    """Counted skips per reason, with the first few locations of each for the manifest."""
-    EXAMPLES = 5
+    """Counted skips per reason, with the first few locations of each for the manifest.
+
+    Nothing is logged per skip: a real corpus skips tens of thousands of records, so a source's skips
+    reach the log as `summary` lines, one per reason, once the source has been read.
+    """
+    EXAMPLES = 5  # locations kept per reason, for the manifest
+    LOGGED = 3    # of those, shown in the summary line
 
     def __init__(self, strict: bool = False) -> None:
         self.strict = strict  # strict: a skip is an error instead
@@ -36,7 +38,14 @@ class Skips:
         self.counts[reason] += 1
         if where and len(self.examples[reason]) < self.EXAMPLES:
             self.examples[reason].append(where)
-            log.warning("skipped %s: %s", where, reason)
+
+    def summary(self, source: str) -> list[str]:
+        """One line per reason, most frequent first: the count and the first few locations."""
+        lines = []
+        for reason, n in self.counts.most_common():
+            shown = "; ".join(self.examples.get(reason, [])[:self.LOGGED])  # .get: no empty list in the manifest
+            lines.append(f"{source}: skipped {n:,} [{reason}]" + (f", e.g. {shown}" if shown else ""))
+        return lines
 
 
 Reader = Callable[..., Iterator[Doc]]
