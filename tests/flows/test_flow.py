@@ -150,6 +150,18 @@ def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch
     assert runs["pilot"].run_count == 1 and "full" not in runs   # a verdict on the inputs: not retried
 
 
+def test_a_refused_config_is_not_retried(tmp_path):
+    from flows.chat_pipeline import chat_pipeline
+    from tasks.common.errors import ConfigError
+
+    root = make_project(tmp_path / "proj")
+    state = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.kernels=triton"], workdir=str(root),
+                          return_state=True)  # Triton kernels on a CPU run: refused before any step
+    with pytest.raises(ConfigError, match="train.kernels: triton kernels run on CUDA"):
+        state.result()
+    assert task_runs(state.state_details.flow_run_id)["pilot"].run_count == 1
+
+
 def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
     from flows.chat_pipeline import chat_pipeline
 
