@@ -5,19 +5,21 @@ On a runtime path today:
                                              RMSNorm and its LM head + loss through them when training on CUDA
                                              with `train.kernels: triton` (model/transformer.py `use_kernels`;
                                              the default, `torch`, uses none of our kernels)
+    cross_entropy.py                         the same linear + cross-entropy in plain torch, chunked (any
+                                             device, `train.kernels: chunked`): never the batch's fp32 logits
     ternary_codes.py                         the 2-bit packed ternary weight format (pure torch): model/quant.py
                                              packs a ternary model's bundle with it and unpacks it on load
 
 Tested building blocks, on no runtime path today (nothing in model, tasks or serve calls them):
     cuda/ternary_matmul.py                   Triton matmul reading 2-bit packed ternary weights (a served
                                              ternary model is unpacked to floats instead);
-                                             tests/test_kernels_triton.py, bench/kernels.py
+                                             tests/kernels/test_kernels_triton.py, bench/kernels.py
     vulkan/adamw.comp, ternary_matmul.comp   GLSL compute shaders, compiled with glslc and dispatched by
-                                             vulkan/runtime.py; tests/test_vulkan_kernels.py. The Vulkan
+                                             vulkan/runtime.py; tests/kernels/test_vulkan_kernels.py. The Vulkan
                                              training step (tasks/train/backends/vulkan.py) does not use them:
                                              IREE compiles its whole step, AdamW included.
 
 cuda/ needs the cuda extra (triton; on CPU tensors the kernels run in Triton's interpreter, which is how the
 tests check them without a GPU); vulkan/ needs the vulkan extra (the `vulkan` package) plus glslc and a
-Vulkan device. `import kernels` and kernels.ternary_codes need neither.
+Vulkan device. `import kernels`, kernels.cross_entropy and kernels.ternary_codes need neither.
 """

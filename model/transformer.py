@@ -21,7 +21,8 @@ load-balancing losses; `last_aux_loss` keeps the unweighted sum for logging.
 
 `use_kernels("triton")` (train.kernels on CUDA) swaps two hot spots for our Triton kernels (kernels/cuda):
 every RMSNorm, and the LM head + cross-entropy, which then never holds the batch's full fp32 logits (a
-training forward with targets returns logits None). The registry is KERNELS; "torch" is the default.
+training forward with targets returns logits None). `use_kernels("chunked")` (any device) does the latter
+in plain torch (kernels/cross_entropy.py). The registry is KERNELS; "torch" is the default.
 """
 from __future__ import annotations
 
@@ -91,7 +92,14 @@ def _triton() -> tuple:
     return rms_norm, linear_cross_entropy
 
 
-KERNELS = {"torch": lambda: (None, None), "triton": _triton}  # name -> () -> (rms_norm, linear_cross_entropy)
+def _chunked() -> tuple:
+    from kernels.cross_entropy import linear_cross_entropy
+
+    return None, linear_cross_entropy
+
+
+# name -> () -> (rms_norm, linear_cross_entropy); None: torch's own
+KERNELS = {"torch": lambda: (None, None), "triton": _triton, "chunked": _chunked}
 
 
 class Attention(nn.Module):

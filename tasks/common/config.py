@@ -230,7 +230,9 @@ class TrainParams(_Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)        # MLflow flush and terminal refresh; every step is still recorded
     compile: bool                       # torch.compile the model
-    kernels: Literal["torch", "triton"] = "torch"  # triton: our kernels (kernels/cuda) for the norms and loss; CUDA only
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast (weights, optimizer fp32); auto: where native
+    kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the norms and loss (CUDA);
+    # chunked: the LM head + loss a chunk of rows at a time, never the batch's fp32 logits (any device)
 
 
 class DistillParams(_Strict):

@@ -3,7 +3,8 @@
 A plain loop: schedule the learning rate, forward and backward over the micro-batches, clip, step,
 record; every so often the validation loss, sample generations and a checkpoint. The distill phase is the
 same loop with a student model and the distillation loss (tasks/train/distill.py). Data-parallel under
-`torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast on CUDA.
+`torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast where the device computes bf16 natively
+(`train.precision`, tasks/train/backends/devices.py), with fp32 weights and optimizer state.
 
 Around it, each in its own module: where a run starts and when it may resume (tasks/train/resume.py:
 exactly, with the same per-step losses, when the inputs are the same), checkpoints
@@ -109,8 +110,9 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     device_kind, why = devices.pick(params.train.device)
     ranks.start(device_kind.name)
     device = device_kind.torch_device(ranks.local)
-    autocast = (lambda: torch.autocast(device.type, dtype=device_kind.autocast)) if device_kind.autocast \
-        else contextlib.nullcontext
+    dtype, mixed = devices.precision(device_kind, params.train.precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    why = f"{why}, {mixed}"
 
     shard_manifest = layout.shards / "manifest.json"
     if not shard_manifest.exists():
@@ -129,7 +131,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     torch.manual_seed(params.seed)
     model = Transformer(mcfg).to(device)
     if cfg.kernels != "torch":
-        if device.type != "cuda":
+        if cfg.kernels == "triton" and device.type != "cuda":
             raise ConfigError(f"params: train.kernels: {cfg.kernels} kernels run on CUDA, and this run trains on "
                               f"{device_kind.name}; use train.kernels=torch")
         try:
@@ -141,7 +143,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                          rank=ranks.rank, world_size=ranks.world)
     total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "distill": params.distill.steps}[phase]
     directory = layout.checkpoints / phase
-    inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, teacher)
+    inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, "bf16" if dtype else "fp32", teacher)
     state = resume.start(phase, params, layout, model, optimizers, reader, inputs, replace_stale, teacher)
 
     train_model = ranks.wrap(model, device)

@@ -37,7 +37,9 @@ def lr_multiplier(step: int, cfg: TrainParams, total_steps: int) -> float:
 
 
 def _adamw(groups: list[dict], cfg: TrainParams) -> torch.optim.AdamW:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    """torch's fused AdamW (one kernel over all parameters, on CPU and CUDA): 5 ms a step against 18 ms for
+    the default per-parameter loop at chat-7m on a 2-core CPU (docs/LOG.md)."""
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
 
 
 def _decay_groups(params: list[nn.Parameter], cfg: TrainParams) -> list[dict]:

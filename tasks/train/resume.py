@@ -2,7 +2,8 @@
 
 The policy: a phase resumes exactly (weights, optimizer, RNG and the reader's position, so a killed run
 continues with the same per-step losses) when its latest checkpoint was made from the same inputs: the
-code the phase runs (its folders in the stage table), tokenizer, data, model shape and recipe
+code the phase runs (its folders in the stage table), tokenizer, data, model shape and recipe (with the
+precision it resolved to: bf16 and fp32 steps differ)
 (`run_inputs`; step counts and logging cadence are not inputs, so asking for more steps resumes). Code is
 an input because a re-run after an edit of the training step must train with the new step, not resume
 the old one's finished run. A checkpoint made from other inputs is refused, naming what differs
@@ -36,14 +37,14 @@ RECIPE = ("optimizer", "batch_size", "grad_accum", "lr", "lr_min", "warmup_steps
           "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init")
 
 
-def run_inputs(phase: str, params: Params, manifest: dict, mcfg: ModelConfig, cfg: TrainParams,
+def run_inputs(phase: str, params: Params, manifest: dict, mcfg: ModelConfig, cfg: TrainParams, precision: str,
                teacher: distill.Teacher | None = None) -> dict:
     """What a run's checkpoints depend on; step counts and logging cadence are not part of it."""
     shards = [s["sha256"] for split in manifest["splits"].values() for s in split["shards"]]
     inputs = {"code": code_hash(PIPELINE[phase].code, PROJECT_ROOT), "tokenizer": manifest["tokenizer_sha256"],
               "data": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
               "model": mcfg.to_dict(),
-              "recipe": {"seed": params.seed, **{k: getattr(cfg, k) for k in RECIPE}}}
+              "recipe": {"seed": params.seed, **{k: getattr(cfg, k) for k in RECIPE}, "precision": precision}}
     if teacher:
         d = params.distill
         inputs["teacher"] = teacher.identity

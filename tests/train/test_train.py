@@ -166,10 +166,13 @@ def test_checkpoint_from_other_code_is_refused(project, monkeypatch):
         loop.run(test_params(*TINY, "train.pilot_steps=6"), Layout(project), "pilot")
 
 
-def test_sigkill_then_resume_gives_the_same_losses(project, built):
-    """Bit for bit: a run killed with SIGKILL mid-run and restarted equals one that was never killed."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_then_resume_gives_the_same_losses(project, built, precision):
+    """Bit for bit, in each precision: a run killed with SIGKILL mid-run and restarted equals one that was never
+    killed."""
     other = linked(project.parent / "uninterrupted", built[0])
-    steps = ["train.pilot_steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2"]
+    steps = ["train.pilot_steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2",
+             f"train.precision={precision}"]
     cli_train(other, *steps)
 
     proc = cli_train(project, *steps, wait=False)
@@ -186,6 +189,7 @@ def test_sigkill_then_resume_gives_the_same_losses(project, built):
     meta = json.loads((project / "metrics" / "pilot.json").read_text())
     assert meta["resumed_at"] in (9, 12, 15)
     assert curve(project) == curve(other)                         # same strings: same float bits
+    assert precision in meta["device"]
 
 
 def test_data_parallel_matches_single_process(project, built):

@@ -1,7 +1,8 @@
 """Where training runs: a small registry of devices, and `auto`, which takes the first one available.
 
-Each entry says whether it is usable here (and if not, why), how to get a `torch.device`, which autocast
-dtype it uses, whether its optimizer step runs outside torch (`offload`: the factory of that step,
+Each entry says whether it is usable here (and if not, why), how to get a `torch.device`, whether it
+computes bf16 natively (then `train.precision: auto` trains in bf16 autocast there), whether its optimizer
+step runs outside torch (`offload`: the factory of that step,
 tasks/train/backends/offload.py; None for CPU and CUDA, where the loop does the step itself) and (for
 MFU) the peak dense bf16 FLOP/s of known parts. `auto` takes cuda, then vulkan, then cpu, and says what
 it passed over and why (a software Vulkan renderer such as lavapipe is passed over: it works, but slower
@@ -27,7 +28,7 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L
 class Device:
     name: str
     status: Callable[[], str | None]  # None: usable here; else why not ("no CUDA GPU", ...)
-    autocast: torch.dtype | None      # mixed precision on this device, or None for fp32
+    bf16: Callable[[], str | None]    # what makes bf16 native here ("AVX-512 BF16"), None: not (fp32 is faster)
     # builds the optimizer step where it runs outside torch autograd (Vulkan); None: the loop does it in torch
     offload: Callable[[StepContext], OffloadedStep] | None = None
     tensors: str | None = None        # where the model's torch tensors live (None: on the device itself)
@@ -62,6 +63,13 @@ def _vulkan_auto() -> str | None:
     return f"only a software renderer ({name})" if "llvmpipe" in name or "SwiftShader" in name else None
 
 
+def _cpu_bf16() -> str | None:
+    """The instructions that make bf16 matmuls fast on this CPU (oneDNN uses them), or None."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX-512 BF16" if torch.cpu._is_avx512_bf16_supported() else None
+
+
 def _vulkan_step(context: StepContext) -> OffloadedStep:
     """One IREE-compiled step with weights and AdamW state on the GPU (tasks/train/backends/vulkan.py)."""
     from tasks.train.backends import vulkan as vulkan_step
@@ -70,9 +78,10 @@ def _vulkan_step(context: StepContext) -> OffloadedStep:
 
 
 DEVICES = {
-    "cuda": Device("cuda", lambda: None if torch.cuda.is_available() else "no CUDA GPU", torch.bfloat16),
-    "vulkan": Device("vulkan", _vulkan_status, None, offload=_vulkan_step, tensors="cpu", auto=_vulkan_auto),
-    "cpu": Device("cpu", lambda: None, None),
+    "cuda": Device("cuda", lambda: None if torch.cuda.is_available() else "no CUDA GPU",
+                   lambda: "CUDA" if torch.cuda.is_bf16_supported() else None),
+    "vulkan": Device("vulkan", _vulkan_status, lambda: None, offload=_vulkan_step, tensors="cpu", auto=_vulkan_auto),
+    "cpu": Device("cpu", lambda: None, _cpu_bf16),
 }
 AUTO_ORDER = ("cuda", "vulkan", "cpu")
 
@@ -90,3 +99,14 @@ def pick(requested: str) -> tuple[Device, str]:
     if why := device.status():
         raise ConfigError(f"params: train.device: {requested} is not available on this machine ({why})")
     return device, f"{requested} (requested)"
+
+
+def precision(device: Device, requested: str) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype to train in (None: fp32) and why: `auto` takes bf16 where the device computes it
+    natively. Weights and optimizer state stay fp32 either way. Vulkan's compiled step is fp32 only."""
+    native = device.bf16()
+    if requested == "bf16" and device.offload:
+        raise ConfigError(f"params: train.precision: {device.name} trains in fp32 only; use fp32 or auto")
+    if requested == "bf16" or (requested == "auto" and native):
+        return torch.bfloat16, f"bf16 autocast ({native or 'requested; not native here, slower than fp32'})"
+    return None, "fp32" + (" (requested)" if requested == "fp32" else f" (no native bf16 on {device.name})")
