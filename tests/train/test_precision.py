@@ -7,11 +7,12 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY, linked, test_params
 from tasks.common.errors import ConfigError
 from tasks.common.layout import Layout
 from tasks.train import loop
 from tasks.train.backends.devices import DEVICES, Device, precision
+
+from conftest import TINY, linked, test_params
 
 NATIVE = Device("cpu", lambda: None, lambda: "AVX-512 BF16")
 PLAIN = Device("cpu", lambda: None, lambda: None)
