@@ -34,12 +34,13 @@ class Ranks:
     def main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: torch.Tensor) -> float:
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks, as a tensor on the device (reading it is the caller's host sync)."""
         if self.world > 1:
             value = value.clone()
             torch_dist.all_reduce(value)
             value /= self.world
-        return value.item()
+        return value.detach()
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -171,47 +171,54 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     bar = tqdm(total=total, initial=state["step"], desc=f"train {phase}", unit="step", disable=not ranks.main,
                mininterval=1.0)
     start_step, tokens_per_s, stopped = state["step"], None, None
+    window, window_start = [], time.perf_counter()  # steps since the last host sync
     with bar, tracker or contextlib.nullcontext():
         for step in range(state["step"], total):
-            n, t0 = step + 1, time.perf_counter()
+            n = step + 1
             multiplier = lr_multiplier(step, cfg, total)
             if offloaded:
                 loss, grad_norm, parts = offloaded.step(multiplier)
-            else:
+            else:  # no host sync here: the GPU runs ahead until the window is read
                 optimizers.set_lr(multiplier)
                 loss_sum, part_sums = forward_backward(context)
                 loss = ranks.mean(loss_sum)
-                if math.isfinite(loss):  # else no step: the check below stops the run
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-                    optimizers.step()
-                    optimizers.zero_grad()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    parts = {name: ranks.mean(value) for name, value in part_sums.items()}
-            if not math.isfinite(loss):  # the curve keeps the step, so the gate sees why the run stopped
-                stopped = (f"step {n}: loss is {loss}; training stopped. Last good checkpoint: "
-                           f"{checkpoint.latest(directory) or 'none'}")
-                state["curve"].append([n, loss, cfg.lr * multiplier, math.nan])
-                if tracker:
-                    tracker.finish("FAILED")
-                break
-
-            dt = time.perf_counter() - t0
-            lr = cfg.lr * multiplier
-            state["curve"].append([n, loss, lr, grad_norm])
-            state["step"] = n
-            tokens_per_s = tokens_per_step / dt
-            if tracker:
-                mfu = flops * tokens_per_s / (peak * ranks.world) if peak else None
-                tracker.log(n, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                                "mfu": mfu, "moe_aux_loss": float(getattr(model, "last_aux_loss", 0.0) or 0.0),
-                                **parts})
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizers.step()
+                optimizers.zero_grad()
+                parts = {name: ranks.mean(value) for name, value in part_sums.items()}
+                parts["moe_aux_loss"] = model.last_aux_loss.detach()
+            window.append((n, loss, cfg.lr * multiplier, grad_norm, parts))
             bar.update(1)
 
             last = n == total
             validate, sample, save = (last or n % every == 0
                                       for every in (cfg.eval_every, cfg.sample_every, cfg.checkpoint_every))
+            if not (last or validate or sample or save or n % cfg.log_every == 0):
+                continue
+            rows = [(i, float(loss), lr, float(norm), {k: float(v) for k, v in parts.items()})
+                    for i, loss, lr, norm, parts in window]  # one sync for the whole window
+            now = time.perf_counter()
+            tokens_per_s = tokens_per_step * len(rows) / (now - window_start)
+            window, window_start = [], now
+            for i, loss, lr, norm, parts in rows:
+                if not math.isfinite(loss):  # the curve keeps this step, so the gate sees why the run stopped
+                    stopped = (f"step {i}: loss is {loss}; training stopped. Last good checkpoint: "
+                               f"{checkpoint.latest(directory) or 'none'}")
+                    state["curve"].append([i, loss, lr, math.nan])
+                    break
+                state["curve"].append([i, loss, lr, norm])
+                state["step"] = i
+                if tracker:
+                    tracker.log(i, {"loss": loss, "lr": lr, "grad_norm": norm, **parts})
+            if stopped:
+                if tracker:
+                    tracker.finish("FAILED")
+                break
+            if tracker:
+                mfu = flops * tokens_per_s / (peak * ranks.world) if peak else None
+                tracker.log(n, {"tokens_per_s": tokens_per_s, "mfu": mfu})
+            bar.set_postfix(loss=f"{rows[-1][1]:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+
             if offloaded and (validate or sample or save):
                 offloaded.sync()  # the model and optimizers now hold the training state
             if validate:

@@ -185,12 +185,14 @@ class VulkanTrainer:
 
     Shapes are fixed at construction: every batch is [batch_size, seq_len] (seq_len defaults to the
     model's block_size). The model passed in is not modified; its weights are copied to the device.
+    `load=False` only compiles (or takes the cached module), with no Vulkan device needed: `vmfb` holds the
+    module for another machine (bench/gpu/vulkan.py), and of the methods only `reference_steps` works.
     """
 
     def __init__(self, model, *, batch_size: int, seq_len: int | None = None, lr: float = 3e-4,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                 grad_clip: float | None = 1.0, cache: bool = True):
-        if not available():
+                 grad_clip: float | None = 1.0, cache: bool = True, load: bool = True):
+        if not (available() if load else installed()):
             raise ConfigError(f"vulkan: {NEEDS_EXTRA}" if not installed() else
                               "vulkan: no Vulkan device (apt-get install libvulkan1 mesa-vulkan-drivers for lavapipe)")
         self.config = model.config
@@ -207,8 +209,9 @@ class VulkanTrainer:
         self._decay = [params[n].dim() >= 2 for n in self.names]
         self.shapes = [tuple(params[n].shape) for n in self.names]
         self.compile_seconds, self.trace_seconds, self.cache_hit = 0.0, 0.0, False
-        self._fn = self._build(model, cache)
-        self.load_weights(model)
+        self._fn = self._build(model, cache, load)
+        if load:
+            self.load_weights(model)
 
     # ------------------------------------------------------------------ build
     def _key(self) -> str:
@@ -219,7 +222,7 @@ class VulkanTrainer:
                 "iree": getattr(iree_compiler, "__version__", "?"), "src": _sources_hash()}
         return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
-    def _build(self, model, cache: bool):
+    def _build(self, model, cache: bool, load: bool = True):
         path = CACHE_DIR / f"{self._key()}.vmfb"
         if cache and path.exists():
             vmfb, self.cache_hit = path.read_bytes(), True
@@ -230,6 +233,9 @@ class VulkanTrainer:
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_bytes(vmfb)
                 tmp.replace(path)
+        self.vmfb = vmfb
+        if not load:
+            return None
         rt = _runtime()
         config = _vulkan_config()
         self._device = config.device

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU run: ONE command that proves the CUDA and Vulkan paths on a real GPU and trains the seed's chat
+# config, within a lease of minutes (bench/gpu/README.md). It runs under the GPU machine's own Python and
+# torch: what that image lacks travels in .gpu-carry/ (bench/gpu/prepare.sh builds it here) — wheels
+# (MLflow, pydantic, IREE's runtime), the Vulkan loader, the seed's tokenizer and shards, the compiled
+# Vulkan step. Results go to $OUT (the device tool's folder), else bench/results/<date>-gpu/.
+#
+#   bash bench/gpu/run.sh                 # on the GPU machine
+#   bash bench/gpu/run.sh --cpu-smoke     # every part for a few steps on CPU (make test runs this)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+CARRY=${CARRY:-.gpu-carry}
+OUT=${OUT:-bench/results/$(date +%F)-gpu}
+mkdir -p "$OUT"
+
+if ls "$CARRY"/wheels/*.whl >/dev/null 2>&1 && ! "$PY" -c "import mlflow, pydantic, iree.runtime" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/chatpipe-site "$CARRY"/wheels/*.whl || { echo "run.sh: installing $CARRY/wheels failed"; exit 1; }
+  export PYTHONPATH=/tmp/chatpipe-site
+fi
+# the Vulkan loader and the GL dispatch libraries that NVIDIA's ICD (libGLX_nvidia.so.0) links against
+if [ "$(id -u)" = 0 ] && ls "$CARRY"/gl/*.deb >/dev/null 2>&1; then
+  for f in "$CARRY"/gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} MLFLOW_LOGGING_LEVEL=WARNING HF_HUB_OFFLINE=1
+exec "$PY" bench/gpu/suite.py --out "$OUT" --carry "$CARRY" "$@"
