@@ -63,16 +63,16 @@ def stage_task(name: str) -> Callable[..., StageResult]:
     return call
 
 
-ingest, tokenizer, shard = stage_task("ingest"), stage_task("tokenizer"), stage_task("shard")
-pilot, gate, full, distill = stage_task("pilot"), stage_task("gate"), stage_task("full"), stage_task("distill")
+ingest, tokenizer, shard, pack = (stage_task(s) for s in ("ingest", "tokenizer", "shard", "pack"))
+pilot, gate, full, sft, distill = (stage_task(s) for s in ("pilot", "gate", "full", "sft", "distill"))
 evaluate, publish = stage_task("eval"), stage_task("publish")
 
 
 @flow(name="chat-pipeline", log_prints=True)
 def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: str = ".",
                   train_pool: str | None = None) -> dict:
-    """ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish, on params.yaml + overlays
-    + overrides."""
+    """ingest → tokenizer → shard → pack → pilot → gate → full → sft → distill → eval → publish, on
+    params.yaml + overlays + overrides (pack and sft with sft.enabled, distill with distill.enabled)."""
     base = Request(overlays=[str(Path(p).resolve()) for p in overlays], overrides=list(overrides),
                    workdir=str(Path(workdir).resolve()))
     params = base.load()  # bad params fail here, before any work
@@ -81,13 +81,17 @@ def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: 
         documents = ingest(request)
         bpe = tokenizer(request, documents)
         shards = shard(request, documents, bpe)
+        rows = pack(request, documents, bpe) if params.sft.enabled else None
         pilot_run = pilot(request, shards, train_pool=train_pool)  # stopped by a NaN, it is judged all the same
         verdict = gate(request, pilot_run)
         if not verdict.ok:  # an unhealthy pilot: the full run never starts
             raise GateFailed(verdict.summary)
-        teacher = full(request, verdict, shards, train_pool=train_pool)
+        base_model = full(request, verdict, shards, train_pool=train_pool)
+        chat = sft(request, base_model, rows, train_pool=train_pool) if params.sft.enabled else None
+        teacher = chat or base_model
         student = distill(request, teacher, train_pool=train_pool) if params.distill.enabled else None
         scores = evaluate(request, teacher, student)
         bundles = publish(request, scores)
-        results = [documents, bpe, shards, pilot_run, verdict, teacher, student, scores, bundles]
+        results = [documents, bpe, shards, rows, pilot_run, verdict, base_model, chat, teacher, student, scores,
+                   bundles]
         return report.publish(request, parent, {r.stage: r for r in results if r})

@@ -36,7 +36,7 @@ def loss_plot(root: Path, out: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     offset, drawn = 0, False
-    for phase in ("pilot", "full"):
+    for phase in ("pilot", "full", "sft"):
         path = root / "metrics" / f"{phase}_curve.csv"
         if not path.exists():
             continue
@@ -70,7 +70,7 @@ def markdown(results: dict[str, StageResult], mlflow_link: str) -> str:
                   "| check | value | threshold | verdict |", "| --- | --- | --- | --- |"]
         lines += [f"| {c['name']} | {c['value']} | {c['threshold']} | {c['verdict']} |"
                   for c in gate.metrics.get("checks", [])]
-    for phase in ("pilot", "full"):
+    for phase in ("pilot", "full", "sft"):
         if phase in results:
             lines += ["", f"## Samples ({phase})", ""]
             lines += [f"- `{s['prompt'].strip().replace(chr(10), ' ')}` → {s['completion'].strip()!r}"
@@ -105,7 +105,7 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
     if png := loss_plot(root, reports / "loss.png"):
         parent.log_artifact(png, "report")
     parent.log_artifact(reports / "report.md", "report")
-    for phase in ("pilot", "full"):
+    for phase in (p for p in ("pilot", "full", "sft") if p in results):
         m = results[phase].metrics
         parent.log(0, {f"{phase}.final_loss": m.get("final_loss"), f"{phase}.final_val_loss": m.get("final_val_loss")})
     evaluation = results["eval"].metrics

@@ -1,6 +1,6 @@
 """The stage table: every stage of the pipeline, declared once.
 
-    ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish
+    ingest → tokenizer → shard → pack → pilot → gate → full → sft → distill → eval → publish
 
 Each `Stage` says what runs (`run`, imported when called), the params sections it reads, the code it runs
 (folders of this project: a stage's cache cannot miss a file of its own code; tests/test_house.py checks
@@ -85,6 +85,10 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
           "Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json.",
           ("shard",), ("tasks/tokens", *SHARED), ("data/documents", "artifacts/tokenizer"),
           (Output("data/shards"),)),
+    Stage("pack", "tasks.tokens.pack:run",
+          "Pack conversations whole into rows with loss weights (sft.enabled) → data/sft/{train,val}/ and manifest.json.",
+          ("sft", "shard.val_fraction", "model.block_size"), ("tasks/tokens", *SHARED),
+          ("data/documents", "artifacts/tokenizer"), (Output("data/sft"),)),
     _training("pilot", "The short run the gate judges → checkpoints/pilot/, metrics/pilot.json.", (),
               ("data/shards", "artifacts/tokenizer"), halts=False),  # stopped by a NaN, it is still the gate's to judge
     Stage("gate", "tasks.train.gate:run",
@@ -93,21 +97,25 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
           ("metrics/pilot.json", "metrics/pilot_curve.csv", "metrics/pilot_val.csv"), halts=False),  # the flow acts on it
     _training("full", "The full run, from the pilot's weights → checkpoints/full/, metrics/full.json.", (),
               ("metrics/gate.json", "data/shards", "artifacts/tokenizer", "checkpoints/pilot")),
-    _training("distill", "A student taught by the full model (distill.enabled) → checkpoints/distill/.",
-              ("distill",), ("checkpoints/pilot", "checkpoints/full", "data/shards", "artifacts/tokenizer")),
+    _training("sft", "Chat fine-tuning from the full model's weights, the loss on the assistant's turns (sft.enabled) "
+              "→ checkpoints/sft/.", ("sft",), ("data/sft", "artifacts/tokenizer", "checkpoints/full")),
+    _training("distill", "A student taught by the sft (or full) model (distill.enabled) → checkpoints/distill/.",
+              ("distill", "sft.enabled"),
+              ("checkpoints/pilot", "checkpoints/full", "checkpoints/sft", "data/shards", "artifacts/tokenizer")),
     Stage("eval", "tasks.evals.evaluate:run",
           "Evaluate the trained model (val loss/bpb, chat turns, HumanEval) → metrics/eval.json, reports/eval.md.",
-          ("seed", "eval", "shard.val_fraction", "train.device", "distill.enabled"),
+          ("seed", "eval", "shard.val_fraction", "train.device", "sft.enabled", "distill.enabled"),
           ("tasks/evals", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
-          ("checkpoints/full", "checkpoints/distill", "data/documents", "artifacts/tokenizer"),
+          ("checkpoints/full", "checkpoints/sft", "checkpoints/distill", "data/documents", "artifacts/tokenizer"),
           (Output("reports/eval.md", cache=False), Output("reports/humaneval_samples.jsonl"),
            Output("reports/humaneval_results.jsonl"), Output("reports/student_humaneval_samples.jsonl"),
            Output("reports/student_humaneval_results.jsonl"))),
     Stage("publish", "tasks.publish.publish:run",
           "Bundle the model → dist/<name>/ (+ HF export), upload to GCS, register in MLflow.",
-          ("eval.phase", "publish", "distill.enabled", "distill.student.quant"),
+          ("eval.phase", "publish", "sft.enabled", "distill.enabled", "distill.student.quant"),
           ("tasks/publish", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
-          ("checkpoints/full", "checkpoints/distill", "metrics/eval.json", "metrics/pilot.json", "metrics/full.json",
+          ("checkpoints/full", "checkpoints/sft", "checkpoints/distill", "metrics/eval.json", "metrics/pilot.json",
+           "metrics/full.json",
            "data/shards/manifest.json", "artifacts/tokenizer"),
           (Output("dist", cache=False),)),
 )}

@@ -26,6 +26,7 @@ TEST_OVERRIDES = [
     "shard.shard_tokens=65536",
     "shard.val_fraction=0.05",
     "distill.enabled=false",  # the tiny overlay distills a student; tests that want one opt in
+    "sft.enabled=false", "sft.steps=6", "sft.warmup_steps=1",  # chat fine-tuning: tests that want it opt in
 ]
 
 
@@ -46,7 +47,7 @@ MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4"
          # eval on a sliver of the val split and four HumanEval problems
          "eval.val_max_tokens=4096", "eval.chat_max_tokens=8", "eval.humaneval.problems=4",
          "eval.humaneval.n_samples=2", "eval.humaneval.k=[1,2]", "eval.humaneval.max_new_tokens=16",
-         "distill.enabled=true", "distill.steps=4"]  # the tiny overlay's ternary student, a few steps of it
+         "distill.enabled=true", "distill.steps=4", "sft.enabled=true"]  # the tiny overlay's ternary student, a few steps of it
 
 CODE = ("chatpipe", "flows", "tasks", "model", "kernels")  # what a clone needs to run the pipeline
 

@@ -134,8 +134,9 @@ def main() -> None:
     ap.add_argument("--project", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("-S", "--set", action="append", default=[], help="a params override, key=value (repeatable)")
     args = ap.parse_args()
-    params = load_params([OVERLAY], SMOKE if args.smoke else [], base=args.project / "params.yaml")
+    params = load_params([OVERLAY], [*(SMOKE if args.smoke else []), *args.set], base=args.project / "params.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
     STEPS[args.step](params, Layout(args.project.resolve()), args.out.resolve())
 

@@ -77,6 +77,10 @@ def parts(work: Path, project: Path, carry: Path) -> list[Part]:
              [*smoke_train, "--preset", "chat-7m", "--batch", "2", "--seq", "64"], ["*-train-chat-7m-*.json"], 90),
         Part("train_nano", "c. train step nano-125m", [*train, "--preset", "nano-125m", "--batch", "32", "--seq", "1024"],
              [*smoke_train, "--preset", "nano-125m", "--batch", "1", "--seq", "32"], ["*-train-nano-125m-*.json"], 150),
+        Part("seed_graphs", "e. seed pilot with CUDA graphs (compile: reduce-overhead)",
+             [*seed, "pilot", "--project", str(work / "seed-graphs-project"), "--out", f"{w}/graphs",
+              "-S", "train.compile=reduce-overhead"], [], ["graphs/seed-pilot.json"], 120,
+             gpu_only="CUDA graphs are CUDA's"),
     ]
 
 
@@ -143,7 +147,7 @@ def headline(key: str, results: dict) -> str:
         c = results["counts"]
         return f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped" + (
             f" (failed: {', '.join(c['failed_tests'][:8])})" if c["failed_tests"] else "")
-    if key == "seed_pilot" and r:
+    if key in ("seed_pilot", "seed_graphs") and r:
         pilot, gate = r.get("pilot", {}), r.get("gate", {})
         return f"{pilot.get('summary', '')}; MFU {pilot.get('mfu')}; {gate.get('summary', 'no gate')}"
     if key == "seed_full" and r:
@@ -203,6 +207,7 @@ def main() -> None:
     source = args.project or args.carry / "seed"
     if source.exists():
         shutil.copytree(source, project)
+        shutil.copytree(source, work / "seed-graphs-project")
     os.environ["CHATPIPE_GPU_PROJECT"] = str(project)  # tests/train/test_cuda.py trains on its shards
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.cpu_smoke, "budget_s": args.budget,
               "parts": {}}
@@ -230,7 +235,7 @@ def main() -> None:
                 entry["results"]["counts"] = tests_counts(work)
             entry["ok"] = entry["status"] in ("ok", "skipped" if part.gpu_only and args.cpu_smoke else "ok") and all(
                 not isinstance(r, dict) or r.get("ok", True) is not False for r in entry["results"].values())
-            if part.key == "seed_pilot" and entry["ok"]:
+            if part.key in ("seed_pilot", "seed_graphs") and entry["ok"]:
                 gate = entry["results"].get("seed-pilot.json", {}).get("gate", {})
                 entry["ok"] = gate.get("ok") is True
     report["seconds"] = round(args.budget - (deadline - time.perf_counter()), 1)

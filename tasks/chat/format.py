@@ -36,6 +36,9 @@ CHAT_TEMPLATE = ("{%- for message in messages -%}"
                  "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}")
 _ANY_MARKER = re.compile(r"<\|[A-Za-z_]+\|>")
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+# Ingest source kinds whose every document is a rendered conversation; an `hf` source holds one when its
+# document's meta records `turns`. The shard stage puts loss weights (SFT's mask) on these documents.
+CHAT_KINDS = ("chat_text", "chitchat", "distill")
 
 
 @dataclass(frozen=True)

@@ -228,18 +228,31 @@ class TrainParams(_Strict):
     sample_tokens: int = Field(ge=1)
     checkpoint_every: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
-    log_every: int = Field(ge=1)        # MLflow flush and terminal refresh; every step is still recorded
-    compile: bool                       # torch.compile the model
+    log_every: int = Field(ge=1)        # the GPU is read (loss, grad norm) once per this many steps; all recorded
+    compile: bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+    # torch.compile the model: true in its default mode, or a mode by name (reduce-overhead: CUDA graphs)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast (weights, optimizer fp32); auto: where native
     kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the norms and loss (CUDA);
     # chunked: the LM head + loss a chunk of rows at a time, never the batch's fp32 logits (any device)
+
+
+class SFTParams(_Strict):
+    """Chat fine-tuning (`chatpipe pack`, then `chatpipe train --phase sft`): the full model goes on training on
+    whole conversations, with the loss on what the assistant says (tasks/tokens/pack.py, tasks/train/sft.py)."""
+    enabled: bool                       # the flow and `dvc repro` run it after the full run; distill, eval and
+    # publish take its model (a phase named `sft` in their keys means `full` when this is false)
+    sources: list[str] = Field(min_length=1)  # ingest sources whose documents are conversations to train on
+    steps: int = Field(ge=1)
+    lr: float | None = Field(gt=0)      # peak learning rate; null: train.lr (same schedule, optimizer, batch)
+    warmup_steps: int = Field(ge=0)
+    prompt_loss_weight: float = Field(ge=0, le=1)  # 0: the assistant's turns only; 1: every token (plain LM)
 
 
 class DistillParams(_Strict):
     """The distillation phase (`chatpipe train --phase distill`, tasks/train/distill.py): a student learns from
     the teacher's logits. Loss = alpha * CE(data) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
     enabled: bool                       # the flow and `dvc repro` run it after the full run
-    teacher: Literal["pilot", "full"]   # whose latest checkpoint teaches (it must share the tokenizer)
+    teacher: Literal["pilot", "full", "sft"]  # whose latest checkpoint teaches (it must share the tokenizer)
     student: ModelShape                 # the model section's overrides for the student, e.g. quant: ternary
     init: Literal["teacher", "scratch"]  # teacher: start from the teacher's weights (QAT from a float model)
     steps: int = Field(ge=1)
@@ -274,7 +287,7 @@ class HumanEvalParams(_Strict):
 
 class EvalParams(_Strict):
     """`chatpipe eval` (tasks/evals/evaluate.py): what is measured on the trained model."""
-    phase: Literal["pilot", "full"]     # whose latest checkpoint is evaluated
+    phase: Literal["pilot", "full", "sft"]  # whose latest checkpoint is evaluated
     val_max_tokens: int | None = Field(default=None, ge=1)  # per source; null: the whole validation split
     chat_max_tokens: int = Field(ge=1)  # per generation for the fixed chat prompts
     humaneval: HumanEvalParams
@@ -315,10 +328,16 @@ class Params(_Strict):
     model: ModelParams
     train: TrainParams
     gate: GateParams
+    sft: SFTParams
     distill: DistillParams
     eval: EvalParams
     publish: PublishParams
     tracking: TrackingParams
+
+
+def trained(params: Params, phase: str) -> str:
+    """The phase whose checkpoints stand for `phase`: `sft` is `full` while chat fine-tuning is off."""
+    return "full" if phase == "sft" and not params.sft.enabled else phase
 
 
 # ---------------------------------------------------------------- loading

@@ -23,6 +23,11 @@ class Layout:
         return self.root / "data" / "shards"
 
     @property
+    def sft(self) -> Path:
+        """Conversations packed into rows with loss weights (tasks/tokens/pack.py), in the shard format."""
+        return self.root / "data" / "sft"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

@@ -37,25 +37,27 @@ import re
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from model import Transformer
 from model.decode import Decoder
-from tasks.chat.format import EOT
+from tasks.chat.format import CHAT_KINDS, EOT, MARKERS
 from tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
 from tasks.common import atomic, bundle
-from tasks.common.config import Params, params_dict
-from tasks.common.documents import val_rows
+from tasks.common.config import Params, params_dict, trained
+from tasks.common.documents import load_manifest, val_rows
 from tasks.common.errors import InputError
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
 from tasks.evals import humaneval
 from tasks.evals.compare import comparison, comparison_table, percent
+from tasks.tokens.shard import loss_weights
 from tasks.tokens.tokenizer import load as load_tokenizer
 from tasks.train import checkpoint
 from tasks.train.backends import devices
@@ -66,10 +68,17 @@ WINDOW_TOKENS = 16384  # tokens per validation batch (windows of block_size)
 
 @dataclass
 class SourceStream:
-    """One source's validation documents as the shards lay them out: <eot> doc <eot> doc <eot> ..."""
+    """One source's validation documents as the shards lay them out: <eot> doc <eot> doc <eot> ...
+
+    A chat source's stream also marks what the assistant says (tasks/tokens/shard.py's loss weights: its
+    text and the marker that ends its turn) and counts the bytes of the assistant's text, for
+    assistant-turn bits per byte: the NLL of those tokens over those bytes."""
     tokens: list[int]
+    chat: Markers | None = None
     bytes: int = 0
     documents: int = 0
+    supervised: list[bool] = field(default_factory=lambda: [False])  # the leading <eot> is never a target
+    answer_bytes: int = 0
 
     @property
     def targets(self) -> int:
@@ -85,12 +94,30 @@ class SourceStream:
         kept = text[:encoding.offsets[room - 1][1]] if room < len(encoding.ids) else text
         self.bytes += len(kept.encode("utf-8"))
         self.documents += 1
+        if self.chat:
+            weights = loss_weights(np.array(ids[:room]), np.ones(room, dtype=bool), self.chat.assistant,
+                                   self.chat.ids).astype(bool)
+            self.supervised += weights.tolist()
+            self.answer_bytes += sum(len(text[a:b].encode("utf-8")) for (a, b), i, w in
+                                     zip(encoding.offsets[:room], ids, weights) if w and i not in self.chat.ids)
+
+
+@dataclass(frozen=True)
+class Markers:
+    assistant: int
+    ids: np.ndarray  # every turn marker and <|endoftext|>
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> Markers:
+        return cls(tokenizer.token_to_id("<|assistant|>"),
+                   np.array([tokenizer.token_to_id(m) for m in (*MARKERS, EOT)]))
 
 
 def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenizer,
                        max_tokens: int | None) -> dict[str, SourceStream]:
     """Each source's validation documents, tokenized and joined, up to `max_tokens` predicted tokens."""
-    eot = tokenizer.token_to_id(EOT)
+    eot, markers = tokenizer.token_to_id(EOT), Markers.of(tokenizer)
+    kinds = {name: source["kind"] for name, source in load_manifest(documents)["sources"].items()}
     streams: dict[str, SourceStream] = {}
 
     def full(source: str) -> bool:
@@ -100,7 +127,8 @@ def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenize
         rows = [(src, text) for src, text in rows if not full(src)]
         encodings = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
         for (src, text), encoding in zip(rows, encodings):
-            streams.setdefault(src, SourceStream([eot])).add(text, encoding, eot, max_tokens)
+            chat = markers if kinds.get(src) in CHAT_KINDS else None
+            streams.setdefault(src, SourceStream([eot], chat)).add(text, encoding, eot, max_tokens)
     if not streams:
         raise InputError(f"{documents}: no validation documents (shard.val_fraction={val_fraction}); "
                          "ingest more documents or raise shard.val_fraction")
@@ -108,22 +136,29 @@ def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenize
 
 
 @torch.no_grad()
-def stream_nll(model: Transformer, tokens: list[int], device: torch.device) -> float:
-    """Summed next-token NLL (nats) over a token stream, in non-overlapping block_size windows."""
+def stream_nll(model: Transformer, tokens: list[int], device: torch.device,
+               marked: list[bool] | None = None) -> tuple[float, float]:
+    """Summed next-token NLL (nats) over a token stream, in non-overlapping block_size windows; and the
+    same sum over the targets that `marked` (aligned with `tokens`) marks (0 without it)."""
     block = model.config.block_size
     t = torch.tensor(tokens, dtype=torch.long)
     n_windows = math.ceil((len(t) - 1) / block)
     x = torch.zeros(n_windows * block, dtype=torch.long)
     y = torch.full((n_windows * block,), -1, dtype=torch.long)  # padding targets are ignored
+    m = torch.zeros(n_windows * block)
     x[:len(t) - 1], y[:len(t) - 1] = t[:-1], t[1:]
-    x, y = x.view(n_windows, block), y.view(n_windows, block)
+    if marked is not None:
+        m[:len(t) - 1] = torch.tensor(marked[1:], dtype=torch.float32)
+    x, y, m = x.view(n_windows, block), y.view(n_windows, block), m.view(n_windows, block)
     per_batch = max(1, WINDOW_TOKENS // block)
-    total = 0.0
+    total, masked = 0.0, 0.0
     for i in range(0, n_windows, per_batch):
         logits, _ = model(x[i:i + per_batch].to(device))
-        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + per_batch].flatten().to(device),
-                                 ignore_index=-1, reduction="sum").item()
-    return total
+        nll = F.cross_entropy(logits.flatten(0, 1), y[i:i + per_batch].flatten().to(device), ignore_index=-1,
+                              reduction="none")
+        total += nll.sum().item()
+        masked += (nll * m[i:i + per_batch].flatten().to(device)).sum().item()
+    return total, masked
 
 
 def _scores(nll: float, tokens: int, n_bytes: int) -> dict:
@@ -136,13 +171,17 @@ def validation(model: Transformer, tokenizer: Tokenizer, documents: Path, val_fr
                max_tokens: int | None, device: torch.device) -> dict:
     """{"overall": scores, "per_source": {source: scores + documents}}; scores = loss, ppl, bpb, tokens, bytes."""
     model.eval()
-    per_source, nll_sum = {}, 0.0
+    per_source, nll_sum, answers = {}, 0.0, [0.0, 0]
     for src, stream in validation_streams(documents, val_fraction, tokenizer, max_tokens).items():
-        nll = stream_nll(model, stream.tokens, device)
+        nll, answer_nll = stream_nll(model, stream.tokens, device, stream.supervised if stream.chat else None)
         nll_sum += nll
         per_source[src] = {**_scores(nll, stream.targets, stream.bytes), "documents": stream.documents}
+        if stream.answer_bytes:
+            per_source[src]["assistant_bpb"] = round(answer_nll / math.log(2) / stream.answer_bytes, 5)
+            answers = [answers[0] + answer_nll, answers[1] + stream.answer_bytes]
     overall = _scores(nll_sum, sum(s["tokens"] for s in per_source.values()),
                       sum(s["bytes"] for s in per_source.values()))
+    overall["assistant_bpb"] = round(answers[0] / math.log(2) / answers[1], 5) if answers[1] else None
     return {"overall": overall, "per_source": per_source}
 
 
@@ -164,6 +203,10 @@ def _fenced(text: str) -> str:
     return f"{fence}\n{text.rstrip()}\n{fence}"
 
 
+def _number(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
 def report(metrics: dict) -> str:
     """reports/eval.md: the numbers as tables, every chat generation, the HumanEval summary."""
     he = metrics["humaneval"]
@@ -172,6 +215,7 @@ def report(metrics: dict) -> str:
              "| measure | value |", "| --- | --- |",
              f"| validation loss | {metrics['val_loss']:.4f} |", f"| perplexity | {metrics['val_ppl']:.2f} |",
              f"| bits per byte | {metrics['val_bpb']:.4f} |",
+             f"| assistant-turn bits per byte | {_number(metrics.get('val_assistant_bpb'))} |",
              f"| chat turn structure | {turns}/{len(metrics['chat'])} ({metrics['turn_rate']:.0%}) |"]
     if he:
         lines.append(f"| HumanEval pass@1 (greedy) | {percent(he['pass@1_greedy'])} |")
@@ -179,10 +223,11 @@ def report(metrics: dict) -> str:
     if metrics["comparison"]:
         lines += ["", *comparison_table(metrics["comparison"])]
     lines += ["", "## Validation by source", "",
-              "| source | documents | tokens | bytes | loss | perplexity | bits/byte |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| source | documents | tokens | bytes | loss | perplexity | bits/byte | assistant bits/byte |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [(f"| {src} | {s['documents']:,} | {s['tokens']:,} | {s['bytes']:,} | {s['loss']:.4f} | "
-               f"{s['ppl']:.2f} | {s['bpb']:.4f} |") for src, s in metrics["per_source"].items()]
+               f"{s['ppl']:.2f} | {s['bpb']:.4f} | {_number(s.get('assistant_bpb'))} |")
+              for src, s in metrics["per_source"].items()]
     lines += ["", "## HumanEval", ""]
     if he:
         lines += [(f"{he['problems']} problems, one greedy and {he['samples']} sampled completions each "
@@ -213,7 +258,7 @@ def load_model(params: Params, layout: Layout, phase: str | None = None
                ) -> tuple[Transformer, dict, Tokenizer, torch.device]:
     """The latest checkpoint of `phase` (default eval.phase) and the tokenizer it was trained with."""
     device = devices.pick(params.train.device)[0].torch_device()
-    model, state = checkpoint.latest_model(layout.checkpoints / (phase or params.eval.phase), device,
+    model, state = checkpoint.latest_model(layout.checkpoints / (phase or trained(params, params.eval.phase)), device,
                                           layout.tokenizer)
     return model, state, load_tokenizer(layout.tokenizer), device
 
@@ -265,6 +310,7 @@ def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Param
     overall = val["overall"]
     return {"checkpoint": state["path"], "step": state["step"], "quant": model.config.quant,
             "val_loss": overall["loss"], "val_ppl": overall["ppl"], "val_bpb": overall["bpb"],
+            "val_assistant_bpb": overall["assistant_bpb"],
             "val_tokens": overall["tokens"], "val_bytes": overall["bytes"], "per_source": val["per_source"],
             "turn_rate": round(sum(s["problem"] is None for s in samples) / len(samples), 4), "chat": samples,
             "humaneval": he.metrics if he else None, "bundle_bytes": size,
@@ -282,7 +328,8 @@ def _write_humaneval(reports: Path, prefix: str, he: humaneval.HumanEvalRun | No
 
 def _summary(m: dict) -> str:
     he = m["humaneval"]
-    parts = [f"val loss {m['val_loss']:.2f} (ppl {m['val_ppl']:.1f}, {m['val_bpb']:.2f} bits/byte)",
+    parts = [f"val loss {m['val_loss']:.2f} (ppl {m['val_ppl']:.1f}, {m['val_bpb']:.2f} bits/byte"
+             + (f", assistant turns {m['val_assistant_bpb']:.2f}" if m.get("val_assistant_bpb") else "") + ")",
              f"chat turns {sum(c['problem'] is None for c in m['chat'])}/{len(m['chat'])}"]
     if he:
         parts.append(f"HumanEval pass@1 {percent(he['pass@1_greedy'])} (greedy), sampled "
@@ -296,7 +343,7 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     if cfg.humaneval.enabled:
         humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
     metrics, he = measure(model, state, tokenizer, params, layout, device)
-    metrics = {**metrics, "phase": cfg.phase, "student": None, "comparison": None}
+    metrics = {**metrics, "phase": trained(params, cfg.phase), "student": None, "comparison": None}
     reports = layout.root / "reports"
     outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
     student_he, models = None, [model]

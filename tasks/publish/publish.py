@@ -31,7 +31,7 @@ from model import Transformer
 from model.config import ModelConfig
 from model.info import param_counts
 from tasks.common import bundle
-from tasks.common.config import Params, params_dict
+from tasks.common.config import Params, params_dict, trained
 from tasks.common.errors import InputError
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
@@ -52,7 +52,7 @@ class Release:
 
 def releases(params: Params) -> list[Release]:
     cfg = params.publish
-    out = [Release(cfg.name, params.eval.phase, None, cfg.registry)]
+    out = [Release(cfg.name, trained(params, params.eval.phase), None, cfg.registry)]
     if params.distill.enabled:
         suffix = params.distill.student.quant or "student"
         out.append(Release(f"{cfg.name}-{suffix}", "distill", "student",

@@ -1,13 +1,21 @@
 """Shard: documents → flat token streams in Arrow IPC files, the training data format.
 
 Each split (`train`, `val`, by document id) is a stream of token ids, every document followed by
-`<|endoftext|>`, cut into shards of `shard.shard_tokens` tokens: one uint16 column (uint32 once the
-vocab passes 65,536) in a single record batch, so `tasks/tokens/reader.py` can memory-map it. Tokenizing runs
-on all cores inside `tokenizers` (Rust threads); the next batch is encoded while this one is written.
-`manifest.json` lists every shard with its sha256 and the tokenizer's hash.
+`<|endoftext|>`, cut into shards of `shard.shard_tokens` tokens: a uint16 `tokens` column (uint32 once the
+vocab passes 65,536) and a uint8 `loss_weight` column in a single record batch, so `tasks/tokens/reader.py`
+can memory-map both. Tokenizing runs on all cores inside `tokenizers` (Rust threads); the next batch is
+encoded while this one is written. `manifest.json` lists every shard with its sha256 and the tokenizer's hash.
+
+The loss weight is what supervised fine-tuning trains on: in a chat document (its source's kind says so,
+`CHAT_KINDS`) it is 1 on the assistant's text and on the marker that ends its turn (the next `<|user|>`, or
+the `<|endoftext|>` after the document) so the model learns to answer and to stop, and 0 on system and user
+text and on the markers that open a turn. Code and plain text are 1 throughout. The weights come from the
+token ids alone: the markers are single ids that ingest never lets into a turn's text, so the role of a
+token is the last marker before it (a few numpy passes per batch, no second tokenization).
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from tasks.chat.format import EOT
+from tasks.chat.format import CHAT_KINDS, EOT, MARKERS
 from tasks.common import atomic
 from tasks.common.config import Params, params_dict
 from tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
@@ -25,43 +33,64 @@ from tasks.common.errors import InputError
 from tasks.common.hashing import sha256_file
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
+from tasks.tokens.reader import COLUMNS, SHARD_FORMAT
 from tasks.tokens.tokenizer import file_hash, load
 
 SPLITS = ("train", "val")
 
 
+def loss_weights(ids: np.ndarray, chat: np.ndarray, assistant: int, markers: np.ndarray) -> np.ndarray:
+    """Per-token loss weights (uint8) of a stream of documents, each followed by <|endoftext|>.
+
+    `chat[t]` says whether token t belongs to a chat document (its closing <|endoftext|> included);
+    `markers` are the ids of every turn marker and <|endoftext|>. In chat, a token's role is the last
+    marker at or before it; a text token weighs 1 in an assistant turn, a marker weighs 1 when it closes
+    an assistant turn (so `<|assistant|>` itself, and markers after user or system text, weigh 0).
+    """
+    is_marker = np.isin(ids, markers)
+    last = np.maximum.accumulate(np.where(is_marker, np.arange(len(ids)), -1))
+    in_answer = (last >= 0) & (ids[np.maximum(last, 0)] == assistant)  # role of token t is the assistant's
+    closes_answer = np.concatenate([[False], in_answer[:-1]])           # ... of token t-1
+    return np.where(chat, np.where(is_marker, closes_answer, in_answer), True).astype(np.uint8)
+
+
 class ShardWriter:
-    """Collects one split's token stream and writes it as fixed-size Arrow shards."""
+    """Collects one split's token stream and loss weights and writes them as fixed-size Arrow shards."""
 
     def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int, eot: int) -> None:
         self.dir, self.split, self.dtype, self.shard_tokens, self.eot = directory, split, dtype, shard_tokens, eot
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.pending: list[np.ndarray] = []
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending_tokens = 0
         self.shards: list[dict] = []
 
-    def add(self, tokens: np.ndarray) -> None:
-        self.pending.append(tokens)
+    def add(self, tokens: np.ndarray, weights: np.ndarray) -> None:
+        self.pending.append((tokens, weights))
         self.pending_tokens += len(tokens)
         while self.pending_tokens >= self.shard_tokens:
-            flat = np.concatenate(self.pending)
-            self._write(flat[: self.shard_tokens])
-            rest = flat[self.shard_tokens:]
-            self.pending, self.pending_tokens = [rest], len(rest)
+            tokens, weights = self._flat()
+            self._write(tokens[: self.shard_tokens], weights[: self.shard_tokens])
+            self.pending = [(tokens[self.shard_tokens:], weights[self.shard_tokens:])]
+            self.pending_tokens = len(tokens) - self.shard_tokens
 
     def close(self) -> None:
         if self.pending_tokens:
-            self._write(np.concatenate(self.pending))
+            self._write(*self._flat())
         self.pending, self.pending_tokens = [], 0
 
-    def _write(self, tokens: np.ndarray) -> None:
+    def _flat(self) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(np.concatenate(column) for column in zip(*self.pending))
+
+    def _write(self, tokens: np.ndarray, weights: np.ndarray) -> None:
         name = f"shard-{len(self.shards):05d}.arrow"
         path = self.dir / name
-        array = pa.array(tokens, type=pa.from_numpy_dtype(self.dtype))
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("tokens", array.type)])) as w:
-            w.write_batch(pa.record_batch([array], names=["tokens"]))
-        self.shards.append({"path": f"{self.split}/{name}", "tokens": int(len(tokens)),
-                            "documents": int(np.count_nonzero(tokens == self.eot)), "sha256": sha256_file(path)})
+        batch = pa.record_batch([pa.array(tokens, type=pa.from_numpy_dtype(self.dtype)),
+                                 pa.array(weights, type=pa.uint8())], names=list(COLUMNS))
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+            w.write_batch(batch)
+        self.shards.append({"path": f"{self.split}/{name}", "tokens": len(tokens),
+                            "documents": int(np.count_nonzero(tokens == self.eot)),
+                            "supervised_tokens": int(np.count_nonzero(weights)), "sha256": sha256_file(path)})
 
 
 def run(params: Params, layout: Layout = Layout()) -> StageResult:
@@ -76,13 +105,15 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
         texts = batch.column("text").to_pylist()
         return batch, texts, tok.encode_batch_fast(texts, add_special_tokens=False)
 
+    kinds = {name: s["kind"] for name, s in load_manifest(layout.documents)["sources"].items()}
+    columns = ("id", "source", "text", "meta") if "hf" in kinds.values() else ("id", "source", "text")
     with atomic.atomic_dir(layout.shards) as tmp:
-        streams = Streams(tmp, dtype, cfg.shard_tokens, eot, cfg.val_fraction)
+        streams = Streams(tmp, dtype, cfg.shard_tokens, eot, cfg.val_fraction, Chat(tok, kinds))
         bar = tqdm(total=load_manifest(layout.documents)["totals"]["documents"], desc="shard: tokenizing",
                    unit="doc", leave=False, mininterval=1.0)
         with bar, ThreadPoolExecutor(1) as pool:  # encode batch i+1 (GIL released) while writing batch i
             pending = None
-            for batch in iter_batches(layout.documents, batch_rows=cfg.batch_docs):
+            for batch in iter_batches(layout.documents, columns, batch_rows=cfg.batch_docs):
                 ready, pending = pending, pool.submit(encode, batch)
                 if ready:
                     streams.add(*ready.result())
@@ -91,13 +122,14 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                 streams.add(*pending.result())
         splits = streams.close(layout.documents)
         sources = streams.per_source()
-        manifest = {"stage": "shard", "tokenizer_sha256": file_hash(layout.tokenizer),
+        manifest = {"stage": "shard", "format": SHARD_FORMAT, "tokenizer_sha256": file_hash(layout.tokenizer),
                     "documents_fingerprint": fingerprint(layout.documents),
                     "vocab_size": tok.get_vocab_size(), "dtype": dtype.name, "eot_id": eot,
                     "val_fraction": cfg.val_fraction, "splits": splits, "sources": sources}
         atomic.write_json(tmp / "manifest.json", manifest)
     total_bytes = sum(s["train_bytes"] + s["val_bytes"] for s in sources.values())
     metrics = {"train_tokens": splits["train"]["tokens"], "val_tokens": splits["val"]["tokens"],
+               **{f"{s}_{k}": splits[s][k] for s in SPLITS for k in ("chat_tokens", "supervised_tokens")},
                "train_documents": splits["train"]["documents"], "val_documents": splits["val"]["documents"],
                "shards": sum(len(s["shards"]) for s in splits.values()), "text_bytes": total_bytes,
                "seconds": timer.seconds, "mb_per_s": round(total_bytes / 1e6 / max(timer.seconds, 1e-9), 2),
@@ -109,27 +141,68 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                   params.tracking, {"shard": params_dict(params)["shard"]})
 
 
-class Streams:
-    """Routes each encoded document (+ <|endoftext|>) to its split's writer and counts per source."""
+class Chat:
+    """Which documents are conversations (by their source's kind), and the marker ids their weights need."""
 
-    def __init__(self, directory: Path, dtype: np.dtype, shard_tokens: int, eot: int, val_fraction: float):
+    def __init__(self, tok, kinds: dict[str, str]) -> None:
+        self.kinds = kinds
+        ids = {m: tok.token_to_id(m) for m in (*MARKERS, EOT)}
+        if None in ids.values():
+            raise InputError(f"the tokenizer lacks the chat markers {[m for m, i in ids.items() if i is None]}; "
+                             f"rerun `chatpipe tokenizer`")
+        self.assistant = ids["<|assistant|>"]
+        self.markers = np.array(list(ids.values()))
+        self.openers = np.array([ids["<|system|>"], ids["<|user|>"]])
+
+    def is_chat(self, source: str, meta: str | None) -> bool:
+        kind = self.kinds[source]
+        return kind in CHAT_KINDS or (kind == "hf" and "turns" in json.loads(meta or "{}"))
+
+    def check(self, tokens: np.ndarray, weights: np.ndarray, lengths: np.ndarray, docs: list) -> None:
+        """Every conversation opens with a turn and its closing <|endoftext|> is supervised (it ends on
+        an answer): the model must learn to stop. `docs` is (source, id, chat, length) per document."""
+        ends = np.cumsum(lengths) - 1
+        broken = (weights[ends] == 0) | ~np.isin(tokens[ends - lengths + 1], self.openers)
+        for (source, did, chat, _), bad in zip(docs, broken.tolist()):
+            if chat and bad:
+                raise InputError(f"document {did} of source {source!r} (kind {self.kinds[source]}) is not a "
+                                 f"conversation ending in an assistant turn; rerun `chatpipe ingest`")
+
+
+class Streams:
+    """Routes each encoded document (+ <|endoftext|>) and its loss weights to its split's writer, counting."""
+
+    def __init__(self, directory: Path, dtype: np.dtype, shard_tokens: int, eot: int, val_fraction: float,
+                 chat: Chat):
         self.writers = {s: ShardWriter(directory / s, s, dtype, shard_tokens, eot) for s in SPLITS}
-        self.dtype, self.eot, self.val_fraction = dtype, eot, val_fraction
+        self.dtype, self.eot, self.val_fraction, self.chat = dtype, eot, val_fraction, chat
         self.counts: dict[tuple[str, str], Counter] = {}
+        self.chat_tokens = Counter()
 
     def add(self, batch: pa.RecordBatch, texts: list[str], encodings: list) -> None:
         flat: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for did, src, text, enc in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist(),
-                                       texts, encodings):
+        docs: dict[str, list[tuple[str, str, bool, int]]] = {s: [] for s in SPLITS}  # source, id, chat, length
+        metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * batch.num_rows
+        for did, src, text, enc, meta in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist(),
+                                             texts, encodings, metas):
             split = "val" if is_val(did, self.val_fraction) else "train"
             ids = enc.ids
             flat[split] += ids
             flat[split].append(self.eot)
+            docs[split].append((src, did, self.chat.is_chat(src, meta), len(ids) + 1))
             self.counts.setdefault((src, split), Counter()).update(
                 documents=1, tokens=len(ids) + 1, bytes=len(text.encode("utf-8")))
         for split, ids in flat.items():
             if ids:
-                self.writers[split].add(np.array(ids, dtype=self.dtype))
+                self._add(split, np.array(ids, dtype=self.dtype), docs[split])
+
+    def _add(self, split: str, tokens: np.ndarray, docs: list[tuple[str, str, bool, int]]) -> None:
+        lengths = np.array([n for *_, n in docs])  # not cut at <|endoftext|>: code may hold one in its text
+        chat = np.repeat(np.array([c for _, _, c, _ in docs]), lengths)
+        weights = loss_weights(tokens, chat, self.chat.assistant, self.chat.markers)
+        self.chat.check(tokens, weights, lengths, docs)
+        self.chat_tokens[split] += int(np.count_nonzero(chat))
+        self.writers[split].add(tokens, weights)
 
     def close(self, documents: Path) -> dict:
         for w in self.writers.values():
@@ -140,7 +213,8 @@ class Streams:
                 raise InputError(f"{documents}: the {split} split is empty ({n} documents, val_fraction="
                                  f"{self.val_fraction}); add documents or change shard.val_fraction")
         return {s: {"tokens": sum(x["tokens"] for x in w.shards),
-                    "documents": sum(x["documents"] for x in w.shards), "shards": w.shards}
+                    "documents": sum(x["documents"] for x in w.shards), "chat_tokens": self.chat_tokens[s],
+                    "supervised_tokens": sum(x["supervised_tokens"] for x in w.shards), "shards": w.shards}
                 for s, w in self.writers.items()}
 
     def per_source(self) -> dict[str, dict]:

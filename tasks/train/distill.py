@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from model import Transformer, preset
 from model.config import ModelConfig
-from tasks.common.config import Params, TrainParams
+from tasks.common.config import Params, TrainParams, trained
 from tasks.common.errors import ConfigError
 from tasks.common.layout import Layout
 from tasks.train import checkpoint
@@ -79,14 +79,14 @@ class Teacher:
     @classmethod
     def load(cls, params: Params, layout: Layout, device: torch.device) -> Teacher:
         """The teacher phase's latest checkpoint, frozen; refused if trained with another tokenizer."""
-        model, state = checkpoint.latest_model(layout.checkpoints / params.distill.teacher, device,
-                                              tokenizer_dir=layout.tokenizer)
+        phase = trained(params, params.distill.teacher)
+        model, state = checkpoint.latest_model(layout.checkpoints / phase, device, tokenizer_dir=layout.tokenizer)
         if device.type == "cuda":
             model = model.to(torch.bfloat16)
         model.requires_grad_(False)
         path = Path(state["path"])
         weights = json.loads((path / "checksums.json").read_text())["model.safetensors"]
-        return cls(model, path, {"phase": params.distill.teacher, "step": state["step"],
+        return cls(model, path, {"phase": phase, "step": state["step"],
                                  "model": state["inputs"]["model"], "weights_sha256": weights})
 
     def init_student(self, student: Transformer) -> None:

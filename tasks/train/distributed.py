@@ -42,6 +42,14 @@ class Ranks:
             value /= self.world
         return value.detach()
 
+    def total(self, value: float, device: torch.device) -> float:
+        """The sum of a host number over ranks (one all-reduce; the number itself on every rank)."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor(value, dtype=torch.float64, device=device)
+        torch_dist.all_reduce(tensor)
+        return tensor.item()
+
     def barrier(self) -> None:
         if self.world > 1:
             torch_dist.barrier()

@@ -34,14 +34,14 @@ from tasks.common.stage import StageResult, Timer, finish
 from tasks.common.tracking import Run
 from tasks.tokens.reader import TokenReader
 from tasks.tokens.tokenizer import load as load_tokenizer
-from tasks.train import checkpoint, curves, distill, resume
+from tasks.train import checkpoint, curves, distill, resume, sft
 from tasks.train.backends import devices
 from tasks.train.backends.offload import StepContext
 from tasks.train.distributed import Ranks
 from tasks.train.optim import Optimizers, lr_multiplier
 from tasks.train.samples import samples
 
-PHASES = ("pilot", "full", "distill")
+PHASES = ("pilot", "full", "sft", "distill")
 
 
 def model_config(params: Params, vocab_size: int) -> ModelConfig:
@@ -60,17 +60,27 @@ def forward_backward(t: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tens
     """Forward and backward over `grad_accum` micro-batches; the gradients add up in the parameters.
 
     Returns this rank's mean loss and objective parts (distillation's ce and kd) as tensors. Under DDP only
-    the last micro-batch all-reduces the gradients (`no_sync` around the others).
+    the last micro-batch all-reduces the gradients (`no_sync` around the others). With loss weights (sft)
+    the objective's weighted sums are divided by the weight of the whole step, all micro-batches of all
+    ranks (tasks/train/sft.py), read before any forward pass from the batches' weights on the host.
     """
     accum = t.cfg.grad_accum
+    batches = []
+    for _ in range(accum):
+        batches.append(t.reader.next_batch(weights=t.weighted))
+        if t.weighted:
+            t.reader.check_supervised(batches[-1][2])  # never a loss of 0: an error naming the rows
+    scale = 1 / accum
+    if t.weighted:
+        scale = t.ranks.world / t.ranks.total(sum(float(w.sum()) for _, _, w in batches), t.device)
     loss_sum, part_sums = torch.zeros((), device=t.device), {}
-    for micro in range(accum):
-        x, y = (batch.to(t.device, non_blocking=True) for batch in t.reader.next_batch())
+    for micro, batch in enumerate(batches):
+        batch = [b.to(t.device, non_blocking=True) for b in batch]
         sync = micro == accum - 1 or t.ranks.world == 1
         with (contextlib.nullcontext() if sync else t.train_model.no_sync()), t.autocast():
-            loss, parts = t.objective(t.train_model, x, y)
-        (loss / accum).backward()
-        loss_sum += loss.detach().float() / accum
+            loss, parts = t.objective(t.train_model, *batch)
+        (loss * scale).backward()
+        loss_sum += loss.detach().float() * scale
         for name, value in parts.items():
             part_sums[name] = part_sums.get(name, 0.0) + value.float() / accum
     return loss_sum, part_sums
@@ -78,17 +88,21 @@ def forward_backward(t: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tens
 
 @torch.no_grad()
 def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int, batches: int,
-             device: torch.device, autocast) -> float:
-    """Mean loss over the first `batches` validation batches, in a fixed order."""
+             device: torch.device, autocast, weighted: bool = False) -> float:
+    """Mean loss over the first `batches` validation batches, in a fixed order (weighted: per unit weight)."""
     model.eval()
     reader = TokenReader(shards, "val", block_size, batch_size, shuffle=False)
-    losses = []
+    loss, weight = 0.0, 0.0
     for _ in range(min(batches, max(1, reader.n_blocks // batch_size))):
-        x, y = reader.next_batch()
+        batch = [b.to(device) for b in reader.next_batch(weights=weighted)]
         with autocast():
-            losses.append(model(x.to(device), y.to(device))[1].float().item())
+            if weighted:
+                loss += sft.weighted(model, *batch)[0].float().item()
+                weight += batch[2].sum().item()
+            else:
+                loss, weight = loss + model(*batch)[1].float().item(), weight + 1
     model.train()
-    return float(np.mean(losses))
+    return loss / weight
 
 
 def skipped(layout: Layout, phase: str) -> StageResult:
@@ -104,7 +118,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     """Train one phase to its step count, from where it left off (tasks/train/resume.py)."""
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
-    if phase == "distill" and not params.distill.enabled:
+    if (phase == "distill" and not params.distill.enabled) or (phase == "sft" and not params.sft.enabled):
         return skipped(layout, phase)
     timer, ranks = Timer(), Ranks()
     device_kind, why = devices.pick(params.train.device)
@@ -114,15 +128,16 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     why = f"{why}, {mixed}"
 
-    shard_manifest = layout.shards / "manifest.json"
+    shards, weighted = (layout.sft, True) if phase == "sft" else (layout.shards, False)
+    shard_manifest = shards / "manifest.json"
     if not shard_manifest.exists():
-        raise InputError(f"{layout.shards}: no shards; run `chatpipe shard` first")
+        raise InputError(f"{shards}: no shards; run `chatpipe {'pack' if weighted else 'shard'}` first")
     manifest = json.loads(shard_manifest.read_text())
     tokenizer = load_tokenizer(layout.tokenizer)
     teacher = distill.Teacher.load(params, layout, device) if phase == "distill" else None
-    cfg = distill.recipe(params) if teacher else params.train
+    cfg = distill.recipe(params) if teacher else sft.recipe(params) if weighted else params.train
     mcfg = (distill.student_config if teacher else model_config)(params, manifest["vocab_size"])
-    objective = teacher.objective(params) if teacher else standard
+    objective = teacher.objective(params) if teacher else sft.weighted if weighted else standard
     per_rank = cfg.batch_size // (cfg.grad_accum * ranks.world)
     if per_rank * cfg.grad_accum * ranks.world != cfg.batch_size:
         raise ConfigError(f"params: train.batch_size: {cfg.batch_size} is not divisible by grad_accum "
@@ -139,18 +154,18 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
         except ModuleNotFoundError as e:  # kernels/cuda needs the cuda extra; its message says so
             raise ConfigError(f"params: train.kernels: {e}") from None
     optimizers = Optimizers(model, cfg)
-    reader = TokenReader(layout.shards, "train", mcfg.block_size, per_rank, seed=params.seed,
+    reader = TokenReader(shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)
-    total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "distill": params.distill.steps}[phase]
+    total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "sft": params.sft.steps, "distill": params.distill.steps}[phase]
     directory = layout.checkpoints / phase
     inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, "bf16" if dtype else "fp32", teacher)
     state = resume.start(phase, params, layout, model, optimizers, reader, inputs, replace_stale, teacher)
 
     train_model = ranks.wrap(model, device)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, **({"mode": cfg.compile} if isinstance(cfg.compile, str) else {}))
     context = StepContext(model, train_model, optimizers, objective, cfg, reader, ranks, device, autocast,
-                          distilling=teacher is not None)
+                          distilling=teacher is not None, weighted=weighted)
     offloaded = device_kind.offload(context) if device_kind.offload else None  # Vulkan: the device steps
 
     counts = param_counts(mcfg)
@@ -186,7 +201,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                 optimizers.step()
                 optimizers.zero_grad()
                 parts = {name: ranks.mean(value) for name, value in part_sums.items()}
-                parts["moe_aux_loss"] = model.last_aux_loss.detach()
+                parts["moe_aux_loss"] = model.last_aux_loss.detach().clone()  # CUDA graphs reuse its memory
             window.append((n, loss, cfg.lr * multiplier, grad_norm, parts))
             bar.update(1)
 
@@ -222,7 +237,7 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
             if offloaded and (validate or sample or save):
                 offloaded.sync()  # the model and optimizers now hold the training state
             if validate:
-                val = evaluate(model, layout.shards, mcfg.block_size, per_rank, cfg.eval_batches, device, autocast)
+                val = evaluate(model, shards, mcfg.block_size, per_rank, cfg.eval_batches, device, autocast, weighted)
                 state["val"].append([n, val])
                 if tracker:
                     tracker.log(n, {"val_loss": val, "val_ppl": math.exp(min(val, 50))})

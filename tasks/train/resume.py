@@ -101,15 +101,15 @@ def start(phase: str, params: Params, layout: Layout, model: Transformer, optimi
             checkpoint.set_rng_state(rng)
             reader.load_state_dict(saved["reader"])
             return saved["train"]
-    if phase == "full" and params.train.full_init == "pilot":
-        pilot = checkpoint.latest(layout.checkpoints / "pilot")
-        if pilot is None:
-            raise InputError(f"{layout.checkpoints / 'pilot'}: no pilot checkpoint to start the full run from "
-                             "(run the pilot first, or set train.full_init=scratch)")
-        if diff := differences(checkpoint.read_state(pilot).get("inputs"), inputs, keys=("tokenizer", "model")):
-            raise ConfigError(f"{pilot}: the pilot was trained with different inputs: {'; '.join(diff)}")
-        checkpoint.load_weights(model, pilot)
-        state["init"] = str(pilot)
+    if before := {"full": "pilot" if params.train.full_init == "pilot" else None, "sft": "full"}.get(phase):
+        start = checkpoint.latest(layout.checkpoints / before)
+        if start is None:
+            raise InputError(f"{layout.checkpoints / before}: no {before} checkpoint to start the {phase} run from "
+                             f"(run the {before} phase first" + (", or set train.full_init=scratch)" if phase == "full" else ")"))
+        if diff := differences(checkpoint.read_state(start).get("inputs"), inputs, keys=("tokenizer", "model")):
+            raise ConfigError(f"{start}: the {before} run was trained with different inputs: {'; '.join(diff)}")
+        checkpoint.load_weights(model, start)
+        state["init"] = str(start)
     elif teacher and params.distill.init == "teacher":
         teacher.init_student(model)
         state["init"] = str(teacher.checkpoint)

@@ -26,9 +26,9 @@ def test_cpu_smoke_runs_every_part(built, tmp_path):
     report = json.loads((out / "results.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"probe", "tests", "seed_pilot", "seed_full", "seed_bundle", "vulkan", "kernels",
-                          "train_chat", "train_nano"}
+                          "train_chat", "train_nano", "seed_graphs"}
     skipped = {k: p["why"] for k, p in parts.items() if p["status"] == "skipped"}
-    assert set(skipped) <= {"kernels", "vulkan"}, skipped  # kernels: CUDA only; vulkan: only without IREE
+    assert set(skipped) <= {"kernels", "seed_graphs", "vulkan"}, skipped  # CUDA only; vulkan: only without IREE
     for key, part in parts.items():
         assert part["ok"] or key in skipped, (key, part.get("tail"), part.get("results"))
     assert parts["seed_pilot"]["results"]["seed-pilot.json"]["gate"]["ok"] is True

@@ -68,6 +68,10 @@ def test_metrics_have_the_contract_keys_and_sane_values(evaluated, built):
     nll = sum(s["loss"] * s["tokens"] for s in m["per_source"].values())
     assert math.isclose(m["val_loss"], nll / m["val_tokens"], rel_tol=1e-4)
     assert math.isclose(m["val_bpb"], nll / math.log(2) / m["val_bytes"], rel_tol=1e-4)
+    # assistant-turn bits per byte: on the chat sources only, over the assistant's text
+    answers = {src for src, s in m["per_source"].items() if "assistant_bpb" in s}
+    assert answers == {"chitchat"} and 0 < m["val_assistant_bpb"] == pytest.approx(
+        m["per_source"]["chitchat"]["assistant_bpb"], rel=1e-3)
 
     assert len(m["chat"]) == len(CHAT_PROMPTS) == 12
     assert m["turn_rate"] == pytest.approx(sum(c["problem"] is None for c in m["chat"]) / 12, abs=1e-4)
@@ -144,7 +148,7 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
 def test_cli_reports_a_bad_k_in_one_line(built, trained, tmp_path):
     root = eval_project(tmp_path / "p", built, trained).root
     proc = subprocess.run([str(Path(sys.executable).parent / "chatpipe"), "eval", "-C", str(root),
-                           *[a for o in EVAL for a in ("-S", o)], "-S", "eval.humaneval.k=[1,5]"],
+                           *[a for o in [*EVAL, "sft.enabled=false"] for a in ("-S", o)], "-S", "eval.humaneval.k=[1,5]"],
                           capture_output=True, text=True, timeout=120, check=False, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("chatpipe: error:")]

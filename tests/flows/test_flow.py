@@ -11,8 +11,9 @@ import pytest
 from conftest import MICRO, clone_code, make_project
 from conftest import TINY_OVERLAY as TINY
 
-EDGES = {"tokenizer": {"ingest"}, "shard": {"ingest", "tokenizer"}, "pilot": {"shard"}, "gate": {"pilot"},
-         "full": {"gate", "shard"}, "distill": {"full"}, "eval": {"full", "distill"}, "publish": {"eval"}}
+EDGES = {"tokenizer": {"ingest"}, "shard": {"ingest", "tokenizer"}, "pack": {"ingest", "tokenizer"},
+         "pilot": {"shard"}, "gate": {"pilot"}, "full": {"gate", "shard"}, "sft": {"full", "pack"},
+         "distill": {"sft"}, "eval": {"sft", "distill"}, "publish": {"eval"}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,8 +84,9 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert {stage: consumed for stage, consumed in dag(tags["chatpipe.flow_run_id"]).items() if consumed} == EDGES
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["distill", "eval", "full", "gate", "ingest", "pilot", "publish",
-                                                         "publish chat-pipeline-ternary", "shard", "tokenizer"]
+    assert sorted(r.info.run_name for r in children) == ["distill", "eval", "full", "gate", "ingest", "pack", "pilot",
+                                                         "publish", "publish chat-pipeline-ternary", "sft", "shard",
+                                                         "tokenizer"]
     assert summary["student_bundle"] == "dist/chat-pipeline-ternary" and summary["student_gap"]["bundle_size_ratio"] > 1
     assert "Teacher vs student" in (root / "reports" / "eval.md").read_text()
     evaluation = next(r for r in children if r.info.run_name == "eval").data.metrics
@@ -94,9 +96,9 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
 
     # nothing changed: every stage is a cache hit, no file is rewritten
-    watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/shard.json", "metrics/pilot.json",
-               "metrics/gate.json", "metrics/full.json", "metrics/distill.json", "metrics/eval.json",
-               "metrics/publish.json")
+    watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/pack.json", "metrics/shard.json",
+               "metrics/pilot.json", "metrics/gate.json", "metrics/full.json", "metrics/sft.json",
+               "metrics/distill.json", "metrics/eval.json", "metrics/publish.json")
     before = mtimes(root, *watched)
     again = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
     assert mtimes(root, *watched) == before and again["full_loss"] == summary["full_loss"]
@@ -104,7 +106,7 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     # one param of the shard stage changed: shard and everything after it re-run, ingest and tokenizer don't
     chat_pipeline(overlays=[TINY], overrides=[*MICRO, "shard.shard_tokens=32768"], workdir=str(root))
     after = mtimes(root, *watched)
-    assert [p for p in watched if after[p] != before[p]] == list(watched[2:])
+    assert [p for p in watched if after[p] != before[p]] == list(watched[3:])  # pack reads no shards
     assert list((root / "checkpoints").glob("pilot.replaced-*"))     # old checkpoints moved aside, not resumed
 
     # an output deleted by hand is rebuilt even though the key is cached
@@ -131,7 +133,7 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert "Traceback" not in out and "ERROR" not in out and "temporary server" not in out, out[-3000:]
     assert out.count("Finished in state") == 1  # the flow's; the tasks' own lines are their summaries
     after = mtimes(root, *watched)
-    assert [p for p in watched if after[p] != before[p]] == list(watched[3:])
+    assert [p for p in watched if after[p] != before[p]] == list(watched[4:])
     assert len(list((root / "checkpoints").glob("pilot.replaced-*"))) == replaced + 1
 
 

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from tasks.common.documents import is_val, iter_batches
 from tasks.common.errors import InputError
@@ -28,6 +29,7 @@ def test_manifest_matches_files(built):
             assert sha256_file(path) == s["sha256"]
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
             assert table.schema.field("tokens").type == pa.uint16() and table.num_rows == s["tokens"]
+            assert table.schema.field("loss_weight").type == pa.uint8()   # in the hashed file
     assert len(m["splits"]["train"]["shards"]) > 1        # shard_tokens=65536 cuts the stream
     ingest_docs = json.loads(layout.metrics("ingest").read_text())["totals"]["documents"]
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == ingest_docs
@@ -53,7 +55,7 @@ def test_streams_decode_to_exactly_their_split(built):
 
 
 def reader(layout, **kw):
-    args = dict(split="train", block_size=64, batch_size=4, seed=7) | kw
+    args = {"split": "train", "block_size": 64, "batch_size": 4, "seed": 7} | kw
     return TokenReader(layout.shards, **args)
 
 
@@ -76,11 +78,11 @@ def test_reader_resumes_exactly(built, split, before):
     for _ in range(before):
         r.next_batch()
     state = json.loads(json.dumps(r.state_dict()))          # survives serialization
-    expected = [r.next_batch() for _ in range(5)]
+    expected = [r.next_batch(weights=True) for _ in range(5)]
     resumed = reader(built[0], split=split)
     resumed.load_state_dict(state)
-    for (x, y), (rx, ry) in zip(expected, (resumed.next_batch() for _ in range(5))):
-        assert (x == rx).all() and (y == ry).all()
+    for batch, again in zip(expected, (resumed.next_batch(weights=True) for _ in range(5))):
+        assert all(torch.equal(a, b) for a, b in zip(batch, again))   # x, y and the loss weights
     if split == "val":
         assert r.epoch >= 1                                 # the test really crossed an epoch
 
@@ -92,19 +94,42 @@ def test_reader_epoch_visits_every_block_once(built):
 
 
 def test_reader_ranks_split_the_global_batch(built):
-    whole = reader(built[0], batch_size=4).next_batch()[0]
-    parts = [reader(built[0], batch_size=2, rank=k, world_size=2).next_batch()[0] for k in (0, 1)]
-    assert (np.concatenate(parts) == whole.numpy()).all()
+    whole = reader(built[0], batch_size=4).next_batch(weights=True)
+    parts = [reader(built[0], batch_size=2, rank=k, world_size=2).next_batch(weights=True) for k in (0, 1)]
+    for i, tensor in enumerate(whole):                       # x, y and the loss weights
+        assert torch.equal(torch.cat([p[i] for p in parts]), tensor)
 
 
 def test_reader_memory_maps(built):
     before = pa.total_allocated_bytes()
     r = reader(built[0])
     assert pa.total_allocated_bytes() == before            # nothing copied into Arrow's memory pool
-    assert all(not a.flags.owndata for a in r.arrays)       # numpy views over the mapped files
+    assert not any(a.flags.owndata for a in [*r.arrays, *r.loss_weights])  # numpy views over the mapped files
 
 
 def test_reader_refuses_foreign_state(built):
     state = reader(built[0]).state_dict() | {"tokenizer_sha256": "0" * 64}
     with pytest.raises(InputError, match="tokenizer_sha256"):
         reader(built[0]).load_state_dict(state)
+
+
+def test_reader_weights_align_with_y(built):
+    r, plain = reader(built[0]), reader(built[0])
+    x, y, w = r.next_batch(weights=True)
+    px, py = plain.next_batch()
+    assert (x == px).all() and (y == py).all() and w.shape == y.shape and w.dtype == torch.float32
+    for row, block in enumerate(r.last_blocks.tolist()):
+        shard, start = r._locate(block)
+        assert (w[row].numpy() == r.loss_weights[shard][start + 1:start + 65]).all()
+        assert (y[row].numpy() == r.arrays[shard][start + 1:start + 65]).all()
+    assert 0 < float(w.mean()) < 1
+
+
+def test_a_batch_without_a_supervised_token_is_an_error(built):
+    r = reader(built[0])
+    _, _, w = r.next_batch(weights=True)
+    r.check_supervised(w)
+    where = r"^train batch \(row 0: \S+train/shard-\d{5}\.arrow tokens \d+\.\.\d+; .*: no supervised token"
+    with pytest.raises(InputError, match=where) as e:
+        r.check_supervised(torch.zeros_like(w))
+    assert "\n" not in str(e.value)

@@ -58,12 +58,12 @@ def test_triton_kernels_in_the_model_match_torch(dtype):
         assert (grads_k[name] - g).abs().max().item() <= 50 * tol * scale, name
 
 
-@pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_compiled_bf16_training_on_cuda(project, kernels):
-    """A compiled bf16 pilot learns, its checkpoint loads, and the full run continues from it."""
+@pytest.mark.parametrize(("kernels", "mode"), [("torch", "true"), ("triton", "true"), ("torch", "reduce-overhead")])
+def test_compiled_bf16_training_on_cuda(project, kernels, mode):
+    """A compiled bf16 pilot (CUDA graphs too) learns, its checkpoint loads, and the full run continues from it."""
     from tasks.train import loop
 
-    steps = ["train.device=cuda", "train.compile=true", "train.precision=auto", f"train.kernels={kernels}",
+    steps = ["train.device=cuda", f"train.compile={mode}", "train.precision=auto", f"train.kernels={kernels}",
              "train.pilot_steps=40", "train.full_steps=10", "train.checkpoint_every=10", "train.eval_every=20"]
     params = test_params(*TINY, *steps)
     with contextlib.chdir(project.root):

@@ -38,13 +38,15 @@ class StepContext:
     model: Transformer                  # the model itself: parameters, checkpoints, samples
     train_model: torch.nn.Module        # what the forward pass calls: the model, or DDP / torch.compile around it
     optimizers: Optimizers
-    objective: Callable                 # (model, x, y) -> (loss, parts): the model's loss, or distillation's
+    objective: Callable                 # (model, x, y) -> (loss, parts): the model's loss, or distillation's;
+    #                                     weighted: (model, x, y, w) -> (the weighted sum of the loss, parts)
     cfg: TrainParams                    # the phase's recipe (distill: train with distill's overrides)
     reader: TokenReader                 # this rank's training batches
     ranks: Ranks
     device: torch.device
     autocast: Callable[[], AbstractContextManager]
     distilling: bool
+    weighted: bool = False              # per-token loss weights (sft): normalised over the whole optimizer step
 
 
 class OffloadedStep(Protocol):

@@ -1,0 +1,213 @@
+"""Pack: conversations → the rows chat fine-tuning trains on (the `sft` phase), whole conversations per row.
+
+Supervised fine-tuning trains on rows of block_size tokens like pretraining, but each row holds whole
+conversations, packed best-fit (each into the fullest row that still has room), the rest of the row padded
+with <|endoftext|> at loss weight 0: no conversation is cut at a row's edge. A conversation longer than a
+row is split between exchanges (before a <|user|> marker, which stays as the end of the piece before it);
+an exchange longer than a row, before its <|assistant|> marker; a turn longer than a row is counted and
+skipped, never cropped. A piece with no supervised token (a user turn alone) is counted and dropped, so
+no row without a supervised token is written.
+
+Weights: 1 on the assistant's text and the token that ends its turn (the supervised tokens), and
+`sft.prompt_loss_weight` on the rest of a conversation (0: the assistant only; 1: plain language
+modelling on the same rows); 0 on a piece's first token (an opening marker nothing in the row predicts)
+and on padding. The rows are written in the shard format (tasks/tokens/shard.py: tokens + loss_weight) to
+data/sft/{train,val}/ with a manifest, so the training reader reads them unchanged: its block i is row i
+plus the first token of row i + 1 as the last target, which weighs 0 (one pad token ends each shard).
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.chat.format import EOT
+from tasks.common import atomic
+from tasks.common.config import Params, params_dict
+from tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
+from tasks.common.errors import ConfigError, InputError
+from tasks.common.hashing import sha256_file
+from tasks.common.layout import Layout
+from tasks.common.stage import StageResult, Timer, finish
+from tasks.tokens.reader import SHARD_FORMAT
+from tasks.tokens.shard import loss_weights
+from tasks.tokens.tokenizer import file_hash, load
+
+SPLITS = ("train", "val")
+
+
+PAD, PROMPT, SUPERVISED = 0, 1, 2  # what a position of a row is (its weight: 0, prompt_loss_weight, 1)
+
+
+@dataclass
+class Packed:
+    """Rows of `row` tokens and what each position is (PAD / PROMPT / SUPERVISED), and what was split,
+    skipped or dropped on the way."""
+    tokens: list[np.ndarray] = field(default_factory=list)
+    codes: list[np.ndarray] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def weights(self, prompt_loss_weight: float) -> list[np.ndarray]:
+        table = np.array([0.0, prompt_loss_weight, 1.0], dtype=np.float32)
+        return [table[c] for c in self.codes]
+
+
+def _cuts(tokens: np.ndarray, marker: int, start: int, end: int) -> list[int]:
+    """start, every position of `marker` strictly inside (start, end), end."""
+    inside = np.flatnonzero(tokens[start + 1:end] == marker) + start + 1
+    return [start, *inside.tolist(), end]
+
+
+def pieces(tokens: np.ndarray, row: int, user: int, assistant: int, counts: Counter) -> list[tuple[int, int]]:
+    """[a, b) ranges of one conversation, each at most `row` tokens, consecutive ones sharing the marker
+    between them (the end of one turn, the start of the next)."""
+    n = len(tokens)
+    if n <= row:
+        return [(0, n)]
+    counts["conversations split"] += 1
+    units: list[tuple[int, int] | None] = []  # None: a skipped turn breaks the chain
+    exchanges = _cuts(tokens, user, 0, n - 1)
+    for a, b in itertools.pairwise(exchanges):
+        b = b + 1  # through the next marker (or the final <|endoftext|>)
+        if b - a <= row:
+            units.append((a, b))
+            continue
+        turns = _cuts(tokens, assistant, a, b - 1)
+        for c, d in itertools.pairwise(turns):
+            d = d + 1
+            if d - c <= row:
+                units.append((c, d))
+            else:
+                counts["turns longer than a row (skipped)"] += 1
+                units.append(None)
+    out, current = [], None
+    for unit in units:
+        if current and unit and unit[0] == current[1] - 1 and unit[1] - current[0] <= row:
+            current = (current[0], unit[1])
+            continue
+        if current:
+            out.append(current)
+        current = unit
+    if current:
+        out.append(current)
+    return out
+
+
+def pack(conversations: list[tuple[np.ndarray, np.ndarray]], row: int, pad: int, user: int,
+         assistant: int) -> Packed:
+    """Conversations (tokens, supervised: bool per token) → rows. Best-fit decreasing: the longest piece
+    first, each into the row with the least room that fits it."""
+    result, items = Packed(), []
+    for tokens, supervised in conversations:
+        for a, b in pieces(tokens, row, user, assistant, result.counts):
+            codes = np.where(supervised[a:b], SUPERVISED, PROMPT).astype(np.uint8)
+            codes[0] = PAD  # an opening marker: nothing before it in the row predicts it
+            if not (codes == SUPERVISED).any():
+                result.counts["pieces without a supervised token (dropped)"] += 1
+                continue
+            items.append((tokens[a:b], codes))
+    items.sort(key=lambda item: -len(item[0]))
+    rows: list[list[int]] = []          # per row: indices into items
+    room: list[tuple[int, int]] = []    # (tokens left, row index), sorted
+    for i, (tokens, _) in enumerate(items):
+        at = bisect.bisect_left(room, (len(tokens), -1))
+        if at == len(room):
+            rows.append([i])
+            bisect.insort(room, (row - len(tokens), len(rows) - 1))
+            continue
+        left, r = room.pop(at)
+        rows[r].append(i)
+        bisect.insort(room, (left - len(tokens), r))
+    for members in rows:
+        tokens = np.concatenate([items[i][0] for i in members])
+        codes = np.concatenate([items[i][1] for i in members])
+        result.tokens.append(np.concatenate([tokens, np.full(row - len(tokens), pad, dtype=tokens.dtype)]))
+        result.codes.append(np.concatenate([codes, np.full(row - len(codes), PAD, dtype=np.uint8)]))
+    result.counts["rows"] = len(rows)
+    result.counts["pieces"] = len(items)
+    return result
+
+
+def conversations(layout: Layout, params: Params, tok) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(tokens + <|endoftext|>, supervised) of every document of sft.sources, by split."""
+    known = load_manifest(layout.documents)["sources"]
+    if missing := [s for s in params.sft.sources if s not in known]:
+        raise ConfigError(f"params: sft.sources: no documents from {', '.join(map(repr, missing))} "
+                          f"(sources with documents: {', '.join(sorted(known)) or 'none'})")
+    ids = {name: tok.token_to_id(m) for name, m in (("user", "<|user|>"), ("assistant", "<|assistant|>"),
+                                                   ("system", "<|system|>"), ("eot", EOT))}
+    markers = np.array(list(ids.values()))
+    out: dict[str, list] = {s: [] for s in SPLITS}
+    for batch in iter_batches(layout.documents):
+        rows = [(d, t) for d, src, t in zip(*(batch.column(c).to_pylist() for c in ("id", "source", "text")))
+                if src in params.sft.sources]
+        encodings = tok.encode_batch_fast([t for _, t in rows], add_special_tokens=False)
+        for (doc_id, _), enc in zip(rows, encodings):
+            tokens = np.array([*enc.ids, ids["eot"]], dtype=np.int64)
+            out["val" if is_val(doc_id, params.shard.val_fraction) else "train"].append(
+                (tokens, loss_weights(tokens, np.ones(len(tokens), dtype=bool), ids["assistant"], markers) > 0))
+    return out
+
+
+def write_split(directory: Path, packed: Packed, weights: list[np.ndarray], dtype: np.dtype, pad: int,
+                rows_per_shard: int) -> dict:
+    """Rows → Arrow shards of `rows_per_shard` rows, each ending in one pad token (weight 0)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i in range(0, len(packed.tokens), rows_per_shard):
+        tokens = np.concatenate([*packed.tokens[i:i + rows_per_shard], [pad]]).astype(dtype)
+        weight = np.concatenate([*weights[i:i + rows_per_shard], [0.0]]).astype(np.float32)
+        path = directory / f"shard-{len(shards):05d}.arrow"
+        batch = pa.record_batch([pa.array(tokens), pa.array(weight)], names=["tokens", "loss_weight"])
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+            w.write_batch(batch)
+        shards.append({"path": f"{directory.name}/{path.name}", "tokens": len(tokens),
+                       "rows": min(rows_per_shard, len(packed.tokens) - i), "sha256": sha256_file(path)})
+    return {"tokens": sum(s["tokens"] for s in shards), "rows": len(packed.tokens),
+            "supervised_tokens": sum(int((c == SUPERVISED).sum()) for c in packed.codes),
+            "documents": None, "shards": shards}
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    cfg, timer, row = params.sft, Timer(), params.model.block_size
+    if not cfg.enabled:
+        with atomic.atomic_dir(layout.sft) as tmp:
+            atomic.write_json(tmp / "manifest.json", {"stage": "pack", "enabled": False})
+        return finish(layout, "pack", "pack: skipped (sft.enabled is false)", {"enabled": False}, [layout.sft])
+    tok = load(layout.tokenizer)
+    pad, user, assistant = (tok.token_to_id(m) for m in (EOT, "<|user|>", "<|assistant|>"))
+    dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
+    by_split = conversations(layout, params, tok)
+    splits, counts = {}, Counter()
+    with atomic.atomic_dir(layout.sft) as tmp:
+        for split, convs in by_split.items():
+            packed = pack(convs, row, pad, user, assistant)
+            if not packed.tokens:
+                raise InputError(f"{layout.documents}: no conversation of sft.sources ({', '.join(cfg.sources)}) "
+                                 f"in the {split} split to fine-tune on")
+            splits[split] = write_split(tmp / split, packed, packed.weights(cfg.prompt_loss_weight), dtype, pad,
+                                        max(1, params.shard.shard_tokens // row))
+            splits[split]["documents"] = len(convs)
+            counts.update({f"{split}: {k}": v for k, v in packed.counts.items()})
+        manifest = {"stage": "pack", "format": SHARD_FORMAT, "enabled": True, "tokenizer_sha256": file_hash(layout.tokenizer),
+                    "documents_fingerprint": fingerprint(layout.documents), "vocab_size": tok.get_vocab_size(),
+                    "dtype": dtype.name, "eot_id": pad, "row_tokens": row, "sources": cfg.sources,
+                    "prompt_loss_weight": cfg.prompt_loss_weight, "splits": splits, "counts": dict(counts)}
+        atomic.write_json(tmp / "manifest.json", manifest)
+    train = splits["train"]
+    fill = train["supervised_tokens"] / (train["rows"] * row)
+    metrics = {"enabled": True, "conversations": {s: v["documents"] for s, v in splits.items()},
+               "rows": {s: v["rows"] for s, v in splits.items()},
+               "supervised_tokens": {s: v["supervised_tokens"] for s, v in splits.items()},
+               "supervised_share": round(fill, 4), "counts": dict(counts), "seconds": timer.seconds}
+    summary = (f"pack: {train['documents']:,} conversations → {train['rows']:,} rows of {row} tokens "
+               f"({fill:.0%} supervised), val {splits['val']['rows']:,} rows"
+               + "".join(f"; {k} {v:,}" for k, v in sorted(counts.items()) if "skipped" in k or "dropped" in k)
+               + f" → {os.path.relpath(layout.sft)} [{timer.seconds:.1f}s]")
+    return finish(layout, "pack", summary, metrics, [layout.sft], params.tracking, {"sft": params_dict(params)["sft"]})
