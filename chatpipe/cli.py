@@ -161,10 +161,15 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
         uri = summary["tracking_uri"]
         typer.echo(f"chat-pipeline: gate {summary['gate']}; pilot loss {summary['pilot_loss']:.3f} "
                    f"(val {summary['pilot_val_loss']:.3f}); full loss {summary['full_loss']:.3f} "
-                   f"(val {summary['full_val_loss']:.3f})\n  checkpoint: {summary['checkpoint']}\n"
+                   f"(val {summary['full_val_loss']:.3f})"
+                   + (f"; sft val loss {summary['sft_val_loss']:.3f} on the assistant's turns"
+                      if summary.get("sft_val_loss") is not None else "")
+                   + f"\n  checkpoint: {summary['checkpoint']}\n"
                    f"  MLflow run: {summary['mlflow_run_id']} in {uri}\n  report: {summary['report']}\n"
                    f"  open the runs: mlflow ui --backend-store-uri {uri}  then open {summary['mlflow_ui']}\n"
-                   f"  model bundle: {summary['bundle']} (val {summary['val_bpb']:.3f} bits/byte)\n"
+                   f"  model bundle: {summary['bundle']} (val {summary['val_bpb']:.3f} bits/byte"
+                   + (f", assistant turns {summary['assistant_bpb']:.3f}" if summary.get("assistant_bpb") else "")
+                   + ")\n"
                    f"  serve it: chatpipe serve --model {summary['bundle']}  then open http://127.0.0.1:8000/chat")
         if summary["student_bundle"]:
             gap = summary["student_gap"]

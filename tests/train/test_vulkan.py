@@ -197,3 +197,35 @@ def test_step_rejects_a_wrong_shape(built):
     with pytest.raises(ValueError, match="compiled for"):
         trainer.step(x[:2], y[:2])
     assert math.isfinite(trainer.step(x, y)[0])
+
+
+# Past three limits that broke bigger models (tasks/train/backends/vulkan.py's docstring; the tiny CFG is
+# under all of them): 35 parameter tensors (the grad norm's stack bound them all in one dispatch, over IREE's
+# 32 bindings: the module did not load, as chat-7m's 57 on the H200), a 1152 x 64 embedding (73,728 elements:
+# lavapipe ends a shader's loops after 65535 iterations, and the norm summed only the first 65535) and
+# 1024 tokens x 64 wide (the embedding's scatter-add gradient looped over them all, past the same limit).
+# Each of the three failed the self-check (or the load) before the fixes: grad norm 3% off, tok_emb 6 x lr off.
+BIG, BIG_BATCH = ModelConfig(vocab_size=1152, n_layer=3, n_embd=64, n_head=4, block_size=32, qk_norm=True), 32
+
+
+def test_self_check_passes_past_iree_and_lavapipe_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(vs, "CACHE_DIR", tmp_path)
+    torch.manual_seed(0)
+    model = Transformer(BIG)
+    assert len(list(model.parameters())) > 32 and BIG.vocab_size * BIG.n_embd > 65535
+    assert BIG_BATCH * BIG.block_size * BIG.n_embd > 65535
+    t0 = time.perf_counter()
+    trainer = vs.VulkanTrainer(model, batch_size=BIG_BATCH, **HP)  # loads: no dispatch over 32 bindings
+    t1 = time.perf_counter()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, BIG.vocab_size, (BIG_BATCH, BIG.block_size + 1), generator=g)
+    diffs = trainer.self_check(model, tokens[:, :-1], tokens[:, 1:])
+    print(f"\nbuild {t1 - t0:.1f}s, self-check {time.perf_counter() - t1:.1f}s: {diffs}")
+
+
+def test_embedding_gradient_is_torchs():
+    """The one-hot matmul that replaces the embedding's scatter-add gradient (padding_idx included)."""
+    grad, ids = torch.randn(3, 5, 8, dtype=torch.float64), torch.randint(0, 7, (3, 5))
+    for padding_idx in (-1, 2):
+        want = torch.ops.aten.embedding_dense_backward(grad, ids, 7, padding_idx, False)
+        torch.testing.assert_close(vs._embedding_dense_backward(grad, ids, 7, padding_idx, False), want)

@@ -27,6 +27,19 @@ Workarounds, all required on iree 3.13 + lavapipe (each seen failing without it;
     and 8/16-bit storage features that lavapipe and real GPUs have (`TARGET_FEATURES`).
   - Never give make_fx aliased example inputs: m and v are distinct zero tensors, else their placeholders
     merge and the step goes wrong from step 3 on.
+  - IREE's HAL allows at most 32 bindings per dispatch, and IREE fused the `torch.stack` of all per-tensor
+    norms into one dispatch binding every one: from 32 parameter tensors on the module did not load
+    ("binding count 58 > 32" on an H200 at chat-7m's 57; lavapipe: "declares 58 storage buffers, exceeding
+    device limit 32"). `_grad_norm` adds the per-tensor sums of squares NORM_FAN_IN at a time instead.
+  - Lavapipe ends a shader invocation's loops after 65535 iterations in all (gallivm's
+    LP_MAX_TGSI_LOOP_ITERATIONS), silently, and IREE (baseline target: no subgroups) runs a full reduction
+    or an accumulating scatter as one invocation looping over everything. Two ops hit that from chat-7m's
+    sizes on (grad norm 3-26% low where measured; the self-check refused): a > 65535-element gradient's norm (only its
+    first 65535 elements were summed) and the embedding's gradient (a scatter-add of every token's row:
+    1024 tokens x 64 wide already lost rows). So `_sum_of_squares` sums NORM_CHUNK elements per row, then
+    the rows' sums; and `_embedding_dense_backward` is a one-hot matmul. Both are also far more parallel
+    on a real GPU than one thread walking 1M floats. (Other loops stay short at our sizes: a matmul's
+    k-loop over the batch's tokens is tiled; `self_check` is what would catch one that is not.)
   (Also: the real-GPU targets `rdna*`/`ampere`... assume subgroup 32/64 and give wrong numbers on lavapipe,
   whose subgroup is 8, so we compile for the baseline target plus features.)
 
@@ -67,6 +80,8 @@ TARGET_FEATURES = ("spirv:v1.3,cap:Shader,cap:Int8,cap:Int16,cap:StorageBuffer8B
                    "ext:SPV_KHR_storage_buffer_storage_class")
 COMPILE_FLAGS = ("--iree-input-demote-i64-to-i32", f"--iree-vulkan-target-features={TARGET_FEATURES}")
 CACHE_DIR = Path(tempfile.gettempdir()) / "chatpipe-iree-cache"
+NORM_CHUNK = 1024    # elements per sum in the grad norm (lavapipe ends a shader's loops at 65535 iterations)
+NORM_FAN_IN = 16     # per-tensor sums added per dispatch (IREE: <= 32 bindings per dispatch)
 
 # self_check tolerances. Measured on lavapipe (tests/test_vulkan.py): loss <= 2.3e-7, grad norm <= 7.1e-7,
 # weights <= 2.4e-3 x lr, so >= 20x headroom; a wrong lr or m/v wiring is off by ~lr or more.
@@ -172,6 +187,45 @@ def _empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=No
     return torch.empty(size, dtype=dtype, device=device)
 
 
+def _sum_of_squares(g: torch.Tensor) -> torch.Tensor:
+    """sum(g * g) as sums of <= NORM_CHUNK elements each: rows of NORM_CHUNK (the tail zero-padded), then
+    the rows' sums the same way, so no dispatch loops over more than NORM_CHUNK elements."""
+    x = g.reshape(-1) * g.reshape(-1)
+    while x.numel() > NORM_CHUNK:
+        rows = -(-x.numel() // NORM_CHUNK)
+        x = torch.nn.functional.pad(x, (0, rows * NORM_CHUNK - x.numel())).reshape(rows, NORM_CHUNK).sum(1)
+    return x.sum()
+
+
+def _grad_norm(grads) -> torch.Tensor:
+    """clip_grad_norm_'s total 2-norm, sqrt(sum of every gradient's sum of squares), added NORM_FAN_IN
+    tensors at a time (each `stack().sum()` is one dispatch with <= NORM_FAN_IN + 1 bindings)."""
+    sums = [_sum_of_squares(g) for g in grads]
+    while len(sums) > 1:
+        sums = [torch.stack(sums[i:i + NORM_FAN_IN]).sum() for i in range(0, len(sums), NORM_FAN_IN)]
+    return torch.sqrt(sums[0])
+
+
+def _embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
+    """The embedding's gradient as one_hot(ids)^T @ grad: a matmul. torch's decomposition scatter-adds
+    (index_put, accumulate), which IREE runs as one invocation looping over every token's row, past
+    lavapipe's 65535 loop iterations at chat-7m's batch (the gradient then holds only the first tokens')."""
+    if scale_grad_by_freq:
+        raise TrainingError("vulkan: nn.Embedding(scale_grad_by_freq=True) is not supported")
+    ids = indices.reshape(-1, 1)
+    one_hot = (ids == torch.arange(num_weights, device=ids.device)) & (ids != padding_idx)
+    grad = one_hot.to(grad_output.dtype).T @ grad_output.reshape(ids.shape[0], -1)
+    return grad.reshape((num_weights, *grad_output.shape[indices.dim():]))
+
+
+def _decompositions() -> dict:
+    """make_fx's table: PyTorch's core ATen decompositions, with ours where IREE or lavapipe need them."""
+    from torch._decomp import core_aten_decompositions
+
+    return {**core_aten_decompositions(), torch.ops.aten.empty_permuted.default: _empty_permuted,
+            torch.ops.aten.embedding_dense_backward.default: _embedding_dense_backward}
+
+
 def _sources_hash() -> str:
     """Part of the compile-cache key: the code that shapes the traced graph (the model and this module)."""
     h = hashlib.sha256()
@@ -255,8 +309,7 @@ class VulkanTrainer:
             grads, loss = torch.func.grad_and_value(loss_fn)(
                 dict(zip(names, params)), ids.to(torch.int64), targets.to(torch.int64))
             grads = [grads[k] for k in names]
-            # torch.nn.utils.clip_grad_norm_: the norm of the per-tensor norms; returned before clipping
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
+            norm = _grad_norm(grads)  # torch.nn.utils.clip_grad_norm_'s total norm; returned before clipping
             if clip:
                 scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
                 grads = [g * scale for g in grads]
@@ -285,7 +338,6 @@ class VulkanTrainer:
 
     def _compile(self, model) -> bytes:
         ic, aot = _iree("compiler"), _iree("turbine.aot")
-        from torch._decomp import core_aten_decompositions
         from torch.fx.experimental.proxy_tensor import make_fx
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -294,9 +346,8 @@ class VulkanTrainer:
         for p in traced.parameters():
             p.requires_grad_(False)
         args = self._example_args(traced)
-        decompositions = {**core_aten_decompositions(), torch.ops.aten.empty_permuted.default: _empty_permuted}
         with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
-            gm = make_fx(self._step_fn(traced), decomposition_table=decompositions)(*args)
+            gm = make_fx(self._step_fn(traced), decomposition_table=_decompositions())(*args)
         placeholders = [nd for nd in gm.graph.nodes if nd.op == "placeholder"]
         if len(placeholders) != len(args):  # the aliasing pitfall, or a dead input
             raise TrainingError(f"vulkan: traced step has {len(placeholders)} inputs, expected {len(args)}")
@@ -468,6 +519,7 @@ class VulkanStep:
         model, cfg, reader = context.model, context.cfg, context.reader
         unsupported = [why for bad, why in (
             (context.distilling, "the distill phase (the teacher runs in torch)"),
+            (context.weighted, "the sft phase (per-token loss weights)"),
             (cfg.optimizer != "adamw", f"optimizer {cfg.optimizer} (the compiled step is AdamW)"),
             (cfg.grad_accum != 1, "grad_accum > 1"), (context.ranks.world != 1, "torchrun (several processes)"),
             (cfg.compile, "train.compile"), (model.config.quant is not None, f"quant {model.config.quant}"),
