@@ -37,7 +37,7 @@ def test_repro_then_noop_then_partial(tmp_path):
         run(cmd, repo)
 
     first = run([dvc, "repro"], repo)
-    for stage in ("ingest", "tokenizer", "shard", "pilot", "gate", "full", "distill", "eval", "publish"):
+    for stage in ("ingest", "tokenizer", "shard", "pack", "pilot", "gate", "full", "sft", "distill", "eval", "publish"):
         assert f"Running stage '{stage}'" in first
     assert (repo / "checkpoints" / "full" / "step-000006").exists()
     assert (repo / "dist" / "chat-pipeline" / "checksums.json").exists()
@@ -61,9 +61,9 @@ def test_repro_then_noop_then_partial(tmp_path):
     step = repo / "tasks" / "train" / "loop.py"
     step.write_text(step.read_text() + "\n# an edit of the training step\n")
     fourth = run([dvc, "repro"], repo)
-    for stage in ("pilot", "gate", "full", "distill", "eval", "publish"):
+    for stage in ("pilot", "gate", "full", "sft", "distill", "eval", "publish"):
         assert f"Running stage '{stage}'" in fourth
-    for stage in ("ingest", "tokenizer", "shard"):
+    for stage in ("ingest", "tokenizer", "shard", "pack"):
         assert f"Running stage '{stage}'" not in fourth
     assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 2  # not resumed from the old code's run
 

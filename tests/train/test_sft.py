@@ -131,3 +131,34 @@ def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert "train sft: 20 steps" in train(killed).stdout
     assert curve(killed, "sft") == curve(other, "sft")  # same strings: same float bits
+
+
+def test_sft_data_parallel_matches_one_process(built, trained, tmp_path):
+    """torchrun with 2 gloo ranks = 1 process with the same global batch = 2 accumulation steps: the loss is
+    normalised by the supervised weight of the whole step, across ranks too."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from tests.train.test_train import CHATPIPE, TINY_CLI, TINY_OVERLAY, curve
+
+    steps = ["sft.enabled=true", "sft.steps=6", "train.checkpoint_every=6", "train.eval_every=6"]
+
+    def train(root, *extra, launcher=()):
+        args = [*launcher, CHATPIPE, "train", "--phase", "sft", "-C", str(root), "-p", TINY_OVERLAY]
+        for o in [*TINY_CLI, *steps, *extra]:
+            args += ["-S", o]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    single, accum, ranks = (sft_project(tmp_path / n, built, trained) for n in ("single", "accum", "ranks"))
+    train(single)
+    train(accum, "train.grad_accum=2")
+    train(ranks, launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29519"))
+    base = [float(r[1]) for r in curve(single, "sft")]
+    for root in (accum, ranks):
+        assert [float(r[1]) for r in curve(root, "sft")] == pytest.approx(base, rel=1e-4), root
