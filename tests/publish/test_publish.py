@@ -144,7 +144,7 @@ def test_without_eval_publish_is_a_one_line_error(project, monkeypatch):
 
     project.metrics("eval").unlink()
     monkeypatch.chdir(project.root)
-    result = CliRunner().invoke(app, ["publish", "-C", str(project.root), *(f"-S{o}" for o in TINY)])
+    result = CliRunner().invoke(app, ["publish", "-C", str(project.root), *(f"-S{o}" for o in [*TINY, "sft.enabled=false"])])
     assert result.exit_code == 2, result.output
     assert "metrics/eval.json: not found; run `chatpipe eval` first" in result.stderr
     assert "Traceback" not in result.stderr and not (project.root / "dist").exists()
