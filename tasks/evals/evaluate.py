@@ -47,7 +47,7 @@ from tokenizers import Tokenizer
 
 from model import Transformer
 from model.decode import Decoder
-from tasks.chat.format import CHAT_KINDS, EOT, MARKERS
+from tasks.chat.format import EOT
 from tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
 from tasks.common import atomic, bundle
 from tasks.common.config import Params, params_dict, trained
@@ -57,7 +57,7 @@ from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
 from tasks.evals import humaneval
 from tasks.evals.compare import comparison, comparison_table, percent
-from tasks.tokens.shard import loss_weights
+from tasks.tokens.shard import Chat
 from tasks.tokens.tokenizer import load as load_tokenizer
 from tasks.train import checkpoint
 from tasks.train.backends import devices
@@ -74,7 +74,7 @@ class SourceStream:
     text and the marker that ends its turn) and counts the bytes of the assistant's text, for
     assistant-turn bits per byte: the NLL of those tokens over those bytes."""
     tokens: list[int]
-    chat: Markers | None = None
+    chat: Chat | None = None
     bytes: int = 0
     documents: int = 0
     supervised: list[bool] = field(default_factory=lambda: [False])  # the leading <eot> is never a target
@@ -95,29 +95,17 @@ class SourceStream:
         self.bytes += len(kept.encode("utf-8"))
         self.documents += 1
         if self.chat:
-            weights = loss_weights(np.array(ids[:room]), np.ones(room, dtype=bool), self.chat.assistant,
-                                   self.chat.ids).astype(bool)
+            weights = self.chat.weights(np.array(ids[:room])).astype(bool)
             self.supervised += weights.tolist()
             self.answer_bytes += sum(len(text[a:b].encode("utf-8")) for (a, b), i, w in
-                                     zip(encoding.offsets[:room], ids, weights) if w and i not in self.chat.ids)
-
-
-@dataclass(frozen=True)
-class Markers:
-    assistant: int
-    ids: np.ndarray  # every turn marker and <|endoftext|>
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer) -> Markers:
-        return cls(tokenizer.token_to_id("<|assistant|>"),
-                   np.array([tokenizer.token_to_id(m) for m in (*MARKERS, EOT)]))
+                                     zip(encoding.offsets[:room], ids, weights) if w and i not in self.chat.markers)
 
 
 def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenizer,
                        max_tokens: int | None) -> dict[str, SourceStream]:
     """Each source's validation documents, tokenized and joined, up to `max_tokens` predicted tokens."""
-    eot, markers = tokenizer.token_to_id(EOT), Markers.of(tokenizer)
-    kinds = {name: source["kind"] for name, source in load_manifest(documents)["sources"].items()}
+    eot = tokenizer.token_to_id(EOT)
+    chats = Chat(tokenizer, {name: source["kind"] for name, source in load_manifest(documents)["sources"].items()})
     streams: dict[str, SourceStream] = {}
 
     def full(source: str) -> bool:
@@ -127,7 +115,7 @@ def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenize
         rows = [(src, text) for src, text in rows if not full(src)]
         encodings = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
         for (src, text), encoding in zip(rows, encodings):
-            chat = markers if kinds.get(src) in CHAT_KINDS else None
+            chat = chats if chats.is_chat(src, None) else None
             streams.setdefault(src, SourceStream([eot], chat)).add(text, encoding, eot, max_tokens)
     if not streams:
         raise InputError(f"{documents}: no validation documents (shard.val_fraction={val_fraction}); "

@@ -25,18 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from tasks.chat.format import EOT
 from tasks.common import atomic
 from tasks.common.config import Params, params_dict
 from tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
 from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import sha256_file
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
 from tasks.tokens.reader import SHARD_FORMAT
-from tasks.tokens.shard import loss_weights
+from tasks.tokens.shard import Chat, write_shard
 from tasks.tokens.tokenizer import file_hash, load
 
 SPLITS = ("train", "val")
@@ -140,18 +138,16 @@ def conversations(layout: Layout, params: Params, tok) -> dict[str, list[tuple[n
     if missing := [s for s in params.sft.sources if s not in known]:
         raise ConfigError(f"params: sft.sources: no documents from {', '.join(map(repr, missing))} "
                           f"(sources with documents: {', '.join(sorted(known)) or 'none'})")
-    ids = {name: tok.token_to_id(m) for name, m in (("user", "<|user|>"), ("assistant", "<|assistant|>"),
-                                                   ("system", "<|system|>"), ("eot", EOT))}
-    markers = np.array(list(ids.values()))
+    chat, eot = Chat(tok, {name: source["kind"] for name, source in known.items()}), tok.token_to_id(EOT)
     out: dict[str, list] = {s: [] for s in SPLITS}
     for batch in iter_batches(layout.documents):
         rows = [(d, t) for d, src, t in zip(*(batch.column(c).to_pylist() for c in ("id", "source", "text")))
                 if src in params.sft.sources]
         encodings = tok.encode_batch_fast([t for _, t in rows], add_special_tokens=False)
         for (doc_id, _), enc in zip(rows, encodings):
-            tokens = np.array([*enc.ids, ids["eot"]], dtype=np.int64)
+            tokens = np.array([*enc.ids, eot], dtype=np.int64)
             out["val" if is_val(doc_id, params.shard.val_fraction) else "train"].append(
-                (tokens, loss_weights(tokens, np.ones(len(tokens), dtype=bool), ids["assistant"], markers) > 0))
+                (tokens, chat.weights(tokens) > 0))
     return out
 
 
@@ -164,11 +160,8 @@ def write_split(directory: Path, packed: Packed, weights: list[np.ndarray], dtyp
         tokens = np.concatenate([*packed.tokens[i:i + rows_per_shard], [pad]]).astype(dtype)
         weight = np.concatenate([*weights[i:i + rows_per_shard], [0.0]]).astype(np.float32)
         path = directory / f"shard-{len(shards):05d}.arrow"
-        batch = pa.record_batch([pa.array(tokens), pa.array(weight)], names=["tokens", "loss_weight"])
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
-            w.write_batch(batch)
         shards.append({"path": f"{directory.name}/{path.name}", "tokens": len(tokens),
-                       "rows": min(rows_per_shard, len(packed.tokens) - i), "sha256": sha256_file(path)})
+                       "rows": min(rows_per_shard, len(packed.tokens) - i), "sha256": write_shard(path, tokens, weight)})
     return {"tokens": sum(s["tokens"] for s in shards), "rows": len(packed.tokens),
             "supervised_tokens": sum(int((c == SUPERVISED).sum()) for c in packed.codes),
             "documents": None, "shards": shards}

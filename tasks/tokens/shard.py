@@ -83,14 +83,18 @@ class ShardWriter:
 
     def _write(self, tokens: np.ndarray, weights: np.ndarray) -> None:
         name = f"shard-{len(self.shards):05d}.arrow"
-        path = self.dir / name
-        batch = pa.record_batch([pa.array(tokens, type=pa.from_numpy_dtype(self.dtype)),
-                                 pa.array(weights, type=pa.uint8())], names=list(COLUMNS))
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
-            w.write_batch(batch)
+        digest = write_shard(self.dir / name, tokens.astype(self.dtype, copy=False), weights.astype(np.uint8, copy=False))
         self.shards.append({"path": f"{self.split}/{name}", "tokens": len(tokens),
                             "documents": int(np.count_nonzero(tokens == self.eot)),
-                            "supervised_tokens": int(np.count_nonzero(weights)), "sha256": sha256_file(path)})
+                            "supervised_tokens": int(np.count_nonzero(weights)), "sha256": digest})
+
+
+def write_shard(path: Path, tokens: np.ndarray, weights: np.ndarray) -> str:
+    """One shard file: a single record batch of `tokens` and `loss_weight`, typed as the arrays are; its sha256."""
+    batch = pa.record_batch([pa.array(tokens), pa.array(weights)], names=list(COLUMNS))
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+        w.write_batch(batch)
+    return sha256_file(path)
 
 
 def run(params: Params, layout: Layout = Layout()) -> StageResult:
@@ -153,6 +157,10 @@ class Chat:
         self.assistant = ids["<|assistant|>"]
         self.markers = np.array(list(ids.values()))
         self.openers = np.array([ids["<|system|>"], ids["<|user|>"]])
+
+    def weights(self, tokens: np.ndarray) -> np.ndarray:
+        """The loss weights of one conversation's tokens (uint8)."""
+        return loss_weights(tokens, np.ones(len(tokens), dtype=bool), self.assistant, self.markers)
 
     def is_chat(self, source: str, meta: str | None) -> bool:
         kind = self.kinds[source]

@@ -94,12 +94,9 @@ def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int,
     loss, weight = 0.0, 0.0
     for _ in range(min(batches, max(1, reader.n_blocks // batch_size))):
         batch = [b.to(device) for b in reader.next_batch(weights=weighted)]
-        with autocast():
-            if weighted:
-                loss += sft.weighted(model, *batch)[0].float().item()
-                weight += batch[2].sum().item()
-            else:
-                loss, weight = loss + model(*batch)[1].float().item(), weight + 1
+        with autocast():  # the weighted sum and its weight, or the batch's mean loss and 1
+            total, units = (sft.weighted(model, *batch)[0], batch[2].sum()) if weighted else (model(*batch)[1], 1.0)
+        loss, weight = loss + float(total), weight + float(units)
     model.train()
     return loss / weight
 
