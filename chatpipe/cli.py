@@ -279,16 +279,35 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
 
 
 @app.command("model-info")
-def model_info(preset: Annotated[str, typer.Argument(help="A preset name, e.g. chat-7m.")],
+def model_info(preset: Annotated[str, typer.Argument(
+                   help="A preset name (e.g. chat-7m), or hf:<dir or org/name>: a Llama/Qwen3 checkpoint.")],
+               weights: Annotated[str, typer.Option(help="Training weights: fp32, or bf16 (bf16 weights and "
+                                                         "grads, fp32 optimizer states and master copy).")] = "fp32",
+               activation_checkpointing: Annotated[bool, typer.Option(
+                   "--activation-checkpointing", help="Count activations as with per-block checkpointing.")] = False,
+               lora_rank: Annotated[Optional[int], typer.Option(
+                   help="LoRA rank: frozen base, adapters on wq,wk,wv,wo,w1,w2,w3 trained.")] = None,
+               batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
+               seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: block size).")]
+               = None,
                debug: DebugOpt = False) -> None:
-    """Parameters (total/active), FLOPs per token and training memory of a model preset."""
+    """Parameters (total/active), FLOPs per token and training memory of a model preset or HF checkpoint."""
     def go():
         from model import PRESETS, describe
+        from tasks.common.errors import ConfigError, InputError
 
-        if preset not in PRESETS:
-            from tasks.common.errors import ConfigError
-            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        typer.echo(describe(preset))
+        if not preset.startswith("hf:") and preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, or hf:<dir or org/name>")
+        if weights not in ("fp32", "bf16"):
+            raise ConfigError(f"--weights must be fp32 or bf16, got {weights!r}")
+        for name, value in (("--lora-rank", lora_rank), ("--batch-size", batch_size), ("--seq-len", seq_len)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        try:
+            typer.echo(describe(preset, batch_size, weights=weights, activation_checkpointing=activation_checkpointing,
+                                lora_rank=lora_rank, seq_len=seq_len))
+        except ValueError as e:  # model/hf.py: the checkpoint cannot be read, or is not one we can run
+            raise InputError(str(e)) from None
     _call(go, debug)
 
 

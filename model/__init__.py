@@ -15,6 +15,7 @@ the reverse.
                     of rows at their own positions; ternary models included)
     presets.py      PRESETS, preset(): chat-7m, nano-125m, nano-1b, qwen3-hybrid(-mini)
     info.py         param_counts, flops_per_token, train_memory, describe (no allocation)
+    hf.py           Llama / Qwen3 checkpoints in: resolve, read_config, load_weights; NAMES (shared with export)
 """
 from .config import ModelConfig, MoEConfig
 from .generate import generate

@@ -6,7 +6,9 @@ without building anything). `to_dict`/`from_dict` give a JSON round trip so a ch
 exact shape it was trained with.
 
 The derived sizes (head_dim, the SwiGLU hidden width, which layers are MoE) live here as properties so the
-model and the analytic counts can never disagree about them.
+model and the analytic counts can never disagree about them. Both widths can be given outright
+(`head_size`, `ffn_size`) for shapes our rules do not produce, e.g. an imported Qwen3-0.6B: 1024 wide,
+16 heads of 128, SwiGLU hidden 3072.
 """
 from __future__ import annotations
 
@@ -64,14 +66,21 @@ class ModelConfig:
     norm_eps: float = 1e-5
     moe: MoEConfig | None = None
     quant: str | None = None        # "ternary": block linears are BitNet b1.58 BitLinear (model/quant.py)
+    head_size: int | None = None    # per-head width; None: n_embd // n_head (Qwen3 sets it: n_head * it != n_embd)
+    ffn_size: int | None = None     # SwiGLU hidden width; None: from ffn_mult and multiple_of (imports set it)
 
     def __post_init__(self):
         for f in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "multiple_of"):
             _check(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
-        _check(self.n_embd % self.n_head == 0, "n_embd",
-               f"{self.n_embd} is not divisible by n_head={self.n_head}")
-        _check(self.head_dim % 2 == 0, "n_head",
-               f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE")
+        if self.head_size is None:
+            _check(self.n_embd % self.n_head == 0, "n_embd",
+                   f"{self.n_embd} is not divisible by n_head={self.n_head}")
+            _check(self.head_dim % 2 == 0, "n_head",
+                   f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE")
+        else:
+            _check(self.head_size >= 2 and self.head_size % 2 == 0, "head_size",
+                   f"must be even and >= 2 (RoPE rotates pairs), got {self.head_size}")
+        _check(self.ffn_size is None or self.ffn_size >= 1, "ffn_size", f"must be >= 1 or None, got {self.ffn_size}")
         _check(self.n_kv_heads is None or (self.n_kv_heads >= 1 and self.n_head % self.n_kv_heads == 0),
                "n_kv_heads", f"{self.n_kv_heads} must be >= 1 and divide n_head={self.n_head}")
         _check(self.ffn_mult > 0, "ffn_mult", f"must be > 0, got {self.ffn_mult}")
@@ -86,7 +95,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ derived sizes
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def kv_heads(self) -> int:
@@ -94,7 +103,7 @@ class ModelConfig:
 
     @property
     def ffn_hidden(self) -> int:
-        return ffn_hidden(self.ffn_mult, self.n_embd, self.multiple_of)
+        return self.ffn_size or ffn_hidden(self.ffn_mult, self.n_embd, self.multiple_of)
 
     @property
     def expert_hidden(self) -> int:

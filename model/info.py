@@ -9,8 +9,11 @@ Conventions:
 - FLOPs per token (training: forward + backward) = 6 * N + 12 * n_layer * n_embd * seq_len, the
   PaLM / nanoGPT estimate. N = active parameters that do matrix multiplies: everything but the embedding
   lookup (a gather), plus the LM head (vocab_size * n_embd), which is a matmul whether or not it is tied.
-  The second term is attention's q·k and attention·v over seq_len keys (n_head * head_dim = n_embd for
-  any number of KV heads); like PaLM it does not halve for causality. seq_len defaults to block_size.
+  The second term is attention's q·k and attention·v over seq_len keys, with n_head * head_dim in place
+  of n_embd (equal unless head_size says otherwise, as in Qwen3; any number of KV heads); like PaLM it
+  does not halve for causality. seq_len defaults to block_size.
+- training memory (`train_memory`): weights, grads, optimizer states and saved activations, for fp32 or
+  bf16 weights, with or without activation checkpointing, full or LoRA fine-tuning.
 """
 from __future__ import annotations
 
@@ -44,50 +47,84 @@ def param_counts(cfg: ModelConfig) -> dict:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
-    """Training FLOPs per token: 6 * (active matmul parameters) + 12 * n_layer * n_embd * seq_len."""
+    """Training FLOPs per token: 6 * (active matmul parameters) + 12 * n_layer * n_head * head_dim * seq_len."""
     p = param_counts(cfg)
     matmul = p["active"] - p["embedding"] + (p["embedding"] if cfg.tie_embeddings else 0)
-    return 6 * matmul + 12 * cfg.n_layer * cfg.n_embd * (seq_len or cfg.block_size)
+    return 6 * matmul + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * (seq_len or cfg.block_size)
 
 
 # Optimizer state per parameter. Muon keeps one momentum for the hidden matrices and runs AdamW (two
 # moments) on the rest: the embedding, the LM head and the norm gains (as in Keller Jordan's / nanochat's).
+# (trainable parameters, of which hidden matrices) -> optimizer state elements.
 OPTIMIZER_STATES = {
-    "adamw": lambda c, p, matrices: 2 * p["total"],
-    "muon": lambda c, p, matrices: matrices + 2 * (p["total"] - matrices),
-    "sgd": lambda c, p, matrices: p["total"],  # momentum
+    "adamw": lambda total, matrices: 2 * total,
+    "muon": lambda total, matrices: matrices + 2 * (total - matrices),
+    "sgd": lambda total, matrices: total,  # momentum
 }
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2}
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # the block linears; MoE experts are not adapted
 
 
-def _activations_per_token(c: ModelConfig, dtype_bytes: int) -> float:
+def lora_params(cfg: ModelConfig, rank: int) -> int:
+    """Adapter parameters: rank * (in + out) for each of LORA_TARGETS in every layer (attention only in MoE layers)."""
+    d, qd, kvd, h = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_hidden
+    attn = (d + qd) + 2 * (d + kvd) + (qd + d)                       # wq; wk, wv; wo
+    mlp = 3 * (d + h)                                                 # w1, w3: d -> h; w2: h -> d
+    return rank * sum(attn + (0 if cfg.is_moe_layer(i) else mlp) for i in range(cfg.n_layer))
+
+
+def _activations_per_token(c: ModelConfig, dtype_bytes: int, checkpointing: bool = False,
+                            lora_rank: int | None = None) -> float:
     """Bytes saved for the backward pass, per token (a count of saved tensors; expect +-30%).
 
-    Per layer, in elements: attention 6d + 3*kv_d (norm in/out, q/k/v, q/k after RoPE, attention output
-    and its copy into wo) assuming a fused attention that keeps no T x T matrix; dense MLP 2d + 4h
+    Per layer, in elements: attention 2d + 4*q_d + 3*kv_d (norm in/out, q/k/v, q/k after RoPE, attention
+    output and its copy into wo; q_d = n_head * head_dim, = d unless head_size is set) assuming a fused
+    attention that keeps no T x T matrix; dense MLP 2d + 4h
     (norm in/out, w1 and w3 outputs, silu, product); MoE 2d + 2E + top_k * (2d + 4h_e) (router
     logits/probabilities, and per assignment the gathered input, the four SwiGLU tensors and the
-    weighted output). The head keeps the final norm (2d) and float32 logits with their softmax (2V * 4 B).
+    weighted output). LoRA adds each adapter's rank-wide middle (rank per adapted linear). The head keeps the
+    final norm (2d) and float32 logits with their softmax (2V * 4 B). With activation checkpointing each
+    layer keeps only its input (d); one block's internals live at a time, while backward recomputes it.
     """
-    d, kv_d = c.n_embd, c.kv_heads * c.head_dim
-    per_layer = 0
+    d, q_d, kv_d = c.n_embd, c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    layers = []
     for i in range(c.n_layer):
-        mlp = (2 * d + 2 * c.moe.n_experts + c.moe.top_k * (2 * d + 4 * c.expert_hidden)) if c.is_moe_layer(i) \
+        moe = c.is_moe_layer(i)
+        mlp = (2 * d + 2 * c.moe.n_experts + c.moe.top_k * (2 * d + 4 * c.expert_hidden)) if moe \
             else 2 * d + 4 * c.ffn_hidden
-        per_layer += 6 * d + 3 * kv_d + mlp
-    return (per_layer + 2 * d) * dtype_bytes + 2 * c.vocab_size * 4
+        adapters = (lora_rank or 0) * (4 if moe else len(LORA_TARGETS))
+        layers.append(2 * d + 4 * q_d + 3 * kv_d + mlp + adapters)
+    kept = c.n_layer * d + max(layers) if checkpointing else sum(layers)
+    return (kept + 2 * d) * dtype_bytes + 2 * c.vocab_size * 4
 
 
 def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, optimizer: str = "adamw",
-                 dtype_bytes: int = 4) -> dict:
-    """Training memory in bytes: weights, grads, optimizer states (all at dtype_bytes), activations, total."""
+                 weights: str = "fp32", activation_checkpointing: bool = False, lora_rank: int | None = None) -> dict:
+    """Training memory in bytes: weights, grads, optimizer (states), master, activations, total.
+
+    weights "fp32": weights, grads and optimizer states in fp32, master 0. "bf16": weights, grads and
+    activations in bf16; optimizer states in fp32 plus an fp32 master copy of the trained weights (master).
+    lora_rank R: the base weights are frozen (no grads, states or master); only the LORA_TARGETS adapters
+    train, with grads at the weights' dtype and fp32 states (and master under bf16); their weights count in
+    "weights". activation_checkpointing: see _activations_per_token.
+    """
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATES)}")
-    p = param_counts(cfg)
-    matrices = sum(_layer_params(cfg, i)["matrices"] for i in range(cfg.n_layer))
-    out = {"weights": p["total"] * dtype_bytes,
-           "grads": p["total"] * dtype_bytes,
-           "optimizer": OPTIMIZER_STATES[optimizer](cfg, p, matrices) * dtype_bytes,
-           "activations": int(batch_size * (seq_len or cfg.block_size) * _activations_per_token(cfg, dtype_bytes))}
+    if weights not in WEIGHT_BYTES:
+        raise ValueError(f"weights: must be one of {', '.join(WEIGHT_BYTES)}, got {weights!r}")
+    if lora_rank is not None and lora_rank < 1:
+        raise ValueError(f"lora_rank: must be >= 1, got {lora_rank}")
+    p, wb = param_counts(cfg), WEIGHT_BYTES[weights]
+    if lora_rank:
+        trained = matrices = lora_params(cfg, lora_rank)  # the adapters are all matrices
+    else:
+        trained, matrices = p["total"], sum(_layer_params(cfg, i)["matrices"] for i in range(cfg.n_layer))
+    tokens = batch_size * (seq_len or cfg.block_size)
+    out = {"weights": (p["total"] + (trained if lora_rank else 0)) * wb,
+           "grads": trained * wb,
+           "optimizer": OPTIMIZER_STATES[optimizer](trained, matrices) * 4,
+           "master": trained * 4 if weights == "bf16" else 0,
+           "activations": int(tokens * _activations_per_token(cfg, wb, activation_checkpointing, lora_rank))}
     out["total"] = sum(out.values())
     return out
 
@@ -99,11 +136,37 @@ def _n(x: float) -> str:
     return str(int(x))
 
 
-def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: str = "adamw") -> str:
-    """A small table: shape, params total/active, FLOPs/token, training memory at batch_size x block_size."""
+def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_rank: int | None) -> str:
+    """What train_memory counts under these options, in words."""
+    master = " + an fp32 master copy" if weights == "bf16" else ""
+    if lora_rank:
+        trained = (f"frozen {weights} base; LoRA rank {lora_rank} on {','.join(LORA_TARGETS)} "
+                   f"({_n(lora_params(c, lora_rank))} params) trained: {weights} grads, fp32 optimizer states{master}")
+    elif weights == "bf16":
+        trained = f"bf16 weights and grads, fp32 optimizer states{master}"
+    else:
+        trained = "fp32 weights, grads and optimizer states"
+    kept = "one block's input per layer + one block's internals (checkpointing)" if activation_checkpointing \
+        else "every block's internals"
+    return f"{trained}; activations: {kept}"
+
+
+def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: str = "adamw", weights: str = "fp32",
+             activation_checkpointing: bool = False, lora_rank: int | None = None, seq_len: int | None = None) -> str:
+    """A small table: shape, params total/active, FLOPs/token, training memory at batch_size x seq_len
+    (default block_size).
+
+    `name_or_cfg`: a preset name, "hf:<dir or id>" (model/hf.py reads its config.json) or a ModelConfig."""
+    from .hf import read_config, resolve
     from .presets import preset
-    name, c = (name_or_cfg, preset(name_or_cfg)) if isinstance(name_or_cfg, str) else ("custom", name_or_cfg)
-    p, m = param_counts(c), train_memory(c, batch_size, optimizer=optimizer)
+    if isinstance(name_or_cfg, ModelConfig):
+        name, c = "custom", name_or_cfg
+    else:
+        name = name_or_cfg
+        c = read_config(resolve(name)) if name.startswith("hf:") else preset(name)
+    p, T = param_counts(c), seq_len or c.block_size
+    m = train_memory(c, batch_size, T, optimizer=optimizer, weights=weights,
+                     activation_checkpointing=activation_checkpointing, lora_rank=lora_rank)
     moe = f", MoE {c.moe.n_experts} experts top-{c.moe.top_k} (hidden {c.expert_hidden}) every {c.moe.every}" \
         if c.moe else ""
     ffn = f"ffn {c.ffn_hidden}" if not all(c.is_moe_layer(i) for i in range(c.n_layer)) else "no dense MLP"
@@ -112,8 +175,9 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
         f"{ffn}{moe}, vocab {c.vocab_size}, block {c.block_size}"
         f"{', qk-norm' if c.qk_norm else ''}, {'tied' if c.tie_embeddings else 'untied'} embeddings",
         f"  params        total {_n(p['total'])}   active {_n(p['active'])}   embedding {_n(p['embedding'])}",
-        f"  FLOPs/token   {_n(flops_per_token(c))}  (6N + 12 L d T, T={c.block_size})",
-        f"  train memory  batch {batch_size} x {c.block_size}, {optimizer}, fp32: "
+        f"  FLOPs/token   {_n(flops_per_token(c, T))}  (6N + 12 L d T, T={T})",
+        f"  train memory  batch {batch_size} x {T}, {optimizer}, {weights}: "
         + "  ".join(f"{k} {v / GiB:.2f} GiB" for k, v in m.items()),
+        f"                ({_counted(c, weights, activation_checkpointing, lora_rank)})",
     ]
     return "\n".join(rows)

@@ -15,6 +15,8 @@
 - Init: normal(0, 0.02) everywhere, output projections (attention wo, MLP/expert w2) scaled by
   1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2).
 - The LM head shares the embedding matrix when tie_embeddings (fewer parameters for small models).
+- `checkpoint_blocks()` turns on activation checkpointing: training keeps one tensor per block and recomputes
+  the rest in backward.
 
 Loss = mean cross-entropy (targets of -1 are ignored) + aux_loss_coef * the sum of the MoE layers'
 load-balancing losses; `last_aux_loss` keeps the unweighted sum for logging.
@@ -31,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .moe import MoE
@@ -116,10 +119,10 @@ KERNELS = {"torch": lambda: (None, None), "triton": _triton, "chunked": _chunked
 
 
 class Attention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, qk_norm: bool, eps: float,
+    def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, head_dim: int, qk_norm: bool, eps: float,
                  linear: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, n_embd // n_head
+        self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, head_dim  # n_head * head_dim may be != n_embd
         self.wq = linear(n_embd, n_head * self.head_dim, bias=False)
         self.wk = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
         self.wv = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
@@ -177,7 +180,7 @@ class Transformer(nn.Module):
         linear = BitLinear if c.quant == "ternary" else nn.Linear  # embeddings, norms, head stay float
         self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(
-            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.qk_norm, c.norm_eps, linear),
+            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.head_dim, c.qk_norm, c.norm_eps, linear),
                   MoE(c.n_embd, c.expert_hidden, moe.n_experts, moe.top_k, moe.capacity_factor)
                   if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linear),
                   c.n_embd, c.norm_eps)
@@ -191,6 +194,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.last_aux_loss = torch.zeros(())
         self.fused_loss = None  # linear + cross-entropy kernel (use_kernels), None: logits then F.cross_entropy
+        self.checkpointing = False  # checkpoint_blocks
         self.init_weights()
 
     def use_kernels(self, name: str) -> Transformer:
@@ -199,6 +203,13 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.kernel = norm
+        return self
+
+    def checkpoint_blocks(self, on: bool = True) -> Transformer:
+        """Activation checkpointing: a training forward (grad enabled, no KV cache) keeps only each block's input
+        and recomputes the block's internals in backward (torch.utils.checkpoint, non-reentrant). Same loss and
+        gradients; about one more forward of compute for activation memory of one block instead of n_layer."""
+        self.checkpointing = on
         return self
 
     @torch.no_grad()
@@ -218,8 +229,12 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.tok_emb(idx)
         aux = []
+        recompute = self.checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, a = block(x, cos, sin, cache, i)
+            if recompute:
+                x, a = checkpoint(block, x, cos, sin, None, i, use_reentrant=False)
+            else:
+                x, a = block(x, cos, sin, cache, i)
             aux.append(a)
         if cache is not None:
             cache.pos += T

@@ -102,6 +102,19 @@ def linked(root: Path, layout: Layout) -> Path:
     return root
 
 
+def kill_when(proc, path: Path, timeout: float = 300) -> None:
+    """SIGKILL `proc` as soon as `path` exists (a checkpoint mid-run); it must not have finished first."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
 @pytest.fixture(scope="session")
 def trained(built, tmp_path_factory):
     """`built` plus a TINY model trained through pilot and full (checkpoints/full); read-only."""

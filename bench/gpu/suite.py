@@ -81,6 +81,8 @@ def parts(work: Path, project: Path, carry: Path) -> list[Part]:
              [*seed, "pilot", "--project", str(work / "seed-graphs-project"), "--out", f"{w}/graphs",
               "-S", "train.compile=reduce-overhead"], [], ["graphs/seed-pilot.json"], 120,
              gpu_only="CUDA graphs are CUDA's"),
+        Part("finetune", "g. fine-tuning Qwen3-0.6B's shape: full vs LoRA", [PY, "bench/gpu/finetune.py", "--out", w],
+             [PY, "bench/gpu/finetune.py", "--out", w, "--smoke"], ["finetune-qwen3-0.6b.json"], 90),
     ]
 
 
@@ -159,6 +161,10 @@ def headline(key: str, results: dict) -> str:
                 f"({v['ratio_ours_over_peer']:.2f}×, MFU {v['ours'].get('mfu')} vs {v['peer'].get('mfu')})"
                 for m, v in r["modes"].items()]
         return "; ".join(rows) + f"; best vs best {r['best']['ratio_ours_over_peer']:.2f}×"
+    if key == "finetune" and r.get("modes"):
+        modes = [f"{m}: {v['error'][:80]}" if "error" in v else f"{m}: {v['tokens_per_s']:,} tok/s, peak "
+                 f"{v['max_memory_allocated_gib']} GiB, {v['params_trained']:,} trained" for m, v in r["modes"].items()]
+        return f"{r['shape']}, {r['batch']} x {r['seq']}: " + "; ".join(modes)
     if key == "kernels" and r.get("rows"):
         return "; ".join(f"{row['case']}: ours {row['ms']['ours']:.3f} ms, peer/ours "
                          + ", ".join(f"{k} {v:.2f}×" for k, v in row["ratio_vs_ours"].items()) for row in r["rows"])
@@ -217,7 +223,8 @@ def main() -> None:
         chosen = [p for p in parts(work, project, args.carry) if not args.only or p.key in args.only]
         for i, part in enumerate(chosen):
             entry = report["parts"].setdefault(part.key, {"title": part.title})
-            reserve = sum(later.cap for later in chosen[i + 1:]) if part.reserve else 0  # a long part leaves the rest their time
+            reserve = sum(later.cap for later in chosen[i + 1:] if not (args.cpu_smoke and later.gpu_only)
+                          ) if part.reserve else 0  # a long part leaves the rest their time (the smoke skips gpu_only)
             left = deadline - time.perf_counter() - reserve
             if part.after and report["parts"].get(part.after, {}).get("ok") is not True:
                 entry.update(status="skipped", why=f"needs {part.after} to pass")

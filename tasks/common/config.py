@@ -160,10 +160,16 @@ class IngestConfig(_Strict):
 
 # ---------------------------------------------------------------- tokenizer, shards
 
+HF_SPEC = r"^hf:\S+$"  # hf:<local dir> or hf:<org/name> (model/hf.py resolves it)
+
+
 class TokenizerConfig(_Strict):
-    vocab_size: int = Field(ge=256 + len(SPECIAL_TOKENS) + 1, le=1 << 20)
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    vocab_size: int = Field(ge=256 + len(SPECIAL_TOKENS) + 1, le=1 << 20)  # the BPE's size (unused with `from`)
     min_frequency: int = Field(ge=1)
     max_train_chars: int | None = Field(ge=1)  # cap on training text; null = all train documents
+    from_: str | None = Field(default=None, alias="from", pattern=HF_SPEC)  # null: train a BPE; "hf:<...>": adopt
+    # that checkpoint's tokenizer.json, our chat markers added (tasks/tokens/tokenizer.py)
 
 
 class ShardConfig(_Strict):
@@ -197,12 +203,24 @@ class ModelShape(_Strict):
     quant: Literal["ternary"] | None = None  # ternary: BitNet b1.58 block linears (model/quant.py), trained QAT
 
     def overrides(self) -> dict:
-        return self.model_dump(exclude={"preset"}, exclude_none=True)
+        return self.model_dump(exclude={"preset", "init"}, exclude_none=True)
 
 
 class ModelParams(ModelShape):
-    """A preset from `model/presets.py`; any other key overrides that preset's field."""
+    """A preset from `model/presets.py`; any other key overrides that preset's field. With `init`, the shape is
+    the checkpoint's (config.json) and the preset is not used: a key set here must agree with it, and block_size
+    (the context trained at) may not exceed its max_position_embeddings (tasks/train/pretrained.py)."""
     preset: str
+    init: str | None = Field(default=None, pattern=HF_SPEC)  # null: random init; "hf:<dir or hub id>": its weights
+
+
+class LoraParams(_Strict):
+    """LoRA (tasks/train/lora.py): low-rank adapters on the blocks' linears train; every other weight stays frozen."""
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)          # the update is scaled by alpha / rank
+    dropout: float = Field(default=0.0, ge=0, lt=1)  # on the adapters' input
+    targets: list[Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]] = Field(
+        default=["wq", "wk", "wv", "wo", "w1", "w2", "w3"], min_length=1)  # attention q/k/v/o, SwiGLU gate/down/up
 
 
 class TrainParams(_Strict):
@@ -234,6 +252,10 @@ class TrainParams(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast (weights, optimizer fp32); auto: where native
     kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the norms and loss (CUDA);
     # chunked: the LM head + loss a chunk of rows at a time, never the batch's fp32 logits (any device)
+    lora: LoraParams | None = None      # null: every weight trains; set: LoRA adapters only, in the phases that
+    # continue from earlier weights (full from the pilot, sft, a pilot from model.init); others train every weight
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory, ~1/3 slower)
+    weights: Literal["fp32", "bf16"] = "fp32"  # bf16: weights, grads and AdamW state in bf16 (half the memory)
 
 
 class SFTParams(_Strict):

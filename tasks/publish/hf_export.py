@@ -2,7 +2,8 @@
 
 Our transformer is LLaMA's architecture under other parameter names: pre-norm RMSNorm, RoPE in the
 rotate-half layout HF uses (model/transformer.py `apply_rope` pairs x[i] with x[i + d/2]), GQA, SwiGLU
-with w1 = gate, w3 = up, w2 = down, no biases. So the export is a renaming, never a permutation:
+with w1 = gate, w3 = up, w2 = down, no biases. So the export is a renaming (model/hf.py's NAMES, which the
+import reads the other way), never a permutation:
 `AutoModelForCausalLM.from_pretrained(dir)` gives our logits (tests/test_hf_export.py). A model with
 QK-norm is Qwen3's architecture instead (RMSNorm over head_dim on q and k before RoPE, as ours). MoE
 models are not exported: our experts drop tokens beyond a capacity, HF's MoE models do not, so the
@@ -27,25 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from model import Transformer
+from model.hf import hf_name
 from tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
 from tasks.chat.turns import DEFAULT_GENERATION
 from tasks.common import atomic
-
-_LAYER_NAMES = {  # ours (under blocks.{i}.) -> HF (under model.layers.{i}.)
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn.wq.weight": "self_attn.q_proj.weight",
-    "attn.wk.weight": "self_attn.k_proj.weight",
-    "attn.wv.weight": "self_attn.v_proj.weight",
-    "attn.wo.weight": "self_attn.o_proj.weight",
-    "attn.q_norm.weight": "self_attn.q_norm.weight",
-    "attn.k_norm.weight": "self_attn.k_norm.weight",
-    "mlp_norm.weight": "post_attention_layernorm.weight",
-    "mlp.w1.weight": "mlp.gate_proj.weight",
-    "mlp.w3.weight": "mlp.up_proj.weight",
-    "mlp.w2.weight": "mlp.down_proj.weight",
-}
-_TOP_NAMES = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-              "lm_head.weight": "lm_head.weight"}
 
 
 def unsupported(model: Transformer) -> str | None:
@@ -59,13 +45,6 @@ def unsupported(model: Transformer) -> str | None:
 
 def architecture(model: Transformer) -> str:
     return "Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"
-
-
-def hf_name(name: str) -> str:
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
-    _, layer, rest = name.split(".", 2)  # blocks.{i}.<rest>
-    return f"model.layers.{layer}.{_LAYER_NAMES[rest]}"
 
 
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:

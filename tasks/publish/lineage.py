@@ -91,6 +91,8 @@ def training(layout: Layout, state: dict) -> dict:
     out = {"checkpoint": relative(state["path"], layout.root), "phase": state.get("phase"),
            "step": state.get("step"), "data_sha256": inputs.get("data"), "recipe": inputs.get("recipe"),
            "runs": runs}
+    if "base" in inputs:  # LoRA: the adapters, merged into these weights, were trained on this base
+        out["lora"] = {**inputs["recipe"]["lora"], "base": inputs["base"]}
     if "teacher" in inputs:  # a distilled student: which checkpoint taught it, and how
         out["teacher"], out["distill"] = inputs["teacher"], inputs.get("distill")
     return out

@@ -33,9 +33,9 @@ from tasks.common.documents import fingerprint, is_val, iter_batches, load_manif
 from tasks.common.errors import ConfigError, InputError
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
+from tasks.tokens.artifact import file_hash, load
 from tasks.tokens.reader import SHARD_FORMAT
 from tasks.tokens.shard import Chat, write_shard
-from tasks.tokens.tokenizer import file_hash, load
 
 SPLITS = ("train", "val")
 

@@ -33,8 +33,8 @@ from tasks.common.errors import InputError
 from tasks.common.hashing import sha256_file
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
+from tasks.tokens.artifact import file_hash, load
 from tasks.tokens.reader import COLUMNS, SHARD_FORMAT
-from tasks.tokens.tokenizer import file_hash, load
 
 SPLITS = ("train", "val")
 

@@ -1,8 +1,17 @@
-"""Tokenizer: a byte-level BPE trained with HF `tokenizers` on the ingested training documents.
+"""Tokenizer: a byte-level BPE trained with HF `tokenizers` on the ingested training documents, or a
+pretrained checkpoint's tokenizer adopted as it is (`tokenizer.from: hf:<dir or hub id>`).
 
 Byte-level means every string round-trips (`decode(encode(x)) == x`); the chat markers and
 `<|endoftext|>` are special tokens, so each is one id that is never split or merged. The held-out
 (validation) documents measure bytes per token for each source.
+
+An adopted tokenizer gets our four markers (tasks/chat/format.py SPECIAL_TOKENS) as special tokens where it
+lacks them, at the next free ids; which ones were added, and their ids, go to `chat_markers.json` beside
+tokenizer.json and to the metrics (the model's init gives their embedding rows the mean of the others,
+tasks/train/pretrained.py). We add our markers rather than map our roles onto the checkpoint's own chat template
+(Qwen's `<|im_start|>user`, Llama's headers): every stage speaks one format — ingest's grammar, the shard and
+pack stages' loss masks, the gate's and eval's turn checks, the server's prompts and stop markers — and a
+mapping would fork each of them per model family.
 """
 from __future__ import annotations
 
@@ -20,24 +29,14 @@ from tasks.chat.format import HF_SPECIAL_TOKENS, SPECIAL_TOKENS
 from tasks.common import atomic
 from tasks.common.config import Params, params_dict
 from tasks.common.documents import fingerprint, is_val, iter_batches, val_rows
-from tasks.common.errors import InputError
+from tasks.common.errors import ConfigError, InputError
 from tasks.common.hashing import sha256_file
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
+from tasks.tokens.artifact import MARKERS_FILE, file_hash, load  # noqa: F401 (load: read here by later stages)
 
 HELDOUT_DOCS_PER_SOURCE = 500
 log = logging.getLogger("chatpipe.tokenizer")
-
-
-def load(tokenizer_dir: Path) -> Tokenizer:
-    path = Path(tokenizer_dir) / "tokenizer.json"
-    if not path.exists():
-        raise InputError(f"{path}: no tokenizer; run `chatpipe tokenizer` first")
-    return Tokenizer.from_file(str(path))
-
-
-def file_hash(tokenizer_dir: Path) -> str:
-    return sha256_file(Path(tokenizer_dir) / "tokenizer.json")
 
 
 def new_tokenizer() -> Tokenizer:
@@ -81,8 +80,26 @@ def bytes_per_token(tok: Tokenizer, documents: Path, val_fraction: float) -> dic
     return out
 
 
-def run(params: Params, layout: Layout = Layout()) -> StageResult:
-    cfg, timer = params.tokenizer, Timer()
+def adopt(spec: str) -> tuple[Tokenizer, dict]:
+    """A checkpoint's tokenizer.json with our special tokens added where it has no id for them; what was added."""
+    from model.hf import resolve
+
+    try:
+        path = resolve(spec) / "tokenizer.json"
+    except ValueError as e:
+        raise ConfigError(f"params: tokenizer.from: {e}") from None
+    if not path.is_file():
+        raise InputError(f"{path}: no tokenizer.json for tokenizer.from={spec} (transformers' fast tokenizer file)")
+    tok = Tokenizer.from_file(str(path))
+    had = {t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None}
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tok, {"from": spec, "source_sha256": sha256_file(path),
+                 "added": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS if t not in had}}
+
+
+def train(params: Params, layout: Layout) -> tuple[Tokenizer, int]:
+    """A byte-level BPE trained on the train split; the number of documents it saw."""
+    cfg = params.tokenizer
     texts, n = _training_texts(layout.documents, params.shard.val_fraction, cfg.max_train_chars)
     tok = new_tokenizer()
     trainer = trainers.BpeTrainer(
@@ -94,23 +111,39 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     if tok.get_vocab_size() < cfg.vocab_size:
         log.warning(
             "corpus too small for vocab_size %d: learned %d tokens", cfg.vocab_size, tok.get_vocab_size())
+    return tok, n
+
+
+def run(params: Params, layout: Layout = Layout()) -> StageResult:
+    cfg, timer = params.tokenizer, Timer()
+    if cfg.from_:
+        (tok, markers), n = adopt(cfg.from_), 0
+    else:
+        (tok, n), markers = train(params, layout), None
     heldout = bytes_per_token(tok, layout.documents, params.shard.val_fraction)
-    if not all(s["round_trip"] for s in heldout.values()):
-        raise RuntimeError("tokenizer does not round-trip held-out documents")  # a bug, not user input
+    if lossy := sorted(src for src, s in heldout.items() if not s["round_trip"]):
+        if not markers:
+            raise RuntimeError("tokenizer does not round-trip held-out documents")  # a bug, not user input
+        log.warning("%s's tokenizer does not round-trip held-out %s documents (its normalizer changes text)",
+                    cfg.from_, ", ".join(lossy))
     with atomic.atomic_dir(layout.tokenizer) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         atomic.write_json(tmp / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", **HF_SPECIAL_TOKENS, "clean_up_tokenization_spaces": False,
             "model_max_length": params.model.block_size})
+        if markers:
+            atomic.write_json(tmp / MARKERS_FILE, markers)
     sha = file_hash(layout.tokenizer)
-    metrics = {"vocab_size": tok.get_vocab_size(), "requested_vocab_size": cfg.vocab_size,
+    metrics = {"vocab_size": tok.get_vocab_size(), "requested_vocab_size": None if markers else cfg.vocab_size,
                "training_documents": n, "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
+               **({"from": markers["from"], "added_tokens": markers["added"]} if markers else {}),
                "heldout": heldout, "sha256": sha, "documents_fingerprint": fingerprint(layout.documents),
                "seconds": timer.seconds}
     bpt = ", ".join(f"{s} {v['bytes_per_token']:.2f}" for s, v in heldout.items())
-    summary = (f"tokenizer: byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents; held-out "
-               f"bytes/token: {bpt or 'n/a'} → {os.path.relpath(layout.tokenizer)}/tokenizer.json "
-               f"[{timer.seconds:.1f}s]")
+    what = (f"{cfg.from_}'s, {tok.get_vocab_size():,} tokens ({len(markers['added'])} chat markers added)"
+            if markers else f"byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents")
+    summary = (f"tokenizer: {what}; held-out bytes/token: {bpt or 'n/a'} → "
+               f"{os.path.relpath(layout.tokenizer)}/tokenizer.json [{timer.seconds:.1f}s]")
     return finish(layout, "tokenizer", summary, metrics, [layout.tokenizer],
                   params.tracking, {"tokenizer": params_dict(params)["tokenizer"]})
 

@@ -5,6 +5,13 @@ states (`rng.pt`), and `state.json` (step, data reader position, curve so far, m
 hash, MLflow run id). It is written to a temp directory and renamed, with `checksums.json` last, so a run
 killed at any moment leaves either a whole checkpoint or none; `latest()` skips anything incomplete or
 corrupt. Only the newest `keep` are kept.
+
+A LoRA run's checkpoint (tasks/train/lora.py) holds only the adapters in `model.safetensors`; its state.json
+names the base they adapt (`inputs.base`: the checkpoint the run started from, relative to the checkpoints
+directory, and that checkpoint's checksums.json hash; or model.init's import) and the embedding rows that
+trained beside the adapters (`token_rows`, the chat markers added to an adopted tokenizer). `load_weights` and
+`latest_model` give the whole model, base and adapters merged, so nothing that reads a checkpoint needs to
+know it was a LoRA run.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from tasks.common import atomic
 from tasks.common.errors import InputError
 from tasks.common.hashing import sha256_file
 from tasks.tokens.tokenizer import file_hash
+from tasks.train import lora, pretrained
 
 log = logging.getLogger("chatpipe.checkpoint")
 _STEP = re.compile(r"^step-(\d{6,})$")
@@ -46,7 +54,10 @@ def set_rng_state(state: dict) -> None:
 def save(directory: Path, step: int, model: nn.Module, optimizer: list[dict], state: dict, keep: int) -> Path:
     final = Path(directory) / f"step-{step:06d}"
     with atomic.atomic_dir(final) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # stores a tied matrix once
+        if lora.adapted(model):
+            lora.save(model, tmp / "model.safetensors")  # the adapters alone
+        else:
+            save_model(model, str(tmp / "model.safetensors"))  # stores a tied matrix once
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         atomic.write_json(tmp / "state.json", state)
@@ -84,13 +95,52 @@ def read_state(path: Path) -> dict:
     return json.loads((Path(path) / "state.json").read_text())
 
 
+def base_identity(init: str, checkpoints: Path, rows: list[int] | None = None, token_rows: list[int] = ()) -> dict:
+    """What a LoRA run records as the base it adapts: the checkpoint it started from (relative to the checkpoints
+    directory, with the sha256 of its checksums.json, which hashes every file of it), or model.init's import
+    (its spec, its files' hashes and the rows set to the mean: tasks/train/pretrained.py rebuilds it from them);
+    and the rows it trains beside the adapters, which merging needs (absent when none, as before they trained)."""
+    tokens = {"token_rows": sorted(token_rows)} if token_rows else {}
+    if init.startswith("hf:"):
+        return {"hf": init, "files": pretrained.identity(init), "rows": rows or [], **tokens}
+    return {"checkpoint": str(Path(init).resolve().relative_to(Path(checkpoints).resolve())),
+            "sha256": sha256_file(Path(init) / "checksums.json"), **tokens}
+
+
+def _load_base(model: nn.Module, path: Path, base: dict) -> None:
+    """The base of LoRA checkpoint `path` into `model`, refused if it is gone or no longer what it was."""
+    if "hf" in base:
+        if pretrained.identity(base["hf"]) != base["files"]:
+            raise InputError(f"{path} holds LoRA adapters of {base['hf']}, whose files changed; restore them, "
+                             "or retrain this phase")
+        pretrained.load(model, base["hf"], base["rows"])
+        return
+    where = path.parent.parent / base["checkpoint"]
+    if not (where / "checksums.json").exists() or sha256_file(where / "checksums.json") != base["sha256"]:
+        raise InputError(f"{path} holds LoRA adapters of {where}, which is gone or changed; restore it, or "
+                         "retrain this phase")
+    load_weights(model, where)  # a base may itself be a LoRA run's (sft adapters on a LoRA full run)
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
-    load_model(model, str(Path(path) / "model.safetensors"), device=str(next(model.parameters()).device))
+    """The whole model in checkpoint `path` into `model`: its weights, or (a LoRA checkpoint) its base's with
+    its adapters merged."""
+    path = Path(path)
+    inputs = read_state(path).get("inputs", {})
+    if "base" not in inputs:
+        load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+        return
+    _load_base(model, path, inputs["base"])
+    lora.merge(model, inputs["recipe"]["lora"], path / "model.safetensors", inputs["base"].get("token_rows", []))
 
 
 def load(path: Path, model: nn.Module) -> tuple[list[dict], dict, dict]:
-    """Load the weights into `model`; return (optimizer states, rng states, state)."""
-    load_weights(model, path)
+    """Load the weights into `model` (a LoRA run's model, with its base and adapters in place: the adapters);
+    return (optimizer states, rng states, state)."""
+    if lora.adapted(model):
+        lora.load(model, Path(path) / "model.safetensors")
+    else:
+        load_weights(model, path)
     device = next(model.parameters()).device
     optimizer = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
     rng = torch.load(path / "rng.pt", weights_only=True)

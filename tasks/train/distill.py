@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model import Transformer, preset
+from model import Transformer
 from model.config import ModelConfig
 from tasks.common.config import Params, TrainParams, trained
 from tasks.common.errors import ConfigError
 from tasks.common.layout import Layout
-from tasks.train import checkpoint
+from tasks.train import checkpoint, pretrained
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float,
@@ -55,11 +55,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
 
 def student_config(params: Params, vocab_size: int) -> ModelConfig:
     """The model section, then `distill.student`'s overrides on top."""
-    try:
-        return preset(params.model.preset, vocab_size=vocab_size,
-                      **{**params.model.overrides(), **params.distill.student.overrides()})
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"params: distill.student: {e}") from None
+    return pretrained.model_config(params, vocab_size, params.distill.student.overrides(), key="distill.student")
 
 
 def recipe(params: Params) -> TrainParams:

@@ -4,7 +4,9 @@ A plain loop: schedule the learning rate, forward and backward over the micro-ba
 record; every so often the validation loss, sample generations and a checkpoint. The distill phase is the
 same loop with a student model and the distillation loss (tasks/train/distill.py). Data-parallel under
 `torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast where the device computes bf16 natively
-(`train.precision`, tasks/train/backends/devices.py), with fp32 weights and optimizer state.
+(`train.precision`, tasks/train/backends/devices.py), with fp32 weights and optimizer state unless
+`train.weights: bf16` (`memory`). For memory too: `train.activation_checkpointing`, and `train.lora`, which
+trains low-rank adapters on a frozen base (tasks/train/lora.py).
 
 Around it, each in its own module: where a run starts and when it may resume (tasks/train/resume.py:
 exactly, with the same per-step losses, when the inputs are the same), checkpoints
@@ -24,30 +26,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model import Transformer, flops_per_token, param_counts, preset
-from model.config import ModelConfig
-from tasks.common.config import Params, params_dict
+from model import Transformer, flops_per_token, param_counts
+from tasks.common.config import Params, TrainParams, params_dict
 from tasks.common.errors import ConfigError, InputError
 from tasks.common.layout import Layout
 from tasks.common.stage import StageResult, Timer, finish
 from tasks.common.tracking import Run
 from tasks.tokens.reader import TokenReader
 from tasks.tokens.tokenizer import load as load_tokenizer
-from tasks.train import checkpoint, curves, distill, resume, sft
+from tasks.train import checkpoint, curves, distill, lora, resume, sft
 from tasks.train.backends import devices
 from tasks.train.backends.offload import StepContext
 from tasks.train.distributed import Ranks
 from tasks.train.optim import Optimizers, lr_multiplier
+from tasks.train.pretrained import model_config  # the shape: a preset's, or model.init's
 from tasks.train.samples import samples
 
 PHASES = ("pilot", "full", "sft", "distill")
-
-
-def model_config(params: Params, vocab_size: int) -> ModelConfig:
-    try:
-        return preset(params.model.preset, vocab_size=vocab_size, **params.model.overrides())
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"params: model: {e}") from None
 
 
 def standard(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -101,6 +96,31 @@ def evaluate(model: Transformer, shards: Path, block_size: int, batch_size: int,
     return loss / weight
 
 
+def memory(model: Transformer, cfg: TrainParams, device: str) -> None:
+    """train.weights and train.activation_checkpointing on the model (before any weights are loaded into it).
+
+    bf16 weights: the parameters, their gradients and torch's AdamW moments (it keeps them in the parameter's
+    dtype) are all bf16, 8 bytes a parameter instead of 16, with no fp32 master copy: an update smaller than a
+    weight's bf16 rounding step (~1/256 of it) is lost, which fine-tuning at low learning rates can feel.
+    LoRA adapters stay fp32 on a bf16 base (tasks/train/lora.py)."""
+    for name, on in (("weights", cfg.weights == "bf16"), ("activation_checkpointing", cfg.activation_checkpointing)):
+        if on and device == "vulkan":
+            raise ConfigError(f"params: train.{name}: the vulkan step trains fp32 weights whole (IREE); "
+                              "use train.device=cpu or cuda")
+    if cfg.weights == "bf16":
+        model.to(torch.bfloat16)
+    model.checkpoint_blocks(cfg.activation_checkpointing)
+
+
+def trains(model: Transformer, cfg: TrainParams) -> str | None:
+    """What trains and in which dtype, for the summary, when it is not every weight in fp32."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+    parts = [lora.describe(model, cfg.lora.model_dump())] if cfg.lora else []
+    if cfg.weights != "fp32":
+        parts.append(f"{cfg.weights} weights; trained weights, grads and AdamW moments {'/'.join(dtypes)}")
+    return ", ".join(parts) or None
+
+
 def skipped(layout: Layout, phase: str) -> StageResult:
     """A phase switched off in params (distill.enabled: false): empty outputs, so DVC has them, and a record."""
     (layout.checkpoints / phase).mkdir(parents=True, exist_ok=True)
@@ -149,13 +169,21 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
             model.use_kernels(cfg.kernels)
         except ModuleNotFoundError as e:  # kernels/cuda needs the cuda extra; its message says so
             raise ConfigError(f"params: train.kernels: {e}") from None
-    optimizers = Optimizers(model, cfg)
+    if not lora.applies(phase, params):
+        cfg = cfg.model_copy(update={"lora": None})
+    lora.check(cfg.lora, mcfg, device_kind.name)
+    memory(model, cfg, device_kind.name)
     reader = TokenReader(shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)
     total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "sft": params.sft.steps, "distill": params.distill.steps}[phase]
     directory = layout.checkpoints / phase
     inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, "bf16" if dtype else "fp32", teacher)
-    state = resume.start(phase, params, layout, model, optimizers, reader, inputs, replace_stale, teacher)
+    state, opt_state = resume.start(phase, params, layout, model, reader, inputs, replace_stale, teacher)
+    optimizers = Optimizers(model, cfg)  # after start: a LoRA run's adapters are attached now, and only they train
+    if opt_state:
+        optimizers.load_state_dict(opt_state)
+    if note := trains(model, cfg):
+        why = f"{why}, {note}"
 
     train_model = ranks.wrap(model, device)
     if cfg.compile:
@@ -256,9 +284,11 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                "tokens_per_s": tokens_per_s,
                "resumed_at": start_step if start_step else None, "device": why, "world_size": ranks.world,
                "params_total": counts["total"], "params_active": counts["active"],
+               "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "flops_per_token": flops, "checkpoint": str(latest) if latest else None,
                "mlflow_run_id": state["mlflow_run_id"], "tracking_uri": tracker.uri if tracker else None,
-               "init": state["init"], "samples": state["samples"], "seconds": timer.seconds,
+               "init": state["init"], **({"init_rows": state["init_rows"]} if "init_rows" in state else {}),
+               "samples": state["samples"], "seconds": timer.seconds,
                **({"model": mcfg.to_dict(), "teacher": teacher.identity, "distill": inputs["distill"]}
                   if teacher else {})}
     summary = f"train {phase}: {stopped}" if stopped else (

@@ -59,12 +59,14 @@ def adamw(model: nn.Module, cfg: TrainParams) -> list[torch.optim.Optimizer]:
 
 
 def hidden_matrices(model: nn.Module) -> set[int]:
-    """ids of the 2-D weights inside blocks: not the embedding or the head (nor tied to them), not a router."""
+    """ids of the 2-D weights inside blocks: not the embedding or the head (nor tied to them, nor LoRA's trainable
+    rows of them, tasks/train/lora.py), not a router."""
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     vocab = {m.num_embeddings for m in embeddings}
     outside = {id(m.weight) for m in embeddings}
     outside |= {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and m.out_features in vocab}
-    return {id(p) for n, p in _unique(model) if p.dim() == 2 and id(p) not in outside and "router" not in n}
+    return {id(p) for n, p in _unique(model)
+            if p.dim() == 2 and id(p) not in outside and "router" not in n and "trainable_tokens" not in n}
 
 
 @register("muon")

@@ -10,7 +10,12 @@ the old one's finished run. A checkpoint made from other inputs is refused, nami
 (`differences`); with `replace_stale` (DVC and the Prefect flow, which re-run a stage exactly when its
 inputs changed) it is moved aside and the phase starts over. Starting over: the full run from the pilot's
 weights (`train.full_init: pilot`, refused if the pilot had another tokenizer or model), the distill
-student from the teacher's (`distill.init: teacher`), else from the seed's random init.
+student from the teacher's (`distill.init: teacher`), the pilot (and a full run from scratch) from `model.init`'s
+checkpoint when set (tasks/train/pretrained.py; its content hash is an input), else from the seed's random init.
+A LoRA run (`train.lora`, tasks/train/lora.py) starts from there every time, resumed or not: its checkpoints
+hold only the adapters, so its base is reloaded as a fresh start loads it, checked against the one its
+checkpoint records (`inputs.base`), and the adapters attached before any are loaded. With an adopted tokenizer
+its added chat markers' rows train too (`_token_rows`).
 """
 from __future__ import annotations
 
@@ -27,14 +32,15 @@ from tasks.common.config import PROJECT_ROOT, Params, TrainParams
 from tasks.common.errors import ConfigError, InputError
 from tasks.common.hashing import code_hash
 from tasks.common.layout import Layout
+from tasks.tokens.artifact import chat_markers
 from tasks.tokens.reader import TokenReader
-from tasks.train import checkpoint, distill
-from tasks.train.optim import Optimizers
+from tasks.train import checkpoint, distill, lora, pretrained
 
 log = logging.getLogger("chatpipe.train")
 
 RECIPE = ("optimizer", "batch_size", "grad_accum", "lr", "lr_min", "warmup_steps", "beta1", "beta2",
-          "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init")
+          "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init", "lora", "activation_checkpointing",
+          "weights")
 
 
 def run_inputs(phase: str, params: Params, manifest: dict, mcfg: ModelConfig, cfg: TrainParams, precision: str,
@@ -44,7 +50,10 @@ def run_inputs(phase: str, params: Params, manifest: dict, mcfg: ModelConfig, cf
     inputs = {"code": code_hash(PIPELINE[phase].code, PROJECT_ROOT), "tokenizer": manifest["tokenizer_sha256"],
               "data": hashlib.sha256(json.dumps(shards).encode()).hexdigest(),
               "model": mcfg.to_dict(),
-              "recipe": {"seed": params.seed, **{k: getattr(cfg, k) for k in RECIPE}, "precision": precision}}
+              "recipe": {"seed": params.seed, **cfg.model_dump(mode="json", include=set(RECIPE)),
+                         "precision": precision}}
+    if params.model.init:
+        inputs["init"] = pretrained.identity(params.model.init)  # a changed checkpoint is not resumed
     if teacher:
         d = params.distill
         inputs["teacher"] = teacher.identity
@@ -78,29 +87,44 @@ def _aside(directory: Path) -> Path:
     return aside
 
 
-def start(phase: str, params: Params, layout: Layout, model: Transformer, optimizers: Optimizers,
-          reader: TokenReader, inputs: dict, replace_stale: bool, teacher: distill.Teacher | None) -> dict:
-    """The loop's state to start from, with the model, optimizers, RNG and reader put where it starts.
+def _stale(latest: Path, diff: list[str], replace_stale: bool) -> None:
+    """Refuse a checkpoint made from other inputs, or (replace_stale) move its phase's directory aside."""
+    if not replace_stale:
+        raise ConfigError(f"{latest}: trained with different inputs: {'; '.join(diff)}. Re-run with "
+                          f"--replace-stale to start over (old checkpoints are moved aside)")
+    directory = latest.parent
+    aside = _aside(directory)
+    directory.rename(aside)
+    log.warning("inputs changed (%s): moved %s aside to %s; starting over", "; ".join(diff), directory, aside)
+
+
+def _resume(latest: Path, model: Transformer, reader: TokenReader) -> tuple[dict, list[dict]]:
+    opt_state, rng, saved = checkpoint.load(latest, model)
+    checkpoint.set_rng_state(rng)
+    reader.load_state_dict(saved["reader"])
+    return saved["train"], opt_state
+
+
+def start(phase: str, params: Params, layout: Layout, model: Transformer, reader: TokenReader, inputs: dict,
+          replace_stale: bool, teacher: distill.Teacher | None) -> tuple[dict, list[dict] | None]:
+    """The loop's state to start from and the optimizer states to load (None: a fresh start), with the model,
+    RNG and reader put where it starts.
 
     Resume from the phase's latest checkpoint if it has the same inputs; else the pilot, the teacher
-    (distill.init=teacher) or scratch (see the module docstring).
+    (distill.init=teacher) or scratch (see the module docstring). A LoRA run (`recipe.lora` in the inputs)
+    loads its base as a fresh start does, resumed or not (its checkpoints hold only the adapters), records it
+    as `inputs["base"]` and attaches the adapters: its optimizers must be built after this.
     """
     state = {"step": 0, "curve": [], "val": [], "samples": [], "mlflow_run_id": None, "init": "scratch"}
     directory = layout.checkpoints / phase
+    resuming = None
     if latest := checkpoint.latest(directory):
         if diff := differences(checkpoint.read_state(latest).get("inputs"), inputs):
-            if not replace_stale:
-                raise ConfigError(f"{latest}: trained with different inputs: {'; '.join(diff)}. Re-run with "
-                                  f"--replace-stale to start over (old checkpoints are moved aside)")
-            aside = _aside(directory)
-            directory.rename(aside)
-            log.warning("inputs changed (%s): moved %s aside to %s; starting over", "; ".join(diff), directory, aside)
+            _stale(latest, diff, replace_stale)
+        elif inputs["recipe"]["lora"]:
+            resuming = latest  # its base first (below), then its adapters
         else:
-            opt_state, rng, saved = checkpoint.load(latest, model)
-            optimizers.load_state_dict(opt_state)
-            checkpoint.set_rng_state(rng)
-            reader.load_state_dict(saved["reader"])
-            return saved["train"]
+            return _resume(latest, model, reader)
     if before := {"full": "pilot" if params.train.full_init == "pilot" else None, "sft": "full"}.get(phase):
         start = checkpoint.latest(layout.checkpoints / before)
         if start is None:
@@ -113,4 +137,31 @@ def start(phase: str, params: Params, layout: Layout, model: Transformer, optimi
     elif teacher and params.distill.init == "teacher":
         teacher.init_student(model)
         state["init"] = str(teacher.checkpoint)
-    return state
+    elif params.model.init and phase in ("pilot", "full"):  # full: with full_init=scratch
+        state["init"], state["init_rows"] = params.model.init, pretrained.init(model, params, layout)
+    if inputs["recipe"]["lora"]:
+        return _adapt(state, layout, model, reader, inputs, resuming, replace_stale)
+    return state, None
+
+
+def _adapt(state: dict, layout: Layout, model: Transformer, reader: TokenReader, inputs: dict,
+           resuming: Path | None, replace_stale: bool) -> tuple[dict, list[dict] | None]:
+    """A LoRA run, its base loaded: record the base, attach the adapters, resume them if it may."""
+    if state["init"] == "scratch":
+        raise ConfigError("params: train.lora: this run starts from random weights; LoRA adapts trained ones")
+    rows = _token_rows(state, layout)
+    inputs["base"] = checkpoint.base_identity(state["init"], layout.checkpoints, state.get("init_rows"), rows)
+    if resuming and (diff := differences(checkpoint.read_state(resuming).get("inputs"), inputs, keys=("base",))):
+        _stale(resuming, diff, replace_stale)  # another base: the adapters would adapt the wrong weights
+        resuming = None
+    lora.attach(model, inputs["recipe"]["lora"], rows)
+    return _resume(resuming, model, reader) if resuming else (state, None)
+
+
+def _token_rows(state: dict, layout: Layout) -> list[int]:
+    """The embedding (and head) rows a LoRA run trains beside its adapters: the chat markers the tokenizer stage
+    added to an adopted tokenizer, and every row an import set to the mean. An import gives them one row, which
+    frozen would keep `<|user|>` and `<|assistant|>` alike; in a later phase (sft) they train on, as the turns
+    they mark are what it learns."""
+    markers = chat_markers(layout.tokenizer)
+    return sorted({*state.get("init_rows", []), *(markers["added"].values() if markers else [])})

@@ -26,7 +26,7 @@ def test_cpu_smoke_runs_every_part(built, tmp_path):
     report = json.loads((out / "results.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"probe", "tests", "seed_pilot", "seed_full", "seed_bundle", "vulkan", "kernels",
-                          "train_chat", "train_nano", "seed_graphs"}
+                          "train_chat", "train_nano", "seed_graphs", "finetune"}
     skipped = {k: p["why"] for k, p in parts.items() if p["status"] == "skipped"}
     assert set(skipped) <= {"kernels", "seed_graphs", "vulkan"}, skipped  # CUDA only; vulkan: only without IREE
     for key, part in parts.items():

@@ -8,7 +8,11 @@ def test_defaults_are_the_seed_chat_config():
     p = load_params(base=PROJECT_ROOT / "params.yaml")
     assert p.tokenizer.vocab_size == 4096
     assert p.model.preset == "chat-7m"
-    assert (p.model.n_layer, p.model.n_embd, p.model.n_head, p.model.block_size) == (6, 256, 8, 256)
+    from tasks.train.loop import model_config
+
+    shape = model_config(p, 4096)  # the preset's shape: params.yaml sets only the context
+    assert (shape.n_layer, shape.n_embd, shape.n_head, shape.block_size) == (6, 256, 8, 256)
+    assert p.model.init is None and p.tokenizer.from_ is None  # random init, a BPE trained here
     assert (p.train.batch_size, p.train.lr, p.train.lr_min, p.train.warmup_steps) == (16, 3e-4, 3e-5, 1000)
     assert (p.train.beta2, p.train.weight_decay, p.train.grad_clip) == (0.95, 0.1, 1.0)
     assert (p.train.pilot_steps, p.train.full_steps, p.train.sample_every) == (5000, 50000, 500)
@@ -31,6 +35,8 @@ def test_overlay_then_override():
     ("ingest.sources.chat.kind=pdf", "ingest.sources.chat"),
     ("ingest.sources.stdlib.roots=7", "ingest.sources.stdlib.local_code.roots"),
     ("bogus=1", "bogus: unknown key"),
+    ("model.init=Qwen/Qwen3-0.6B", "model.init"),        # a checkpoint is hf:<dir or hub id>
+    ("tokenizer.from=/models/qwen", "tokenizer.from"),
 ])
 def test_bad_values_name_the_key(override, names):
     with pytest.raises(ConfigError) as e:

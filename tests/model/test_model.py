@@ -21,6 +21,7 @@ from model import (
     preset,
     train_memory,
 )
+from model.info import LORA_TARGETS, lora_params
 from model.moe import MoE
 
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=32, multiple_of=16)
@@ -186,6 +187,23 @@ def test_moe_every_mixes_dense_and_moe_layers():
     assert [type(b.mlp).__name__ for b in model.blocks] == ["MLP", "MoE", "MLP", "MoE"]
 
 
+@pytest.mark.parametrize("kw", [{"n_kv_heads": 2, "qk_norm": True, "head_size": 16}, {"moe": MOE}])
+def test_checkpointed_blocks_give_the_same_loss_and_gradients(kw):
+    plain, ckpt = build(**kw), build(**kw).checkpoint_blocks()
+    idx, tgt = tokens(), tokens(seed=2)
+    losses = []
+    for model in (plain, ckpt):
+        _, loss = model(idx, tgt)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6, msg=name)
+    with torch.no_grad():  # inference is untouched (and a KV cache bypasses it too)
+        assert torch.equal(plain(idx)[0], ckpt(idx)[0])
+    assert ckpt.checkpoint_blocks(False).checkpointing is False
+
+
 @pytest.mark.parametrize("kw", [{}, {"moe": MoEConfig(n_experts=4, top_k=2, capacity_factor=2.0)}])
 def test_loss_decreases_when_memorizing(kw):
     model = build(**kw)
@@ -210,6 +228,8 @@ def test_loss_decreases_when_memorizing(kw):
     ({"n_kv_heads": 3}, "n_kv_heads"),
     ({"n_layer": 0}, "n_layer"),
     ({"moe": {"n_experts": 4}}, "moe"),
+    ({"head_size": 7}, "head_size"),                 # odd: RoPE rotates pairs
+    ({"ffn_size": 0}, "ffn_size"),
 ])
 def test_config_validation(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -235,6 +255,16 @@ def test_config_json_round_trip(name):
             ModelConfig.from_dict({**cfg.to_dict(), "moe": {**cfg.moe.__dict__, "experts": 8}})
 
 
+def test_explicit_head_and_ffn_sizes():
+    cfg = tiny(n_embd=30, n_head=4, head_size=16, ffn_size=40)  # 4 x 16 = 64 != 30: fine when given
+    assert (cfg.head_dim, cfg.ffn_hidden, tiny().head_dim, tiny().ffn_hidden) == (16, 40, 8, 96)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = {k: v for k, v in tiny().to_dict().items() if k not in ("head_size", "ffn_size")}  # older checkpoints
+    assert ModelConfig.from_dict(old) == tiny()
+    attn = Transformer(cfg).blocks[0].attn
+    assert (attn.wq.weight.shape, attn.wk.weight.shape, attn.wo.weight.shape) == ((64, 30), (64, 30), (30, 64))
+
+
 def test_preset_overrides_and_unknown_name():
     cfg = preset("chat-7m", vocab_size=2048, n_layer=2)
     assert (cfg.vocab_size, cfg.n_layer, cfg.n_embd) == (2048, 2, 256)
@@ -254,7 +284,8 @@ def test_preset_overrides_and_unknown_name():
     tiny(n_kv_heads=2, qk_norm=True),
     tiny(tie_embeddings=False, ffn_mult=3.0),
     tiny(n_layer=3, moe=MoEConfig(n_experts=5, top_k=2, expert_ffn_mult=0.5, every=2)),
-], ids=["chat-7m", "qwen3-hybrid-mini", "gqa", "untied", "moe-every-2"])
+    tiny(n_kv_heads=2, qk_norm=True, head_size=16, ffn_size=40, tie_embeddings=False),
+], ids=["chat-7m", "qwen3-hybrid-mini", "gqa", "untied", "moe-every-2", "head-and-ffn-size"])
 def test_param_counts_match_instantiation(cfg):
     model = Transformer(cfg)
     counts = param_counts(cfg)
@@ -295,3 +326,36 @@ def test_flops_and_memory():
     text = describe("qwen3-hybrid")
     assert "qwen3-hybrid" in text and "78.44B" in text and "active 2.64B" in text
     assert "custom" in describe(dataclasses.replace(cfg, n_layer=2))
+
+
+def test_train_memory_options_by_hand():
+    # V 64, d 32, 4 heads x 16 (q_d 64), 2 KV heads (kv_d 32), ffn 40, 2 layers, tied, no QK-norm.
+    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)
+    # per layer: wq, wo 2 * 32 * 64 + wk, wv 2 * 32 * 32 = 6144; norms 64; MLP 3 * 32 * 40 = 3840 -> 10048
+    assert param_counts(cfg)["total"] == 64 * 32 + 32 + 2 * 10048 == 22176
+    assert flops_per_token(cfg, seq_len=8) == 6 * 22176 + 12 * 2 * 64 * 8  # tied: the head is a matmul; q_d 64
+    # activations per layer: 2d + 4 q_d + 3 kv_d + 2d + 4h = 64 + 256 + 96 + 64 + 160 = 640 elements; head 2d;
+    # fp32: (2 * 640 + 64) * 4 + 2 * V * 4 = 5888 B per token; 2 x 8 = 16 tokens
+    assert train_memory(cfg, 2, 8) == {"weights": 88704, "grads": 88704, "optimizer": 2 * 88704, "master": 0,
+                                       "activations": 16 * 5888, "total": 4 * 88704 + 16 * 5888}
+    # LoRA rank 2 per layer: wq (32+64) + wk, wv 2 (32+32) + wo (64+32) + w1, w3, w2 3 (32+40) = 536 -> 2 * 2 * 536
+    assert lora_params(cfg, 2) == 2144
+    # bf16: weights (base + adapters) x 2 B, adapter grads x 2 B, AdamW 2 x 4 B and master 4 B per adapter param;
+    # checkpointing: L * d inputs + one block (640 + 7 adapters x rank 2) + head: (64 + 654 + 64) * 2 + 512 = 2076 B
+    assert train_memory(cfg, 2, 8, weights="bf16", activation_checkpointing=True, lora_rank=2) == {
+        "weights": (22176 + 2144) * 2, "grads": 2144 * 2, "optimizer": 2144 * 8, "master": 2144 * 4,
+        "activations": 16 * 2076, "total": 48640 + 4288 + 17152 + 8576 + 33216}
+    bf16 = train_memory(cfg, 2, 8, weights="bf16")  # full: the master copy is the whole model
+    assert (bf16["weights"], bf16["grads"], bf16["optimizer"], bf16["master"]) == (44352, 44352, 177408, 88704)
+    with pytest.raises(ValueError, match="weights"):
+        train_memory(cfg, 1, weights="fp16")
+    text = describe(cfg, weights="bf16", lora_rank=2, activation_checkpointing=True)
+    assert "fp32 optimizer states + an fp32 master copy" in text and "LoRA rank 2 on wq,wk,wv,wo,w1,w2,w3" in text
+
+
+def test_lora_params_match_peft():
+    from peft import LoraConfig, get_peft_model
+
+    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)
+    model = get_peft_model(Transformer(cfg), LoraConfig(r=2, target_modules=list(LORA_TARGETS)))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == lora_params(cfg, 2)

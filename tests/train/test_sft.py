@@ -103,32 +103,18 @@ def test_the_sft_phase_starts_from_the_full_model(built, trained, tmp_path):
 
 
 def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
-    import signal
-    import subprocess
-    import time
+    from tests.conftest import kill_when
+    from tests.train.test_train import cli_train, curve
 
-    from tests.train.test_train import CHATPIPE, TINY_CLI, TINY_OVERLAY, curve
+    steps = ["sft.enabled=true", "sft.steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2"]
 
     def train(root, wait=True):
-        args = [CHATPIPE, "train", "--phase", "sft", "-C", str(root), "-p", TINY_OVERLAY]
-        for o in [*TINY_CLI, "sft.enabled=true", "sft.steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2"]:
-            args += ["-S", o]
-        if not wait:
-            return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc
+        return cli_train(root, *steps, wait=wait, phase="sft")
 
     other, killed = (sft_project(tmp_path / name, built, trained) for name in ("uninterrupted", "killed"))
     train(other)
     proc = train(killed, wait=False)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "sft" / "step-000009").exists() and proc.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(proc, killed / "checkpoints" / "sft" / "step-000009")
     assert "train sft: 20 steps" in train(killed).stdout
     assert curve(killed, "sft") == curve(other, "sft")  # same strings: same float bits
 

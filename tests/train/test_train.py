@@ -3,10 +3,8 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from tasks.common.layout import Layout
 from tasks.train import checkpoint, loop, resume
 from tasks.train.optim import Optimizers, lr_multiplier
 
-from conftest import TINY, TINY_OVERLAY, linked, test_params
+from conftest import TINY, TINY_OVERLAY, kill_when, linked, test_params
 
 CHATPIPE = str(Path(sys.executable).parent / "chatpipe")
 
@@ -33,8 +31,9 @@ def curve(root: Path, phase: str = "pilot") -> list[list[str]]:
         return list(csv.reader(f))[1:]
 
 
-def cli_train(root: Path, *extra: str, wait: bool = True):
-    args = [CHATPIPE, "train", "-C", str(root), "-p", TINY_OVERLAY]
+def cli_train(root: Path, *extra: str, wait: bool = True, phase: str = "pilot"):
+    """`chatpipe train --phase <phase>` in `root` with the tiny test params; wait=False: the running process."""
+    args = [CHATPIPE, "train", "--phase", phase, "-C", str(root), "-p", TINY_OVERLAY]
     for o in [*TINY_CLI, *extra]:
         args += ["-S", o]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
@@ -176,13 +175,7 @@ def test_sigkill_then_resume_gives_the_same_losses(project, built, precision):
     cli_train(other, *steps)
 
     proc = cli_train(project, *steps, wait=False)
-    ckpts = project / "checkpoints" / "pilot"
-    deadline = time.time() + 300
-    while not (ckpts / "step-000009").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(proc, project / "checkpoints" / "pilot" / "step-000009")
     assert not (project / "metrics" / "pilot.json").exists()
     resumed = cli_train(project, *steps)
     assert "train pilot: 20 steps" in resumed.stdout

@@ -1,0 +1,35 @@
+"""The tokenizer the tokenizer stage wrote (artifacts/tokenizer/), as later stages read it.
+
+Apart from tasks/tokens/tokenizer.py so that reading it does not import what making it needs: adopting a
+pretrained checkpoint's tokenizer resolves `hf:<...>` with model/hf.py, and the shard and pack stages,
+whose caches hold their code, must not re-run when the model's code changes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from tasks.common.errors import InputError
+from tasks.common.hashing import sha256_file
+
+MARKERS_FILE = "chat_markers.json"  # an adopted tokenizer's source and the chat markers added to it
+
+
+def load(tokenizer_dir: Path) -> Tokenizer:
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    if not path.exists():
+        raise InputError(f"{path}: no tokenizer; run `chatpipe tokenizer` first")
+    return Tokenizer.from_file(str(path))
+
+
+def file_hash(tokenizer_dir: Path) -> str:
+    return sha256_file(Path(tokenizer_dir) / "tokenizer.json")
+
+
+def chat_markers(tokenizer_dir: Path) -> dict | None:
+    """What adopting a checkpoint's tokenizer recorded (`from`, `source_sha256`, `added`: {token: id});
+    None for a tokenizer trained here."""
+    path = Path(tokenizer_dir) / MARKERS_FILE
+    return json.loads(path.read_text()) if path.exists() else None

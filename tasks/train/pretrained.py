@@ -1,0 +1,127 @@
+"""`model.init: hf:<dir or hub id>`: a run that starts from a pretrained Llama/Qwen3 checkpoint.
+
+Why a module: an import decides three things together, and they must agree — the shape (the checkpoint's
+config.json, read by model/hf.py, never the preset; a shape key the params set must say the same; block_size is
+the context trained at, at most the checkpoint's max_position_embeddings), the vocabulary (the adopted
+tokenizer's, tasks/tokens/tokenizer.py, with our chat markers added: the model grows rows when the markers lie
+beyond the checkpoint's vocab_size) and the weights (model/hf.py's load_weights, then the rows of every added
+marker set to the mean of the checkpoint's other rows: a marker inside a padded vocabulary, such as Qwen3's
+151,936 rows for 151,669 ids, has a row that was never trained either). The import's identity (the sha256 of
+config.json and of each weights file) is one of a run's inputs, so a changed checkpoint is not resumed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from model import Transformer, preset
+from model.config import ModelConfig, MoEConfig, ffn_hidden
+from model.hf import load_weights, read_config, resolve
+from tasks.common.config import Params
+from tasks.common.errors import ConfigError, InputError
+from tasks.common.hashing import sha256_file
+from tasks.common.layout import Layout
+from tasks.tokens.artifact import chat_markers
+
+# Our shape keys the params may set, and the config.json field each must agree with.
+HF_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
+             "n_kv_heads": "num_key_value_heads", "qk_norm": "model_type", "tie_embeddings": "tie_word_embeddings"}
+
+
+def checkpoint_dir(spec: str) -> Path:
+    try:
+        return resolve(spec)
+    except ValueError as e:
+        raise ConfigError(f"params: model.init: {e}") from None
+
+
+def _read(spec: str) -> ModelConfig:
+    try:
+        return read_config(checkpoint_dir(spec))
+    except ValueError as e:
+        raise ConfigError(f"params: model.init: {e}") from None
+
+
+def imported_config(params: Params, vocab_size: int) -> ModelConfig:
+    """The checkpoint's shape, trained at model.block_size, with the vocabulary grown to `vocab_size` if larger."""
+    m, spec = params.model, params.model.init
+    if params.tokenizer.from_ is None:
+        raise ConfigError(f"params: model.init: {spec} needs its own tokenizer: set tokenizer.from (e.g. to {spec}); "
+                          f"a BPE trained here has other ids")
+    theirs = _read(spec)
+    values = {"n_layer": theirs.n_layer, "n_embd": theirs.n_embd, "n_head": theirs.n_head,
+              "n_kv_heads": theirs.kv_heads, "qk_norm": theirs.qk_norm, "tie_embeddings": theirs.tie_embeddings}
+    for key, value in values.items():
+        if (mine := getattr(m, key)) is not None and mine != value:
+            raise ConfigError(f"params: model.{key}: {mine} contradicts {spec}, whose {key} is {value} "
+                              f"(config.json {HF_FIELDS[key]}); with model.init the shape is the checkpoint's")
+    if m.ffn_mult is not None and (width := ffn_hidden(m.ffn_mult, theirs.n_embd, theirs.multiple_of)) != theirs.ffn_hidden:
+        raise ConfigError(f"params: model.ffn_mult: {m.ffn_mult} gives an MLP width of {width}, {spec}'s is "
+                          f"{theirs.ffn_hidden} (config.json intermediate_size); with model.init the shape is the checkpoint's")
+    if m.moe is not None:
+        raise ConfigError(f"params: model.moe: {spec} is a dense model; remove model.moe")
+    block = m.block_size or theirs.block_size
+    if block > theirs.block_size:
+        raise ConfigError(f"params: model.block_size: {block} is longer than {spec}'s context "
+                          f"(config.json max_position_embeddings {theirs.block_size})")
+    return dataclasses.replace(theirs, vocab_size=max(theirs.vocab_size, vocab_size), block_size=block, quant=m.quant)
+
+
+def model_config(params: Params, vocab_size: int, student: dict | None = None, key: str = "model") -> ModelConfig:
+    """The shape a phase trains: the preset with the model section's keys (random init), or model.init's
+    checkpoint (`imported_config`); `student`'s keys on top (the distill student's overrides)."""
+    student = dict(student or {})
+    try:
+        if not params.model.init:
+            return preset(params.model.preset, vocab_size=vocab_size, **{**params.model.overrides(), **student})
+        if isinstance(student.get("moe"), dict):
+            student["moe"] = MoEConfig(**student["moe"])
+        return dataclasses.replace(imported_config(params, vocab_size), **student)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"params: {key}: {e}") from None
+
+
+def identity(spec: str) -> dict[str, str]:
+    """What the import is, by content: the sha256 of config.json and of each safetensors file (not the path)."""
+    path = checkpoint_dir(spec)
+    return {f.name: sha256_file(f) for f in (path / "config.json", *sorted(path.glob("*.safetensors")))}
+
+
+def init(model: Transformer, params: Params, layout: Layout) -> list[int]:
+    """Load model.init's checkpoint into `model` (`load`); the ids whose rows were set to the mean: the chat markers
+    the tokenizer stage added, and any row beyond the checkpoint's vocab_size."""
+    spec = params.model.init
+    markers = chat_markers(layout.tokenizer)
+    if markers is None:
+        raise InputError(f"{layout.tokenizer}: not adopted from a checkpoint, but model.init is {spec}: "
+                         f"run `chatpipe tokenizer` with tokenizer.from set")
+    rows = sorted({*markers["added"].values(), *range(_read(spec).vocab_size, model.config.vocab_size)})
+    load(model, spec, rows)
+    return rows
+
+
+@torch.no_grad()
+def load(model: Transformer, spec: str, rows: list[int]) -> None:
+    """The checkpoint's weights into `model` (whose vocabulary may be larger), then `rows` of the embedding and
+    of an untied LM head set to the mean of the checkpoint's other rows. Deterministic: the same call gives the
+    same weights (what a run started from can be rebuilt from `spec` and `rows`)."""
+    path, n = checkpoint_dir(spec), _read(spec).vocab_size
+    try:
+        if model.config.vocab_size == n:
+            load_weights(model, path)
+        else:  # the checkpoint's rows, then ours beyond them
+            base = Transformer(dataclasses.replace(model.config, vocab_size=n))
+            load_weights(base, path)
+            theirs = dict(base.named_parameters())
+            for name, p in model.named_parameters():
+                (p[:n] if name in ("tok_emb.weight", "lm_head.weight") else p).copy_(theirs[name])
+            del base, theirs
+    except ValueError as e:
+        raise InputError(f"model.init {spec}: {e}") from None
+    if rows:
+        trained = torch.ones(n, dtype=torch.bool)
+        trained[[r for r in rows if r < n]] = False
+        for w in {id(w): w for w in (model.tok_emb.weight, model.lm_head.weight)}.values():  # once when tied
+            w[rows] = w[:n][trained.to(w.device)].mean(0)
