@@ -281,8 +281,8 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
 @app.command("model-info")
 def model_info(preset: Annotated[str, typer.Argument(
                    help="A preset name (e.g. chat-7m), or hf:<dir or org/name>: a Llama/Qwen3 checkpoint.")],
-               weights: Annotated[str, typer.Option(help="Training weights: fp32, or bf16 (bf16 weights and "
-                                                         "grads, fp32 optimizer states and master copy).")] = "fp32",
+               weights: Annotated[str, typer.Option(help="Training weights: fp32, or bf16 (bf16 weights, "
+                                                         "grads and AdamW moments, as train.weights: bf16).")] = "fp32",
                activation_checkpointing: Annotated[bool, typer.Option(
                    "--activation-checkpointing", help="Count activations as with per-block checkpointing.")] = False,
                lora_rank: Annotated[Optional[int], typer.Option(

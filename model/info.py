@@ -100,13 +100,13 @@ def _activations_per_token(c: ModelConfig, dtype_bytes: int, checkpointing: bool
 
 def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, optimizer: str = "adamw",
                  weights: str = "fp32", activation_checkpointing: bool = False, lora_rank: int | None = None) -> dict:
-    """Training memory in bytes: weights, grads, optimizer (states), master, activations, total.
+    """Training memory in bytes: weights, grads, optimizer (states), activations, total.
 
-    weights "fp32": weights, grads and optimizer states in fp32, master 0. "bf16": weights, grads and
-    activations in bf16; optimizer states in fp32 plus an fp32 master copy of the trained weights (master).
-    lora_rank R: the base weights are frozen (no grads, states or master); only the LORA_TARGETS adapters
-    train, with grads at the weights' dtype and fp32 states (and master under bf16); their weights count in
-    "weights". activation_checkpointing: see _activations_per_token.
+    As tasks/train trains: weights "fp32": weights, grads and optimizer states in fp32. "bf16" (train.weights):
+    weights, grads, AdamW moments and activations in bf16, no fp32 master copy. lora_rank R (train.lora): the
+    base weights are frozen at the weights' dtype (no grads or states); only the LORA_TARGETS adapters train,
+    in fp32 as peft keeps them (weights, grads, states); their weights count in "weights".
+    activation_checkpointing: see _activations_per_token.
     """
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATES)}")
@@ -120,10 +120,10 @@ def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, 
     else:
         trained, matrices = p["total"], sum(_layer_params(cfg, i)["matrices"] for i in range(cfg.n_layer))
     tokens = batch_size * (seq_len or cfg.block_size)
-    out = {"weights": (p["total"] + (trained if lora_rank else 0)) * wb,
-           "grads": trained * wb,
-           "optimizer": OPTIMIZER_STATES[optimizer](trained, matrices) * 4,
-           "master": trained * 4 if weights == "bf16" else 0,
+    tb = 4 if lora_rank else wb  # bytes per trained element: fp32 adapters, else the weights' dtype
+    out = {"weights": p["total"] * wb + (trained * 4 if lora_rank else 0),
+           "grads": trained * tb,
+           "optimizer": OPTIMIZER_STATES[optimizer](trained, matrices) * tb,
            "activations": int(tokens * _activations_per_token(cfg, wb, activation_checkpointing, lora_rank))}
     out["total"] = sum(out.values())
     return out
@@ -138,12 +138,11 @@ def _n(x: float) -> str:
 
 def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_rank: int | None) -> str:
     """What train_memory counts under these options, in words."""
-    master = " + an fp32 master copy" if weights == "bf16" else ""
     if lora_rank:
         trained = (f"frozen {weights} base; LoRA rank {lora_rank} on {','.join(LORA_TARGETS)} "
-                   f"({_n(lora_params(c, lora_rank))} params) trained: {weights} grads, fp32 optimizer states{master}")
+                   f"({_n(lora_params(c, lora_rank))} params) trained in fp32: weights, grads, optimizer states")
     elif weights == "bf16":
-        trained = f"bf16 weights and grads, fp32 optimizer states{master}"
+        trained = "bf16 weights, grads and optimizer states (no fp32 master copy)"
     else:
         trained = "fp32 weights, grads and optimizer states"
     kept = "one block's input per layer + one block's internals (checkpointing)" if activation_checkpointing \

@@ -336,21 +336,22 @@ def test_train_memory_options_by_hand():
     assert flops_per_token(cfg, seq_len=8) == 6 * 22176 + 12 * 2 * 64 * 8  # tied: the head is a matmul; q_d 64
     # activations per layer: 2d + 4 q_d + 3 kv_d + 2d + 4h = 64 + 256 + 96 + 64 + 160 = 640 elements; head 2d;
     # fp32: (2 * 640 + 64) * 4 + 2 * V * 4 = 5888 B per token; 2 x 8 = 16 tokens
-    assert train_memory(cfg, 2, 8) == {"weights": 88704, "grads": 88704, "optimizer": 2 * 88704, "master": 0,
+    assert train_memory(cfg, 2, 8) == {"weights": 88704, "grads": 88704, "optimizer": 2 * 88704,
                                        "activations": 16 * 5888, "total": 4 * 88704 + 16 * 5888}
     # LoRA rank 2 per layer: wq (32+64) + wk, wv 2 (32+32) + wo (64+32) + w1, w3, w2 3 (32+40) = 536 -> 2 * 2 * 536
     assert lora_params(cfg, 2) == 2144
-    # bf16: weights (base + adapters) x 2 B, adapter grads x 2 B, AdamW 2 x 4 B and master 4 B per adapter param;
+    # bf16 base x 2 B; the adapters train in fp32 (peft): weights and grads 4 B, AdamW 2 x 4 B per adapter param;
     # checkpointing: L * d inputs + one block (640 + 7 adapters x rank 2) + head: (64 + 654 + 64) * 2 + 512 = 2076 B
     assert train_memory(cfg, 2, 8, weights="bf16", activation_checkpointing=True, lora_rank=2) == {
-        "weights": (22176 + 2144) * 2, "grads": 2144 * 2, "optimizer": 2144 * 8, "master": 2144 * 4,
-        "activations": 16 * 2076, "total": 48640 + 4288 + 17152 + 8576 + 33216}
-    bf16 = train_memory(cfg, 2, 8, weights="bf16")  # full: the master copy is the whole model
-    assert (bf16["weights"], bf16["grads"], bf16["optimizer"], bf16["master"]) == (44352, 44352, 177408, 88704)
+        "weights": 22176 * 2 + 2144 * 4, "grads": 2144 * 4, "optimizer": 2144 * 8,
+        "activations": 16 * 2076, "total": 44352 + 8576 + 8576 + 17152 + 33216}
+    bf16 = train_memory(cfg, 2, 8, weights="bf16")  # full: weights, grads and AdamW moments all bf16, no master
+    assert (bf16["weights"], bf16["grads"], bf16["optimizer"]) == (44352, 44352, 88704)
     with pytest.raises(ValueError, match="weights"):
         train_memory(cfg, 1, weights="fp16")
     text = describe(cfg, weights="bf16", lora_rank=2, activation_checkpointing=True)
-    assert "fp32 optimizer states + an fp32 master copy" in text and "LoRA rank 2 on wq,wk,wv,wo,w1,w2,w3" in text
+    assert "trained in fp32: weights, grads, optimizer states" in text and "LoRA rank 2 on wq,wk,wv,wo,w1,w2,w3" in text
+    assert "no fp32 master copy" in describe(cfg, weights="bf16")
 
 
 def test_lora_params_match_peft():
