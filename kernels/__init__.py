@@ -7,13 +7,16 @@ On a runtime path today:
                                              the default, `torch`, uses none of our kernels)
     cross_entropy.py                         the same linear + cross-entropy in plain torch, chunked (any
                                              device, `train.kernels: chunked`): never the batch's fp32 logits
-    ternary_codes.py                         the 2-bit packed ternary weight format (pure torch): model/quant.py
-                                             packs a ternary model's bundle with it and unpacks it on load
+    ternary_codes.py                         the 2-bit packed ternary weight format and the activations' int8
+                                             codes (pure torch): model/quant.py packs a ternary model's bundle
+                                             and quantizes BitLinear's inputs with it
+    ternary_matmul.py                        ternary linears on integer codes by device type: a served ternary
+                                             model (model/ternary_linear.py) runs every block linear through
+    ternary_cpu.py, ternary_cpu.c            the CPU entry: a C kernel on the packed codes (AVX-512 VNNI),
+                                             compiled at first use; torch._int_mm without a C compiler
+    cuda/ternary_matmul.py                   the CUDA entry: Triton matmul reading the 2-bit packed codes
 
 Tested building blocks, on no runtime path today (nothing in model, tasks or serve calls them):
-    cuda/ternary_matmul.py                   Triton matmul reading 2-bit packed ternary weights (a served
-                                             ternary model is unpacked to floats instead);
-                                             tests/kernels/test_kernels_triton.py, bench/kernels.py
     vulkan/adamw.comp, ternary_matmul.comp   GLSL compute shaders, compiled with glslc and dispatched by
                                              vulkan/runtime.py; tests/kernels/test_vulkan_kernels.py. The Vulkan
                                              training step (tasks/train/backends/vulkan.py) does not use them:
@@ -21,5 +24,6 @@ Tested building blocks, on no runtime path today (nothing in model, tasks or ser
 
 cuda/ needs the cuda extra (triton; on CPU tensors the kernels run in Triton's interpreter, which is how the
 tests check them without a GPU); vulkan/ needs the vulkan extra (the `vulkan` package) plus glslc and a
-Vulkan device. `import kernels`, kernels.cross_entropy and kernels.ternary_codes need neither.
+Vulkan device. `import kernels`, kernels.cross_entropy, kernels.ternary_codes and the CPU ternary kernel need
+neither (the C kernel wants a C compiler, `cc` or $CC, and falls back to torch without one).
 """

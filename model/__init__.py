@@ -9,6 +9,7 @@ the reverse.
     transformer.py  Transformer, KVCache
     moe.py          the MoE MLP (router, capacity, Switch load-balancing loss)
     quant.py        BitLinear (BitNet b1.58 ternary weights, int8 activations, STE) and 2-bit packing
+    ternary_linear.py  TernaryLinear: a served ternary model's linears on integer codes (no float weights)
     generate.py     generate(): prefill + cached decoding; temperature, top-k, top-p, stop tokens, seed;
                     sample_batch() for many rows at once
     decode.py       Decoder: the fast KV-cache token loop the server runs (fused steps, one row or a pool

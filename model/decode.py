@@ -15,12 +15,15 @@ generation is at its own length): each row gets its own RoPE rotation and cache 
 hides the cache beyond each row's position. Both run one layer loop (`_forward`); only how a layer
 stores its new k/v and attends differs.
 The fused, transposed matrices are copies: a Decoder holds a second set of the attention and MLP
-weights. A ternary model (model/quant.py) runs the same loop with two differences: its matrices hold
-the quantized weights (each linear's codes * its own scale, computed once here), and each block
-linear's input goes through BitLinear's per-token int8 activation quantizer first (once per fused
-matrix: q/k/v share one input, gate/up another). The prompt (prefill) still runs through
-Transformer.forward, filling the same KVCache, and tests check that every step's logits equal
-Transformer.forward's. Mixture-of-experts layers call the model's own MoE module.
+weights. A ternary model (model/quant.py) runs the same loop on integer codes instead: each fused linear is
+a TernaryLinear (model/ternary_linear.py), called as `Rows` — the weights' 2-bit codes and their scales,
+activations quantized per token as BitLinear's forward does (once per fused matrix: q/k/v share one input,
+gate/up another), integer sums, then the two scales. No float copy of a ternary weight is made, and a
+model loaded from a bundle (already TernaryLinears) has its linears re-pointed at the fused codes, so
+those are held once. Which fused form a linear gets is FUSE, by the linear's type. The prompt (prefill)
+still runs through Transformer.forward, filling the same KVCache (for a loaded ternary model, through
+the same integer linears), and tests check that every step's logits equal Transformer.forward's.
+Mixture-of-experts layers call the model's own MoE module.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generate import sample_token
-from .quant import quantize_activations, ternary_weight
+from .quant import BitLinear
+from .ternary_linear import Rows, TernaryLinear
 from .transformer import MLP, Block, KVCache, Transformer
 
 
@@ -44,22 +48,50 @@ def _rotate_half_matrix(d: int) -> torch.Tensor:
     return j
 
 
+class _Matmul:
+    """x @ w_t: a float model's fused linear (its weights stacked along their outputs, transposed)."""
+
+    def __init__(self, w_t: torch.Tensor):
+        self.w_t = w_t
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w_t
+
+
+def _dense(*linears: nn.Linear) -> _Matmul:
+    return _Matmul(torch.cat([linear.weight for linear in linears]).t().contiguous())
+
+
+def _ternary(*linears: TernaryLinear) -> Rows:
+    return (linears[0] if len(linears) == 1 else TernaryLinear.fuse(*linears)).rows()
+
+
+def _qat(*linears: BitLinear) -> Rows:
+    return _ternary(*map(TernaryLinear.from_bitlinear, linears))
+
+
+# a linear's type -> how the decoder fuses linears of that type that share an input into one callable
+FUSE: dict[type, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
+    nn.Linear: _dense, BitLinear: _qat, TernaryLinear: _ternary}
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class _Layer:
     block: Block
-    qkv_t: torch.Tensor        # [E, (H + 2 Hkv) d]: wq, wk, wv stacked, transposed
-    wo_t: torch.Tensor         # [H d, E]
-    gate_up_t: torch.Tensor | None  # [E, 2 F]: w1, w3 stacked, transposed (None: an MoE layer)
-    down_t: torch.Tensor | None     # [F, E]
+    qkv: Linear               # E -> (H + 2 Hkv) d: wq, wk, wv side by side
+    wo: Linear                # H d -> E
+    gate_up: Linear | None    # E -> 2 F: w1, w3 side by side (None: an MoE layer)
+    down: Linear | None       # F -> E
 
     @classmethod
-    def of(cls, block: Block, weight: Callable[[torch.Tensor], torch.Tensor]) -> _Layer:
-        """`weight`: what a linear multiplies by, given its weight (ternary: the quantized one)."""
+    def of(cls, block: Block) -> _Layer:
         a, mlp = block.attn, block.mlp
+        fuse = FUSE[type(a.wq)]
         dense = isinstance(mlp, MLP)
-        return cls(block, _stacked_t(weight, a.wq, a.wk, a.wv), _stacked_t(weight, a.wo),
-                   _stacked_t(weight, mlp.w1, mlp.w3) if dense else None,
-                   _stacked_t(weight, mlp.w2) if dense else None)
+        return cls(block, fuse(a.wq, a.wk, a.wv), fuse(a.wo), fuse(mlp.w1, mlp.w3) if dense else None,
+                   fuse(mlp.w2) if dense else None)
 
 
 class Decoder:
@@ -68,11 +100,9 @@ class Decoder:
             raise ValueError("Decoder needs a model in eval mode")
         self.model, c = model, model.config
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.kv_heads, c.head_dim
-        ternary = c.quant == "ternary"
-        self.act = quantize_activations if ternary else _identity  # what a block linear's input goes through
         dtype = model.tok_emb.weight.dtype
         with torch.no_grad():
-            self.layers = [_Layer.of(block, ternary_weight if ternary else _identity) for block in model.blocks]
+            self.layers = [_Layer.of(block) for block in model.blocks]
         cos, sin = model.rope_cos.to(dtype), model.rope_sin.to(dtype)  # [block_size, d/2]
         self.cos2, self.sin2 = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
         self.rotate_half = _rotate_half_matrix(c.head_dim).to(cos.device, dtype)
@@ -114,22 +144,22 @@ class Decoder:
     def _forward(self, tokens: torch.Tensor, rotation: torch.Tensor, attend) -> torch.Tensor:
         """The layers for one new token per row; `attend(layer, q, k, v)` stores the new k, v [B, Hkv, d] and
         returns the attention of q [B, H, 1, d] over the cache."""
-        m, B, act = self.model, tokens.size(0), self.act
+        m, B = self.model, tokens.size(0)
         H, Hkv, d = self.n_head, self.n_kv, self.head_dim
         x = F.embedding(tokens, m.tok_emb.weight)  # [B, E]
         for i, layer in enumerate(self.layers):
             block, attn = layer.block, layer.block.attn
-            qkv = act(_norm(x, block.attn_norm)) @ layer.qkv_t
+            qkv = layer.qkv(_norm(x, block.attn_norm))
             q = attn.q_norm(qkv[:, :H * d].view(B, H, d)) @ rotation
             k = attn.k_norm(qkv[:, H * d:(H + Hkv) * d].view(B, Hkv, d)) @ rotation
             y = attend(i, q[:, :, None], k, qkv[:, (H + Hkv) * d:].view(B, Hkv, d))
-            x = x + act(y.view(B, H * d)) @ layer.wo_t
+            x = x + layer.wo(y.view(B, H * d))
             h = _norm(x, block.mlp_norm)
-            if layer.gate_up_t is None:  # MoE (never ternary): the model's own module
+            if layer.gate_up is None:  # MoE (never ternary): the model's own module
                 x = x + block.mlp(h[:, None])[0][:, 0]
             else:
-                gate, up = (act(h) @ layer.gate_up_t).chunk(2, dim=-1)
-                x = x + act(F.silu(gate) * up) @ layer.down_t
+                gate, up = layer.gate_up(h).chunk(2, dim=-1)
+                x = x + layer.down(F.silu(gate) * up)
         return F.linear(_norm(x, m.norm), m.lm_head.weight).float()
 
     def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
@@ -165,16 +195,6 @@ class Decoder:
 def seeded(seed: int | None, device: torch.device) -> torch.Generator | None:
     """The generator of a seeded draw (None: torch's global one)."""
     return torch.Generator(device).manual_seed(seed) if seed is not None else None
-
-
-def _stacked_t(weight: Callable[[torch.Tensor], torch.Tensor], *linears: nn.Linear) -> torch.Tensor:
-    """The linears' weights (as `weight` gives them) stacked along their outputs and transposed:
-    x @ result == cat of their outputs."""
-    return torch.cat([weight(linear.weight) for linear in linears]).t().contiguous()
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _norm(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:

@@ -9,12 +9,15 @@ float checkpoint loads into a ternary model and QAT can start from it.
 
     BitLinear                       nn.Linear with absmean-ternary weights and per-token absmax int8 inputs
     ternary_codes, ternary_weight   absmean weight quantizer: (codes, scale), and codes * scale
-    quantize_activations            per-token absmax int8 activation quantizer (forward values, no STE)
+    quantize_activations            per-token absmax int8 activation quantizer (forward values, no STE); its
+                                    codes and scale are kernels/ternary_codes.py's `activation_codes`
     pack_ternary                    one weight tensor -> (uint8 codes, 4 per byte; scale; shape)
-    packed_state_dict, load_packed  a whole model, BitLinear weights packed, everything else as is
+    packed_state_dict               a whole model, BitLinear weights packed, everything else as is
+    split_packed                    one linear's packed entries out of such a state dict
 
-The packed byte layout, and its inverse `unpack_ternary`, live in kernels/ternary_codes.py: the ternary
-matmul kernels read the same bytes, and kernels/ imports nothing from model/.
+The packed byte layout, its inverse `unpack_ternary`, and the activations' int8 codes live in
+kernels/ternary_codes.py: the ternary kernels read the same bytes and quantize the same way, and kernels/
+imports nothing from model/.
 """
 from __future__ import annotations
 
@@ -22,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ternary_codes import pack_codes, unpack_ternary
+from kernels.ternary_codes import EPS, activation_codes, pack_codes
 
-EPS = 1e-5
 _SUFFIXES = ("weight", "weight_scale", "weight_shape")  # the three entries a packed weight becomes
 
 
@@ -41,9 +43,9 @@ def ternary_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    """Per-token absmax int8: each row of the last dim scaled so its max |x| maps to 127, rounded, scaled back."""
-    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
-    return (x * scale).round().clamp(-128, 127) / scale
+    """Per-token absmax int8 (activation_codes), scaled back: the value BitLinear multiplies by."""
+    codes, scale = activation_codes(x)
+    return codes / scale
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -72,6 +74,10 @@ class BitLinear(nn.Linear):
         w = _ste(self.weight, ternary_weight(self.weight))
         return F.linear(_ste(x, quantize_activations(x)), w)
 
+    def packed(self) -> tuple[torch.Tensor, float, tuple[int, ...]]:
+        """The weight as a bundle stores it (pack_ternary); model/ternary_linear.py's TernaryLinear has the same."""
+        return pack_ternary(self.weight)
+
 
 def pack_ternary(w: torch.Tensor) -> tuple[torch.Tensor, float, tuple[int, ...]]:
     """Quantize w as BitLinear does and pack it: codes 0, 1, 2 (for -1, 0, +1) at 2 bits, 4 to a byte.
@@ -88,39 +94,21 @@ def _bitlinears(model: nn.Module) -> dict[str, BitLinear]:
 
 
 def packed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """model.state_dict() with each BitLinear weight `<name>.weight` replaced by its packed uint8 codes,
-    plus `<name>.weight_scale` (0-d float32) and `<name>.weight_shape` (int64)."""
+    """model.state_dict() with each ternary linear's weight `<name>.weight` as its packed uint8 codes, plus
+    `<name>.weight_scale` (0-d float32) and `<name>.weight_shape` (int64). Ternary linears: BitLinears, and
+    a served model's TernaryLinears (any module with `packed()`), so a loaded bundle writes the same weights."""
     state = model.state_dict()
-    for name, m in _bitlinears(model).items():
-        packed, scale, shape = pack_ternary(m.weight)
+    for name, m in model.named_modules():
+        if not hasattr(m, "packed"):
+            continue
+        packed, scale, shape = m.packed()
+        state.pop(f"{name}.weight", None)
         state.update(dict(zip((f"{name}.{s}" for s in _SUFFIXES),
                               (packed, torch.tensor(scale, dtype=torch.float32), torch.tensor(shape)))))
     return state
 
 
-def _latent_for(w_q: torch.Tensor, scale: float) -> torch.Tensor:
-    """A latent weight that BitLinear re-quantizes to w_q (codes * scale).
-
-    w_q itself would not do: its mean |w| is scale * (fraction of nonzero codes), so re-quantizing it
-    gives a different scale. Nonzero codes are set to +-(scale - EPS) / fraction instead, whose absmean
-    is scale - EPS, so the quantizer finds the same codes and (to float rounding) the same scale.
-    """
-    codes = torch.sign(w_q)
-    nonzero = codes.abs().mean()
-    if nonzero == 0:
-        return w_q.clone()
-    return codes * (scale - EPS) / nonzero
-
-
-def load_packed(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a packed_state_dict into a ternary model (strict, like load_state_dict).
-
-    Each BitLinear gets a latent weight that quantizes to the packed ternary weight, so the model's
-    outputs match the model that was packed (within float rounding of the scale) and it can keep training.
-    """
-    state = dict(state)
-    for name, m in _bitlinears(model).items():
-        packed, scale, shape = (state.pop(f"{name}.{s}") for s in _SUFFIXES)
-        w_q = unpack_ternary(packed, scale.item(), tuple(shape.tolist()))
-        state[f"{name}.weight"] = _latent_for(w_q, scale.item()).to(m.weight.dtype)
-    model.load_state_dict(state)
+def split_packed(state: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, float, tuple[int, ...]]:
+    """Take linear `name`'s three packed entries out of a packed_state_dict: (codes, scale, shape)."""
+    packed, scale, shape = (state.pop(f"{name}.{s}") for s in _SUFFIXES)
+    return packed, scale.item(), tuple(shape.tolist())

@@ -7,8 +7,8 @@
                                                           the kernel (ternary_matmul.py)
 
 Runtime use: rms_norm and linear_cross_entropy, when the model trains on CUDA with `train.kernels: triton`
-(model/transformer.py `use_kernels`). ternary_matmul is a tested building block on no runtime path (serving
-a ternary model unpacks its weights to floats); tests/test_kernels_triton.py and bench/kernels.py use it.
+(model/transformer.py `use_kernels`); ternary_matmul, when a ternary model is served on CUDA (every block
+linear, on the bundle's packed codes: kernels/ternary_matmul.py's cuda entry).
 
 Written for CUDA GPUs; on CPU tensors they run under Triton's interpreter (TRITON_INTERPRET=1, set before
 these modules are imported: triton.jit picks interpreter or compiler when a kernel is defined), which is

@@ -15,6 +15,8 @@ accumulation: IEEE fp32 for fp32 x; for bf16/fp16 x, TF32 tensor cores, which lo
 -1/0/+1 and bf16/fp16 values are exact in TF32's 10-bit mantissa). (A bf16 tl.dot would be faster for
 large M, but Triton's interpreter multiplies bf16 as raw bits, and decode is bound by the weight reads
 anyway.) The scale is applied once at the end. `ternary_matmul_reference` is `x @ unpack_ternary(packed, scale, shape).T`.
+A ternary model served on CUDA runs its block linears through it (kernels/ternary_matmul.py's cuda entry), on the
+activations' int8 codes as fp32, so the sums are exact integers.
 """
 from __future__ import annotations
 

@@ -18,8 +18,10 @@ tasks/train/checkpoint.py's `latest_model` (eval runs before there is a bundle).
 A ternary model's (`config.quant == "ternary"`) block linears are stored packed at 2 bits per weight,
 as model/quant.py's `packed_state_dict` writes them (`<name>.weight` uint8 codes, 4 to a byte, plus
 `<name>.weight_scale` and `<name>.weight_shape`); embeddings, norms and the head stay float. `load`
-unpacks them with `load_packed`: the loaded model computes what the packed one did. `weights_bytes` is
-the size of the weights file `write` stores for a model.
+reads them into integer linears (model/ternary_linear.py `load_ternary`: codes as the device's kernel
+reads them, no float weights): the loaded model computes what the packed one did, for inference only
+(training code reads checkpoints, not bundles). `weights_bytes` is the size of the weights file `write`
+stores for a model.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from tokenizers import Tokenizer
 
 from model import Transformer
 from model.config import ModelConfig
-from model.quant import load_packed, packed_state_dict
+from model.quant import packed_state_dict
+from model.ternary_linear import load_ternary
 from tasks.chat.turns import DEFAULT_GENERATION
 from tasks.common import atomic
 from tasks.common.errors import InputError
@@ -99,14 +102,15 @@ def save_weights(model: Transformer, path: Path) -> None:
 
 
 def load_weights(model: Transformer, path: Path, device: str | torch.device = "cpu") -> None:
-    """Inverse of save_weights, into a model of the same config (strict)."""
+    """Inverse of save_weights, into a model of the same config (strict); a ternary model's block linears become
+    TernaryLinears (inference only)."""
     if model.config.quant is None:
         load_model(model, str(path), device=str(device))
         return
     state = load_file(str(path), device=str(device))
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["tok_emb.weight"]  # the model's own tie makes them one again
-    load_packed(model, state)
+    load_ternary(model, state)
 
 
 def weights_bytes(model: Transformer) -> int:

@@ -262,11 +262,17 @@ def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
 
 def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: int = 7) -> list[float]:
     """Greedy tokens/s of the server's decoder (model/decode.py) for each model, from the first chat prompt
-    to the end of the shortest context, no stop. Rounds interleave the models (alternating which goes
-    first), so machine noise hits them alike; the median of `rounds` after one warm-up round."""
-    decoders = [Decoder(model) for model in models]
+    to the end of the shortest context, no stop (`decode_speeds`)."""
     prompt = tokenizer.encode(CHAT_PROMPTS[0], add_special_tokens=False).ids
     n = min(model.config.block_size for model in models) - len(prompt)
+    return [round(n / statistics.median(t), 1) for t in decode_times(models, prompt, n, rounds)]
+
+
+def decode_times(models: list[Transformer], prompt: list[int], n: int, rounds: int = 7) -> list[list[float]]:
+    """Seconds each model's decoder (model/decode.py) takes to generate n greedy tokens after `prompt` (no
+    stop), `rounds` times each after one warm-up round. Rounds interleave the models (alternating which goes
+    first), so machine noise hits them alike."""
+    decoders = [Decoder(model) for model in models]
     times: list[list[float]] = [[] for _ in models]
     for r in range(rounds + 1):
         for i in (range(len(models)) if r % 2 else reversed(range(len(models)))):
@@ -274,7 +280,7 @@ def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: i
             for _ in decoders[i].tokens(prompt, n, temperature=0.0):
                 pass
             times[i].append(time.perf_counter() - start)
-    return [round(n / statistics.median(t[1:]), 1) for t in times]
+    return [t[1:] for t in times]
 
 
 def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Params, layout: Layout,

@@ -233,6 +233,24 @@ def test_ternary_matmul_bf16_and_leading_dims(device):
                                rtol=2 * BF16_ULP, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_served_ternary_linear_on_cuda_sums_the_integer_codes(device):
+    """kernels/ternary_matmul.py's cuda entry (what a ternary model served on CUDA runs: activation codes into
+    this kernel, then the scales) gives the CPU's integer path's output: fp32 sums of integers are exact."""
+    from kernels import ternary_cpu
+    from kernels.ternary_codes import pack_codes
+    from kernels.ternary_matmul import KERNELS
+
+    cuda = KERNELS["cuda"]()
+    codes = torch.randint(-1, 2, (40, 96), generator=torch.Generator().manual_seed(9))
+    packed, shape = pack_codes(codes), (40, 96)
+    scale = torch.rand(40, generator=torch.Generator().manual_seed(10)) + 0.1
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(11))
+    y = cuda.linear(x.to(device), cuda.store(packed.to(device), shape), scale.to(device), shape)
+    torch.testing.assert_close(y.cpu(), ternary_cpu.linear_int8(x, ternary_cpu.store_int8(packed, shape), scale, shape),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.skipif(not INTERPRETER, reason="runs in the interpreter run")
 def test_ternary_matmul_rejects_mismatched_inputs():
     from model.quant import pack_ternary
