@@ -196,6 +196,21 @@ def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.
 
 
 @app.command()
+def worker(pool: Annotated[str, typer.Option(help="The work pool whose training runs this machine takes: cuda, "
+                                                  "vulkan or cpu.")],
+           workdir: Annotated[Path, typer.Option(help="Where its runs fetch their inputs and train.")]
+           = Path("chatpipe-work"),
+           debug: DebugOpt = False) -> None:
+    """Take training runs of the train/<pool> deployment from the Prefect server at $PREFECT_API_URL: inputs and
+    checkpoints through the flow's store (its credentials from the environment), code cloned at the flow's commit."""
+    def go():
+        from flows.local import worker as start
+
+        start(pool, workdir)
+    _call(go, debug)
+
+
+@app.command()
 def down(debug: DebugOpt = False) -> None:
     """Stop the workers and the Prefect server that `chatpipe up` started."""
     def go():
@@ -290,8 +305,11 @@ def model_info(preset: Annotated[str, typer.Argument(
                batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
                seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: block size).")]
                = None,
+               gpus: Annotated[int, typer.Option(help="GPUs the batch is split over; memory is per GPU.")] = 1,
+               parallel: Annotated[str, typer.Option(help="ddp (each GPU holds the whole model and optimizer) or "
+                                                          "fsdp (sharded over the GPUs), as train.parallel.")] = "ddp",
                debug: DebugOpt = False) -> None:
-    """Parameters (total/active), FLOPs per token and training memory of a model preset or HF checkpoint."""
+    """Parameters (total/active), FLOPs per token and per-GPU training memory of a model preset or HF checkpoint."""
     def go():
         from model import PRESETS, describe
         from tasks.common.errors import ConfigError, InputError
@@ -300,12 +318,15 @@ def model_info(preset: Annotated[str, typer.Argument(
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, or hf:<dir or org/name>")
         if weights not in ("fp32", "bf16"):
             raise ConfigError(f"--weights must be fp32 or bf16, got {weights!r}")
-        for name, value in (("--lora-rank", lora_rank), ("--batch-size", batch_size), ("--seq-len", seq_len)):
+        if parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"--parallel must be ddp or fsdp, got {parallel!r}")
+        for name, value in (("--lora-rank", lora_rank), ("--batch-size", batch_size), ("--seq-len", seq_len),
+                            ("--gpus", gpus)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         try:
             typer.echo(describe(preset, batch_size, weights=weights, activation_checkpointing=activation_checkpointing,
-                                lora_rank=lora_rank, seq_len=seq_len))
+                                lora_rank=lora_rank, seq_len=seq_len, gpus=gpus, parallel=parallel))
         except ValueError as e:  # model/hf.py: the checkpoint cannot be read, or is not one we can run
             raise InputError(str(e)) from None
     _call(go, debug)

@@ -10,7 +10,9 @@ The gate stops the flow on an unhealthy pilot (a pilot stopped by a NaN loss inc
 writes its report); the distillation runs only when `distill.enabled`. A crash is retried (training resumes
 from its last checkpoint); our own errors and verdicts are not: the same inputs would end the same way.
 Training runs in-process, or — with `train_pool` — as the `train/<pool>` deployment on a worker of that
-pool (flows/train_worker.py). Every flow run is one MLflow parent run; each stage nests under it.
+pool, on this machine or another (flows/train_worker.py: artifacts through the store, `store.uri`). Task
+results are persisted in the store too (flows/stages.py), so a retry elsewhere can read them. Every flow run is
+one MLflow parent run; each stage nests under it.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def stage_task(name: str) -> Callable[..., StageResult]:
 
     @task(name=name, cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True,
           retries=spec.retries, retry_delay_seconds=5, retry_condition_fn=crashed)
-    def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None
+    def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None, results: str
             ) -> tuple[StageResult]:
         # Prefect links a task's return value and its direct parts to the task run, by identity; a part of a
         # StageResult is its stage name, an interned string that the next stages' metrics repeat, which would
@@ -47,14 +49,15 @@ def stage_task(name: str) -> Callable[..., StageResult]:
         if train_pool and spec.dispatch:
             from flows.train_worker import dispatch
 
-            return (dispatch(train_pool, name, request),)
+            return (dispatch(train_pool, name, request, key, results),)
         return (request.run(name),)
 
     def call(request: Request, *consumes: StageResult | None, train_pool: str | None = None) -> StageResult:
         params, root = request.load(), request.root
         fresh = {} if stages.outputs_present(spec, root) else {"refresh_cache": True}  # files gone: no result
-        [result] = run.with_options(**fresh)(request, tuple(r for r in consumes if r),
-                                             stages.cache_key(spec, params, root), train_pool)
+        results = stages.result_storage(params, root)
+        [result] = run.with_options(**fresh, result_storage=results)(
+            request, tuple(r for r in consumes if r), stages.cache_key(spec, params, root), train_pool, results)
         get_run_logger().info(result.summary)
         if not result.ok and spec.halts:
             raise StageFailed(result.summary)

@@ -1,4 +1,5 @@
-"""`chatpipe up` / `chatpipe down`: a Prefect server, work pools, deployments and workers on this machine.
+"""`chatpipe up` / `chatpipe down`: a Prefect server, work pools, deployments and workers on this machine;
+`chatpipe worker`: a worker for a server elsewhere (a GPU box's whole setup).
 
 Exactly the documented steps (`prefect server start`, `prefect work-pool create`, `prefect deploy`,
 `prefect worker start`), run for you, so `prefect deployment run chat-pipeline/local` works on one machine.
@@ -80,6 +81,22 @@ def up(port: int = 4200, pools: tuple[str, ...] | None = None, timeout: float = 
     for pool in pools or local_pools():
         _spawn(f"worker-{pool}", ["worker", "start", "--pool", pool], env)
     return url
+
+
+def worker(pool: str, workdir: Path) -> None:
+    """Become a process worker of `pool` for the server at $PREFECT_API_URL (the whole setup of a GPU box): its
+    training runs fetch their inputs into `workdir` (CHATPIPE_WORKDIR) from the store the flow names."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url  # the environment's, else the Prefect profile's
+    if not url:
+        raise ChatpipeError("PREFECT_API_URL is not set: export the flow's Prefect server, e.g. "
+                            "PREFECT_API_URL=http://<server>:4200/api")
+    if not _healthy(url):
+        raise ChatpipeError(f"the Prefect server at {url} does not answer (is it up and reachable from here?)")
+    env = os.environ | {"CHATPIPE_WORKDIR": str(Path(workdir).resolve())}
+    exe = str(Path(sys.executable).parent / "prefect")
+    os.execve(exe, [exe, "worker", "start", "--pool", pool, "--type", "process"], env)
 
 
 def down() -> None:

@@ -35,10 +35,10 @@ class Request:
     def with_parent(self, run_id: str) -> Request:
         return replace(self, overrides=[*self.overrides, f"tracking.parent_run_id={run_id}"])
 
-    def run(self, stage: str) -> StageResult:
+    def run(self, stage: str, **args) -> StageResult:
         params = self.load()
         with contextlib.chdir(self.root):
-            return PIPELINE[stage](params, Layout(self.root))
+            return PIPELINE[stage](params, Layout(self.root), **args)
 
     @contextlib.contextmanager
     def lock(self):

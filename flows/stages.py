@@ -1,4 +1,4 @@
-"""The flow's view of a stage: its content-hash cache key and whether its outputs exist.
+"""The flow's view of a stage: its content-hash cache key, whether its outputs exist, where its result is kept.
 
 A stage's key is the sha256 of its table entry (tasks/__init__.py), the values of the params keys it
 reads, its code folders and its inputs (files by their bytes; directories by all their files except
@@ -15,6 +15,7 @@ from pathlib import Path
 from tasks import Stage
 from tasks.common.config import PROJECT_ROOT, Params, params_dict
 from tasks.common.hashing import code_hash, hash_tree
+from tasks.publish.store import Store
 
 
 def _lookup(params: dict, dotted: str):
@@ -33,6 +34,18 @@ def cache_key(stage: Stage, params: Params, root: Path) -> str:
         h.update(path.encode())
         hash_tree(h, root / path)
     return f"{stage.name}-{h.hexdigest()}"
+
+
+def result_storage(params: Params, root: Path) -> str:
+    """Where Prefect persists the stages' results (and a dispatched phase's): `<store>/prefect-results`, as a
+    filesystem block saved on the Prefect server under a name derived from that place; its slug. The flow's
+    tasks and the workers' runs name it, so a retry or another machine reads what ran before."""
+    store = Store(params.store.uri, root)
+    store.check()
+    block = store.result_block()
+    name = "chatpipe-results-" + hashlib.sha256(block.basepath.encode()).hexdigest()[:16]
+    block.save(name, overwrite=True)
+    return f"{block.get_block_type_slug()}/{name}"
 
 
 def outputs_present(stage: Stage, root: Path) -> bool:

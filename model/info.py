@@ -13,7 +13,8 @@ Conventions:
   of n_embd (equal unless head_size says otherwise, as in Qwen3; any number of KV heads); like PaLM it
   does not halve for causality. seq_len defaults to block_size.
 - training memory (`train_memory`): weights, grads, optimizer states and saved activations, for fp32 or
-  bf16 weights, with or without activation checkpointing, full or LoRA fine-tuning.
+  bf16 weights, with or without activation checkpointing, full or LoRA fine-tuning; per GPU of `gpus`, each
+  with its share of the batch, replicated (ddp) or sharded (fsdp, tasks/train/parallel.py).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ OPTIMIZER_STATES = {
     "sgd": lambda total, matrices: total,  # momentum
 }
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2}
+SHARDED = {"ddp": False, "fsdp": True}  # train.parallel: are weights, grads and optimizer states split over GPUs?
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # the block linears; MoE experts are not adapted
 
 
@@ -99,15 +101,27 @@ def _activations_per_token(c: ModelConfig, dtype_bytes: int, checkpointing: bool
 
 
 def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, optimizer: str = "adamw",
-                 weights: str = "fp32", activation_checkpointing: bool = False, lora_rank: int | None = None) -> dict:
-    """Training memory in bytes: weights, grads, optimizer (states), activations, total.
+                 weights: str = "fp32", activation_checkpointing: bool = False, lora_rank: int | None = None,
+                 gpus: int = 1, parallel: str = "ddp") -> dict:
+    """Training memory in bytes, per GPU: weights, grads, optimizer (states), activations, (fsdp) gathered, total.
 
     As tasks/train trains: weights "fp32": weights, grads and optimizer states in fp32. "bf16" (train.weights):
     weights, grads, AdamW moments and activations in bf16, no fp32 master copy. lora_rank R (train.lora): the
     base weights are frozen at the weights' dtype (no grads or states); only the LORA_TARGETS adapters train,
     in fp32 as peft keeps them (weights, grads, states); their weights count in "weights".
     activation_checkpointing: see _activations_per_token.
+    gpus, parallel: each GPU holds the activations of its share of the batch (ceil(batch_size / gpus) sequences);
+    ddp replicates weights, grads and optimizer states on every GPU; fsdp keeps 1/gpus of each (rounded up) and
+    `gathered`: the root's parameters (embedding, head, final norm: FSDP2 keeps the root unsharded through the
+    step) and the largest block's, all-gathered whole in the weights' dtype (bf16 mixed precision on CUDA halves
+    an fp32 gather; FSDP's prefetch of the next block can add one more block).
     """
+    if parallel not in SHARDED:
+        raise ValueError(f"parallel: must be one of {', '.join(SHARDED)}, got {parallel!r}")
+    if gpus < 1:
+        raise ValueError(f"gpus: must be >= 1, got {gpus}")
+    if lora_rank and SHARDED[parallel]:
+        raise ValueError("lora_rank: LoRA trains under ddp (train.parallel=fsdp refuses it)")
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATES)}")
     if weights not in WEIGHT_BYTES:
@@ -119,12 +133,17 @@ def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, 
         trained = matrices = lora_params(cfg, lora_rank)  # the adapters are all matrices
     else:
         trained, matrices = p["total"], sum(_layer_params(cfg, i)["matrices"] for i in range(cfg.n_layer))
-    tokens = batch_size * (seq_len or cfg.block_size)
+    tokens = -(-batch_size // gpus) * (seq_len or cfg.block_size)
     tb = 4 if lora_rank else wb  # bytes per trained element: fp32 adapters, else the weights' dtype
+    shards = gpus if SHARDED[parallel] else 1
     out = {"weights": p["total"] * wb + (trained * 4 if lora_rank else 0),
            "grads": trained * tb,
-           "optimizer": OPTIMIZER_STATES[optimizer](trained, matrices) * tb,
-           "activations": int(tokens * _activations_per_token(cfg, wb, activation_checkpointing, lora_rank))}
+           "optimizer": OPTIMIZER_STATES[optimizer](trained, matrices) * tb}
+    out = {k: -(-v // shards) for k, v in out.items()}
+    out["activations"] = int(tokens * _activations_per_token(cfg, wb, activation_checkpointing, lora_rank))
+    if SHARDED[parallel]:
+        layers = [_layer_params(cfg, i)["total"] for i in range(cfg.n_layer)]
+        out["gathered"] = (p["total"] - sum(layers) + max(layers)) * wb
     out["total"] = sum(out.values())
     return out
 
@@ -136,7 +155,8 @@ def _n(x: float) -> str:
     return str(int(x))
 
 
-def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_rank: int | None) -> str:
+def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_rank: int | None, gpus: int,
+             parallel: str) -> str:
     """What train_memory counts under these options, in words."""
     if lora_rank:
         trained = (f"frozen {weights} base; LoRA rank {lora_rank} on {','.join(LORA_TARGETS)} "
@@ -147,13 +167,16 @@ def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_
         trained = "fp32 weights, grads and optimizer states"
     kept = "one block's input per layer + one block's internals (checkpointing)" if activation_checkpointing \
         else "every block's internals"
-    return f"{trained}; activations: {kept}"
+    spread = (f"; sharded over {gpus} GPUs (fsdp), gathered: the root (embedding, head) + the largest block whole"
+              if SHARDED[parallel] else f"; replicated on each of {gpus} GPUs (ddp)" if gpus > 1 else "")
+    return f"{trained}{spread}; activations: {kept}"
 
 
 def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: str = "adamw", weights: str = "fp32",
-             activation_checkpointing: bool = False, lora_rank: int | None = None, seq_len: int | None = None) -> str:
-    """A small table: shape, params total/active, FLOPs/token, training memory at batch_size x seq_len
-    (default block_size).
+             activation_checkpointing: bool = False, lora_rank: int | None = None, seq_len: int | None = None,
+             gpus: int = 1, parallel: str = "ddp") -> str:
+    """A small table: shape, params total/active, FLOPs/token, training memory per GPU at batch_size x seq_len
+    (default block_size) over `gpus` GPUs, ddp or fsdp.
 
     `name_or_cfg`: a preset name, "hf:<dir or id>" (model/hf.py reads its config.json) or a ModelConfig."""
     from .hf import read_config, resolve
@@ -165,7 +188,8 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
         c = read_config(resolve(name)) if name.startswith("hf:") else preset(name)
     p, T = param_counts(c), seq_len or c.block_size
     m = train_memory(c, batch_size, T, optimizer=optimizer, weights=weights,
-                     activation_checkpointing=activation_checkpointing, lora_rank=lora_rank)
+                     activation_checkpointing=activation_checkpointing, lora_rank=lora_rank, gpus=gpus,
+                     parallel=parallel)
     moe = f", MoE {c.moe.n_experts} experts top-{c.moe.top_k} (hidden {c.expert_hidden}) every {c.moe.every}" \
         if c.moe else ""
     ffn = f"ffn {c.ffn_hidden}" if not all(c.is_moe_layer(i) for i in range(c.n_layer)) else "no dense MLP"
@@ -175,8 +199,9 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
         f"{', qk-norm' if c.qk_norm else ''}, {'tied' if c.tie_embeddings else 'untied'} embeddings",
         f"  params        total {_n(p['total'])}   active {_n(p['active'])}   embedding {_n(p['embedding'])}",
         f"  FLOPs/token   {_n(flops_per_token(c, T))}  (6N + 12 L d T, T={T})",
-        f"  train memory  batch {batch_size} x {T}, {optimizer}, {weights}: "
+        f"  train memory  batch {batch_size} x {T}, {optimizer}, {weights}"
+        + (f", per GPU of {gpus} ({parallel})" if gpus > 1 or SHARDED[parallel] else "") + ": "
         + "  ".join(f"{k} {v / GiB:.2f} GiB" for k, v in m.items()),
-        f"                ({_counted(c, weights, activation_checkpointing, lora_rank)})",
+        f"                ({_counted(c, weights, activation_checkpointing, lora_rank, gpus, parallel)})",
     ]
     return "\n".join(rows)

@@ -62,6 +62,26 @@ def clone_code(root: Path) -> Path:
     return root
 
 
+def git_snapshot(root: Path) -> Path:
+    """`clone_code(root)` committed as a git repository (with prefect.yaml): a checkout that workers can clone at
+    its commit, whatever is uncommitted in the project's own tree."""
+    import subprocess
+
+    clone_code(root)
+    shutil.copy(PROJECT_ROOT / "prefect.yaml", root / "prefect.yaml")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, env=env, capture_output=True)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_project(root: Path) -> Path:
     """A project directory with the sample chat file and params.yaml, as a user's clone has."""
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -151,9 +171,7 @@ SECRET = "sekrit-7f3a9c"  # stands in for a key or token: must never reach a log
 def emulator():
     from gcp_storage_emulator.server import create_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     yield f"http://127.0.0.1:{port}"

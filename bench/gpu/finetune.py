@@ -60,8 +60,21 @@ def run_mode(name: str, shape: dict, batch: int, seq: int, warmup: int, steps: i
     loop.memory(model, cfg, device.type)
     if cfg.lora:
         lora.attach(model, cfg.lora.model_dump())
-    optimizers = Optimizers(model, cfg)
-    x = torch.randint(0, shape["vocab_size"], (batch, seq + 1), device=device)
+    result = {**measure(model, model, Optimizers(model, cfg), batch, seq, warmup, steps, cfg.grad_clip, device),
+              "params_total": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+              "trains": loop.trains(model, cfg) or "every weight, fp32"}
+    del model
+    gc.collect()
+    print(f"{name}: {result['tokens_per_s']:,} tokens/s, {result['max_memory_allocated_gib']} GiB peak, "
+          f"{result['trains']}", flush=True)
+    return result
+
+
+def measure(model, train_model, optimizers: Optimizers, batch: int, seq: int, warmup: int, steps: int,
+            grad_clip: float, device: torch.device) -> dict:
+    """`warmup` + `steps` training steps on random tokens under bf16 autocast (train_model: the model as wrapped
+    for training); tokens/s over the timed steps, peak memory since the caller's reset, the first and last loss."""
+    x = torch.randint(0, model.config.vocab_size, (batch, seq + 1), device=device)
     x, y = x[:, :-1], x[:, 1:]
     losses, start = [], None
     for step in range(warmup + steps):
@@ -70,28 +83,34 @@ def run_mode(name: str, shape: dict, batch: int, seq: int, warmup: int, steps: i
                 torch.cuda.synchronize()
             start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(x, y)[1]
+            loss = train_model(x, y)[1]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizers.step()
         optimizers.zero_grad()
         losses.append(loss.detach())
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = {"tokens_per_s": round(batch * seq * steps / seconds), "step_ms": round(1000 * seconds / steps, 1),
-              "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-              if device.type == "cuda" else None,
-              "params_trained": trained, "params_total": sum(p.numel() for n, p in model.named_parameters()
-                                                              if "lora_" not in n),
-              "trains": loop.trains(model, cfg) or "every weight, fp32", "loss_first_last": [
-                  round(float(losses[0]), 4), round(float(losses[-1]), 4)]}
-    del model, optimizers, x, y, losses
-    gc.collect()
-    print(f"{name}: {result['tokens_per_s']:,} tokens/s, {result['max_memory_allocated_gib']} GiB peak, "
-          f"{result['trains']}", flush=True)
-    return result
+    return {"tokens_per_s": round(batch * seq * steps / seconds), "step_ms": round(1000 * seconds / steps, 1),
+            "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device.type == "cuda" else None,
+            "params_trained": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "loss_first_last": [round(float(losses[0]), 4), round(float(losses[-1]), 4)]}
+
+
+def each_mode(report: dict, names, run) -> None:
+    """report["modes"][name] = run(name) for each name; out of memory is a result, any other error fails it."""
+    for name in names:
+        try:
+            report["modes"][name] = run(name)
+        except torch.OutOfMemoryError as e:  # a result too: this mode does not fit at this batch
+            report["modes"][name] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - recorded, and the part fails
+            report["ok"] = False
+            report["modes"][name] = {"error": f"{type(e).__name__}: {e}"}
 
 
 def main() -> None:
@@ -110,16 +129,7 @@ def main() -> None:
     report = {"ok": True, "shape": "tiny (smoke)" if args.smoke else "Qwen3-0.6B", "model": shape, "batch": batch,
               "seq": seq, "steps": steps, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "modes": {}}
-    for name in args.modes:
-        try:
-            report["modes"][name] = run_mode(name, shape, batch, seq, warmup, steps, device)
-        except torch.OutOfMemoryError as e:  # a result too: this mode does not fit at this batch
-            report["modes"][name] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-            gc.collect()
-            torch.cuda.empty_cache()
-        except Exception as e:  # noqa: BLE001 - recorded, and the part fails
-            report["ok"] = False
-            report["modes"][name] = {"error": f"{type(e).__name__}: {e}"}
+    each_mode(report, args.modes, lambda name: run_mode(name, shape, batch, seq, warmup, steps, device))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "finetune-qwen3-0.6b.json").write_text(json.dumps(report, indent=2) + "\n")
     if not report["ok"]:

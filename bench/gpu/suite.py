@@ -51,6 +51,7 @@ def parts(work: Path, project: Path, carry: Path) -> list[Part]:
     w = str(work)
     seed = [PY, "bench/gpu/seed.py"]
     train = [PY, "bench/train.py", "--device", "cuda", "--modes", "bf16-eager", "bf16-compiled", "--out", w]
+    fsdp = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29651", "bench/gpu/fsdp.py"]
     smoke_train = [PY, "bench/train.py", "--device", "cpu", "--modes", "bf16-eager", "--warmup", "1", "--steps", "1",
                    "--rounds", "1", "--out", w]
     tests = [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
@@ -59,6 +60,9 @@ def parts(work: Path, project: Path, carry: Path) -> list[Part]:
         Part("probe", "a. probe", [PY, "bench/gpu/probe.py", "--out", f"{w}/probe.json"],
              [PY, "bench/gpu/probe.py", "--out", f"{w}/probe.json", "--smoke"], ["probe.json"], 60),
         Part("tests", "b. CUDA tests", tests, tests, [], 100),
+        # short, so before the seed's long run rather than in the time it reserves for the parts after it
+        Part("fsdp", "h. nano-1b: fsdp vs ddp on one GPU", [*fsdp, "--out", w], [*fsdp, "--out", w, "--smoke"],
+             ["fsdp-nano-1b.json"], 60),
         Part("seed_pilot", "e. seed: pilot + gate", [*seed, "pilot", "--project", str(project), "--out", w],
              [*seed, "pilot", "--project", str(project), "--out", w, "--smoke"], ["seed-pilot.json"], 120),
         Part("seed_full", "e. seed: full run", [*seed, "full", "--project", str(project), "--out", w],
@@ -161,7 +165,7 @@ def headline(key: str, results: dict) -> str:
                 f"({v['ratio_ours_over_peer']:.2f}×, MFU {v['ours'].get('mfu')} vs {v['peer'].get('mfu')})"
                 for m, v in r["modes"].items()]
         return "; ".join(rows) + f"; best vs best {r['best']['ratio_ours_over_peer']:.2f}×"
-    if key == "finetune" and r.get("modes"):
+    if key in ("finetune", "fsdp") and r.get("modes"):
         modes = [f"{m}: {v['error'][:80]}" if "error" in v else f"{m}: {v['tokens_per_s']:,} tok/s, peak "
                  f"{v['max_memory_allocated_gib']} GiB, {v['params_trained']:,} trained" for m, v in r["modes"].items()]
         return f"{r['shape']}, {r['batch']} x {r['seq']}: " + "; ".join(modes)

@@ -30,6 +30,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, final)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final`, replacing what was there."""
     old = _tmp_sibling(final, "old")
     if final.exists():
         final.rename(old)

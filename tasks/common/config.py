@@ -256,6 +256,8 @@ class TrainParams(_Strict):
     # continue from earlier weights (full from the pilot, sft, a pilot from model.init); others train every weight
     activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory, ~1/3 slower)
     weights: Literal["fp32", "bf16"] = "fp32"  # bf16: weights, grads and AdamW state in bf16 (half the memory)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # across torchrun's processes: ddp replicates the model, fsdp (FSDP2)
+    # shards weights, grads and AdamW state over them, with DCP checkpoints (tasks/train/parallel.py)
 
 
 class SFTParams(_Strict):
@@ -336,6 +338,11 @@ class PublishParams(_Strict):
     bars: BarParams
 
 
+class StoreParams(_Strict):
+    """Where artifacts travel between machines (tasks/publish/store.py): a directory or gs://bucket/prefix."""
+    uri: str | None = None              # null: <workdir>/store; a training worker elsewhere needs gs://
+
+
 class TrackingParams(_Strict):
     uri: str | None                     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str
@@ -355,6 +362,7 @@ class Params(_Strict):
     eval: EvalParams
     publish: PublishParams
     tracking: TrackingParams
+    store: StoreParams = StoreParams()
 
 
 def trained(params: Params, phase: str) -> str:

@@ -78,7 +78,7 @@ def crc32c(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _errors(uri: str, action: str, missing: str | None = None) -> Iterator[None]:
+def errors(uri: str, action: str, missing: str | None = None) -> Iterator[None]:
     """GCS and auth failures as one line naming the URI (`missing`: the message for a 404); a credentials
     error's text is never shown."""
     require()
@@ -108,7 +108,7 @@ def client(uri: str):
     require()
     from google.cloud import storage
 
-    with _errors(uri, "connecting"):
+    with errors(uri, "connecting"):
         return storage.Client()
 
 
@@ -130,12 +130,12 @@ def upload(directory: Path, uri: str, info: dict | None = None) -> dict:
     gcs = client(uri)
     bucket = gcs.bucket(bucket_name)
     files, entries = _files(directory), {}
-    with _errors(uri, "removing the old _PUBLISHED marker"):
+    with errors(uri, "removing the old _PUBLISHED marker"):
         with contextlib.suppress(NotFound):
             bucket.blob(f"{base}/{MARKER}").delete()
     for n, rel in enumerate(files, 1):
         path = directory / rel
-        with _errors(uri, f"uploading {rel} (file {n} of {len(files)}; no marker written, re-run to publish)"):
+        with errors(uri, f"uploading {rel} (file {n} of {len(files)}; no marker written, re-run to publish)"):
             blob = bucket.blob(f"{base}/{rel}")
             blob.upload_from_filename(str(path), checksum="crc32c")
             if blob.crc32c is None:
@@ -149,7 +149,7 @@ def upload(directory: Path, uri: str, info: dict | None = None) -> dict:
     marker = {"format": MARKER_FORMAT, "uri": uri, "bundle_sha256": bundle.digest(directory),
               "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(info or {}),
               "files": entries}
-    with _errors(uri, "writing the _PUBLISHED marker"):
+    with errors(uri, "writing the _PUBLISHED marker"):
         for blob in gcs.list_blobs(bucket, prefix=f"{base}/"):
             if blob.name[len(base) + 1:] not in entries:
                 blob.delete()
@@ -159,7 +159,7 @@ def upload(directory: Path, uri: str, info: dict | None = None) -> dict:
 
 
 def _read_marker(bucket, base: str, uri: str) -> dict:
-    with _errors(uri, "reading the marker", missing=f"{uri}: not published or upload incomplete (no {MARKER} marker)"):
+    with errors(uri, "reading the marker", missing=f"{uri}: not published or upload incomplete (no {MARKER} marker)"):
         data = bucket.blob(f"{base}/{MARKER}").download_as_bytes()
     try:
         marker = json.loads(data)
@@ -168,11 +168,16 @@ def _read_marker(bucket, base: str, uri: str) -> dict:
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or \
             not isinstance(marker.get("files"), dict) or "checksums.json" not in marker["files"]:
         raise InputError(f"{uri}/{MARKER}: not a chat-pipeline publish marker")
-    for rel in marker["files"]:
+    check_names(marker["files"], f"{uri}/{MARKER}")
+    return marker
+
+
+def check_names(files: dict, where: str) -> None:
+    """A marker may name only relative paths inside its directory: InputError naming the first that is not."""
+    for rel in files:
         p = PurePosixPath(rel)
         if p.is_absolute() or ".." in p.parts or not p.parts:
-            raise InputError(f"{uri}/{MARKER}: unsafe file name {rel!r}")
-    return marker
+            raise InputError(f"{where}: unsafe file name {rel!r}")
 
 
 def _is_current(local: Path, marker: dict) -> bool:
@@ -196,7 +201,7 @@ def download(uri: str, cache_dir: Path) -> Path:
         for rel, entry in marker["files"].items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            with _errors(uri, f"downloading {rel}",
+            with errors(uri, f"downloading {rel}",
                          missing=f"{uri}/{rel}: missing; the upload is incomplete or being replaced"):
                 bucket.blob(f"{base}/{rel}").download_to_filename(str(target), checksum="crc32c")
             if sha256_file(target) != entry.get("sha256"):

@@ -6,6 +6,14 @@ hash, MLflow run id). It is written to a temp directory and renamed, with `check
 killed at any moment leaves either a whole checkpoint or none; `latest()` skips anything incomplete or
 corrupt. Only the newest `keep` are kept.
 
+An fsdp run's checkpoint (train.parallel: fsdp, tasks/train/parallel.py) holds DCP files in place of the weights
+and optimizer files (tasks/train/sharded.py: `.metadata` and a `__<rank>_0.distcp` per rank), and an RNG
+state per rank (`rng-<rank>.pt`), beside the same `state.json`; its `checksums.json` covers every file. Every
+rank writes into one temp directory; after a barrier rank 0 seals and renames it (`save_sharded`). It
+resumes at any number of ranks; one that finds no RNG file of its own takes rank 0's (nothing in a training
+step draws random numbers but LoRA's dropout, which fsdp does not run). `load_weights` and `latest_model` read
+it into a plain model in one process, so eval, publish and serve need not know how it was trained.
+
 A LoRA run's checkpoint (tasks/train/lora.py) holds only the adapters in `model.safetensors`; its state.json
 names the base they adapt (`inputs.base`: the checkpoint the run started from, relative to the checkpoints
 directory, and that checkpoint's checksums.json hash; or model.init's import) and the embedding rows that
@@ -31,11 +39,13 @@ from tasks.common import atomic
 from tasks.common.errors import InputError
 from tasks.common.hashing import sha256_file
 from tasks.tokens.tokenizer import file_hash
-from tasks.train import lora, pretrained
+from tasks.train import lora, pretrained, sharded
+from tasks.train.distributed import Ranks
 
 log = logging.getLogger("chatpipe.checkpoint")
 _STEP = re.compile(r"^step-(\d{6,})$")
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "state.json")
+SHARDED_FILES = (".metadata", "rng-0.pt", "state.json")  # and the shards, which .metadata names
 
 
 def rng_state() -> dict:
@@ -60,11 +70,41 @@ def save(directory: Path, step: int, model: nn.Module, optimizer: list[dict], st
             save_model(model, str(tmp / "model.safetensors"))  # stores a tied matrix once
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        atomic.write_json(tmp / "state.json", state)
-        atomic.write_json(tmp / "checksums.json", {name: sha256_file(tmp / name) for name in FILES})
+        _seal(tmp, state)
+    _prune(directory, keep)
+    return final
+
+
+def save_sharded(directory: Path, step: int, model: nn.Module, optimizers, state: dict, keep: int,
+                 ranks: Ranks) -> Path:
+    """Every rank of an fsdp run: a DCP checkpoint, whole or not at all (see the module docstring)."""
+    final = Path(directory) / f"step-{step:06d}"
+    tmp = final.with_name(f".{final.name}.sharded-tmp")  # one name every rank knows
+    if ranks.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ranks.barrier()
+    sharded.write(tmp, model, optimizers.all, ranks.main)
+    torch.save(rng_state(), tmp / f"rng-{ranks.rank}.pt")
+    ranks.barrier()
+    if ranks.main:
+        _seal(tmp, state)
+        atomic.replace_dir(tmp, final)
+        _prune(directory, keep)
+    ranks.barrier()
+    return final
+
+
+def _seal(tmp: Path, state: dict) -> None:
+    """state.json, then checksums.json over every file: a checkpoint is complete once this is written."""
+    atomic.write_json(tmp / "state.json", state)
+    names = sorted(p.name for p in tmp.iterdir())
+    atomic.write_json(tmp / "checksums.json", {name: sha256_file(tmp / name) for name in names})
+
+
+def _prune(directory: Path, keep: int) -> None:
     for old in all_steps(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def all_steps(directory: Path) -> list[Path]:
@@ -77,7 +117,8 @@ def all_steps(directory: Path) -> list[Path]:
 def verify(path: Path) -> bool:
     try:
         sums = json.loads((path / "checksums.json").read_text())
-        return all(sha256_file(path / name) == sums[name] for name in FILES)
+        required = SHARDED_FILES if sharded.is_sharded(path) else FILES
+        return set(required) <= set(sums) and all(sha256_file(path / name) == sums[name] for name in sums)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -123,28 +164,41 @@ def _load_base(model: nn.Module, path: Path, base: dict) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """The whole model in checkpoint `path` into `model`: its weights, or (a LoRA checkpoint) its base's with
-    its adapters merged."""
+    """The whole model in checkpoint `path` into `model`: its weights (an fsdp run's DCP shards, gathered), or
+    (a LoRA checkpoint) its base's with its adapters merged."""
     path = Path(path)
     inputs = read_state(path).get("inputs", {})
-    if "base" not in inputs:
+    if sharded.is_sharded(path):
+        sharded.load_weights(model, path)
+    elif "base" not in inputs:
         load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
-        return
-    _load_base(model, path, inputs["base"])
-    lora.merge(model, inputs["recipe"]["lora"], path / "model.safetensors", inputs["base"].get("token_rows", []))
+    else:
+        _load_base(model, path, inputs["base"])
+        lora.merge(model, inputs["recipe"]["lora"], path / "model.safetensors", inputs["base"].get("token_rows", []))
 
 
-def load(path: Path, model: nn.Module) -> tuple[list[dict], dict, dict]:
+def load(path: Path, model: nn.Module, rank: int = 0) -> tuple[dict, dict]:
     """Load the weights into `model` (a LoRA run's model, with its base and adapters in place: the adapters);
-    return (optimizer states, rng states, state)."""
+    return (this rank's rng states, state). The optimizer states come after the model is wrapped
+    (`load_optimizer`)."""
+    path = Path(path)
     if lora.adapted(model):
-        lora.load(model, Path(path) / "model.safetensors")
+        lora.load(model, path / "model.safetensors")
     else:
         load_weights(model, path)
-    device = next(model.parameters()).device
-    optimizer = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    return optimizer, rng, read_state(path)
+    own = path / f"rng-{rank}.pt"
+    rng = own if own.exists() else path / ("rng-0.pt" if sharded.is_sharded(path) else "rng.pt")
+    return torch.load(rng, weights_only=True), read_state(path)
+
+
+def load_optimizer(path: Path, model: nn.Module, optimizers) -> None:
+    """Checkpoint `path`'s optimizer states into `optimizers` (tasks/train/optim.py) of `model` as it trains:
+    fully_shard-ed for a DCP checkpoint (every rank calls), else as built."""
+    if sharded.is_sharded(path):
+        sharded.load_optimizer(path, model, optimizers.all)
+    else:
+        device = next(model.parameters()).device
+        optimizers.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location=device, weights_only=True))
 
 
 def latest_model(directory: Path, device: str | torch.device = "cpu",

@@ -1,7 +1,8 @@
 """This process's place under `torchrun` (or alone), and the few collectives training needs.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them we are rank 0 of 1 and nothing here does
-any communication. gloo on CPU, NCCL on CUDA.
+any communication. gloo on CPU, NCCL on CUDA. How the model spreads over the ranks (DDP or FSDP2) is
+tasks/train/parallel.py's.
 """
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ class Ranks:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local = int(os.environ.get("LOCAL_RANK", "0"))
 
-    def start(self, device_type: str) -> None:
-        if self.world > 1 and not torch_dist.is_initialized():
-            torch_dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """DistributedDataParallel when there is more than one process, else the model itself."""
-        if self.world == 1:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.local] if device.type == "cuda" else None)
+    def start(self, device_type: str, group: bool = False) -> None:
+        """The process group, when there is more than one process or `group` asks for one anyway (FSDP needs
+        one: alone, a group of one in this process's memory, which needs no torchrun)."""
+        if torch_dist.is_initialized() or (self.world == 1 and not group):
+            return
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if self.world > 1:
+            torch_dist.init_process_group(backend)
+        else:
+            torch_dist.init_process_group(backend, store=torch_dist.HashStore(), rank=0, world_size=1)
 
     @property
     def main(self) -> bool:

@@ -3,7 +3,8 @@
 A plain loop: schedule the learning rate, forward and backward over the micro-batches, clip, step,
 record; every so often the validation loss, sample generations and a checkpoint. The distill phase is the
 same loop with a student model and the distillation loss (tasks/train/distill.py). Data-parallel under
-`torchrun` (gloo on CPU, NCCL on CUDA); bf16 autocast where the device computes bf16 natively
+`torchrun` (gloo on CPU, NCCL on CUDA), replicated (DDP) or sharded (FSDP2, `train.parallel`,
+tasks/train/parallel.py); bf16 autocast where the device computes bf16 natively
 (`train.precision`, tasks/train/backends/devices.py), with fp32 weights and optimizer state unless
 `train.weights: bf16` (`memory`). For memory too: `train.activation_checkpointing`, and `train.lora`, which
 trains low-rank adapters on a frozen base (tasks/train/lora.py).
@@ -21,6 +22,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +36,7 @@ from tasks.common.stage import StageResult, Timer, finish
 from tasks.common.tracking import Run
 from tasks.tokens.reader import TokenReader
 from tasks.tokens.tokenizer import load as load_tokenizer
-from tasks.train import checkpoint, curves, distill, lora, resume, sft
+from tasks.train import checkpoint, curves, distill, lora, parallel, resume, sft
 from tasks.train.backends import devices
 from tasks.train.backends.offload import StepContext
 from tasks.train.distributed import Ranks
@@ -71,7 +73,8 @@ def forward_backward(t: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tens
     for micro, batch in enumerate(batches):
         batch = [b.to(t.device, non_blocking=True) for b in batch]
         sync = micro == accum - 1 or t.ranks.world == 1
-        with (contextlib.nullcontext() if sync else t.train_model.no_sync()), t.autocast():
+        with (contextlib.nullcontext() if sync else parallel.MODES[t.cfg.parallel].no_sync(t.train_model)), \
+                t.autocast():
             loss, parts = t.objective(t.train_model, *batch)
         (loss * scale).backward()
         loss_sum += loss.detach().float() * scale
@@ -130,15 +133,16 @@ def skipped(layout: Layout, phase: str) -> StageResult:
 
 
 def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
-        replace_stale: bool = False) -> StageResult:
-    """Train one phase to its step count, from where it left off (tasks/train/resume.py)."""
+        replace_stale: bool = False, on_checkpoint: Callable[[Path], None] | None = None) -> StageResult:
+    """Train one phase to its step count, from where it left off (tasks/train/resume.py). `on_checkpoint` is
+    called with each checkpoint once it is written (a worker elsewhere uploads it: flows/train_worker.py)."""
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
     if (phase == "distill" and not params.distill.enabled) or (phase == "sft" and not params.sft.enabled):
         return skipped(layout, phase)
-    timer, ranks = Timer(), Ranks()
+    timer, ranks, mode = Timer(), Ranks(), parallel.MODES[params.train.parallel]
     device_kind, why = devices.pick(params.train.device)
-    ranks.start(device_kind.name)
+    ranks.start(device_kind.name, group=mode.sharded)
     device = device_kind.torch_device(ranks.local)
     dtype, mixed = devices.precision(device_kind, params.train.precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
@@ -172,22 +176,20 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
     if not lora.applies(phase, params):
         cfg = cfg.model_copy(update={"lora": None})
     lora.check(cfg.lora, mcfg, device_kind.name)
+    parallel.check(cfg, mcfg, device_kind.name)
     memory(model, cfg, device_kind.name)
     reader = TokenReader(shards, "train", mcfg.block_size, per_rank, seed=params.seed,
                          rank=ranks.rank, world_size=ranks.world)
     total = {"pilot": cfg.pilot_steps, "full": cfg.full_steps, "sft": params.sft.steps, "distill": params.distill.steps}[phase]
     directory = layout.checkpoints / phase
     inputs = resume.run_inputs(phase, params, manifest, mcfg, cfg, "bf16" if dtype else "fp32", teacher)
-    state, opt_state = resume.start(phase, params, layout, model, reader, inputs, replace_stale, teacher)
-    optimizers = Optimizers(model, cfg)  # after start: a LoRA run's adapters are attached now, and only they train
-    if opt_state:
-        optimizers.load_state_dict(opt_state)
+    state, resumed = resume.start(phase, params, layout, model, reader, inputs, replace_stale, teacher)
     if note := trains(model, cfg):
         why = f"{why}, {note}"
-
-    train_model = ranks.wrap(model, device)
-    if cfg.compile:
-        train_model = torch.compile(train_model, **({"mode": cfg.compile} if isinstance(cfg.compile, str) else {}))
+    train_model = mode.wrap(model, cfg, ranks, device, dtype)  # fsdp: the model itself, sharded in place
+    optimizers = Optimizers(model, cfg)  # after start: a LoRA run's adapters are attached now, and only they train
+    if resumed:
+        checkpoint.load_optimizer(resumed, model, optimizers)
     context = StepContext(model, train_model, optimizers, objective, cfg, reader, ranks, device, autocast,
                           distilling=teacher is not None, weighted=weighted)
     offloaded = device_kind.offload(context) if device_kind.offload else None  # Vulkan: the device steps
@@ -265,18 +267,21 @@ def run(params: Params, layout: Layout = Layout(), phase: str = "pilot",
                 state["val"].append([n, val])
                 if tracker:
                     tracker.log(n, {"val_loss": val, "val_ppl": math.exp(min(val, 50))})
-            if sample and ranks.main:
+            if sample and (ranks.main or mode.sharded):  # fsdp: each forward is collective
                 state["samples"] = samples(model, tokenizer, cfg.sample_tokens, seed=params.seed + n)
+            if sample and ranks.main:
                 tracker.log_text("\n\n".join(f"{s['prompt']}{s['completion']}" for s in state["samples"]),
                                  f"samples/{phase}-step-{n:06d}.txt")
             if save:
                 if ranks.main:
                     tracker.flush()
-                    checkpoint.save(directory, n, model, optimizers.state_dict(),
-                                    {"step": n, "phase": phase, "inputs": inputs,
-                                     "reader": reader.state_dict(), "train": state},
-                                    keep=cfg.keep_checkpoints)
+                saved = mode.save(directory, n, model, optimizers, {"step": n, "phase": phase, "inputs": inputs,
+                                                                    "reader": reader.state_dict(), "train": state},
+                                  cfg.keep_checkpoints, ranks)  # every rank: fsdp's ranks each write their shards
+                if ranks.main:
                     curves.write(layout, phase, state)
+                    if on_checkpoint:
+                        on_checkpoint(saved)
                 ranks.barrier()
 
     latest = checkpoint.latest(directory)

@@ -40,7 +40,7 @@ log = logging.getLogger("chatpipe.train")
 
 RECIPE = ("optimizer", "batch_size", "grad_accum", "lr", "lr_min", "warmup_steps", "beta1", "beta2",
           "weight_decay", "grad_clip", "muon_lr", "muon_momentum", "full_init", "lora", "activation_checkpointing",
-          "weights")
+          "weights", "parallel")
 
 
 def run_inputs(phase: str, params: Params, manifest: dict, mcfg: ModelConfig, cfg: TrainParams, precision: str,
@@ -98,17 +98,18 @@ def _stale(latest: Path, diff: list[str], replace_stale: bool) -> None:
     log.warning("inputs changed (%s): moved %s aside to %s; starting over", "; ".join(diff), directory, aside)
 
 
-def _resume(latest: Path, model: Transformer, reader: TokenReader) -> tuple[dict, list[dict]]:
-    opt_state, rng, saved = checkpoint.load(latest, model)
+def _resume(latest: Path, model: Transformer, reader: TokenReader) -> tuple[dict, Path]:
+    rng, saved = checkpoint.load(latest, model, reader.rank)
     checkpoint.set_rng_state(rng)
-    reader.load_state_dict(saved["reader"])
-    return saved["train"], opt_state
+    reader.load_state_dict(saved["reader"])  # a global position: any world size resumes it (tasks/train/parallel.py)
+    return saved["train"], latest
 
 
 def start(phase: str, params: Params, layout: Layout, model: Transformer, reader: TokenReader, inputs: dict,
-          replace_stale: bool, teacher: distill.Teacher | None) -> tuple[dict, list[dict] | None]:
-    """The loop's state to start from and the optimizer states to load (None: a fresh start), with the model,
-    RNG and reader put where it starts.
+          replace_stale: bool, teacher: distill.Teacher | None) -> tuple[dict, Path | None]:
+    """The loop's state to start from and the checkpoint it resumes (None: a fresh start), with the model,
+    RNG and reader put where it starts; the optimizer states come from that checkpoint once the optimizers are
+    built (checkpoint.load_optimizer).
 
     Resume from the phase's latest checkpoint if it has the same inputs; else the pilot, the teacher
     (distill.init=teacher) or scratch (see the module docstring). A LoRA run (`recipe.lora` in the inputs)
@@ -145,7 +146,7 @@ def start(phase: str, params: Params, layout: Layout, model: Transformer, reader
 
 
 def _adapt(state: dict, layout: Layout, model: Transformer, reader: TokenReader, inputs: dict,
-           resuming: Path | None, replace_stale: bool) -> tuple[dict, list[dict] | None]:
+           resuming: Path | None, replace_stale: bool) -> tuple[dict, Path | None]:
     """A LoRA run, its base loaded: record the base, attach the adapters, resume them if it may."""
     if state["init"] == "scratch":
         raise ConfigError("params: train.lora: this run starts from random weights; LoRA adapts trained ones")

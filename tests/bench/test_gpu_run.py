@@ -26,7 +26,7 @@ def test_cpu_smoke_runs_every_part(built, tmp_path):
     report = json.loads((out / "results.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"probe", "tests", "seed_pilot", "seed_full", "seed_bundle", "vulkan", "kernels",
-                          "train_chat", "train_nano", "seed_graphs", "finetune"}
+                          "train_chat", "train_nano", "seed_graphs", "finetune", "fsdp"}
     skipped = {k: p["why"] for k, p in parts.items() if p["status"] == "skipped"}
     assert set(skipped) <= {"kernels", "seed_graphs", "vulkan"}, skipped  # CUDA only; vulkan: only without IREE
     for key, part in parts.items():
@@ -38,4 +38,4 @@ def test_cpu_smoke_runs_every_part(built, tmp_path):
     assert {"results.json", "results.md", "logs.txt", "seed-curves.csv", "seed-bundle.tar.00"} <= set(files)
     assert len(files) <= 8, files  # what the device tool brings back
     assert "| a. probe | ok |" in (out / "results.md").read_text()
-    assert seconds < 120, f"the smoke took {seconds:.0f} s; make test allows it 2 minutes"
+    assert seconds < 150, f"the smoke took {seconds:.0f} s; make test allows it 2.5 minutes"

@@ -1,30 +1,24 @@
 """`prefect deployment run chat-pipeline/local` through a real local server and process worker, as the
-README says: `chatpipe up`, the run, `chatpipe down`."""
+README says: `chatpipe up`, the run, `chatpipe down`; from a git checkout (the training deployments clone the code
+at the flow's commit), with the default store: a directory in the workdir, nothing to set up."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tasks.train.backends.devices import DEVICES
 
-from conftest import MICRO, make_project
+from conftest import MICRO, free_port, git_snapshot, make_project
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_deployment_run_on_local_server_and_worker(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": str(git_snapshot(tmp_path / "checkout"))}
     root = make_project(tmp_path / "proj")
     # CI installs Mesa's lavapipe, so training goes to the train/vulkan deployment for real; elsewhere train/cpu.
     # The distill phase's teacher runs in torch, which the Vulkan step does not: it is off on that pool.
@@ -54,4 +48,5 @@ def test_deployment_run_on_local_server_and_worker(tmp_path):
     assert json.loads((root / "metrics" / "gate.json").read_text())["passed"]
     assert json.loads((root / "metrics" / "full.json").read_text())["device"].startswith(f"{pool} (requested), ")
     assert (root / "dist" / "chat-pipeline" / "checksums.json").exists()        # eval and publish ran too
+    assert [p.name for p in (root / "store" / "runs").iterdir()] and any((root / "store" / "prefect-results").iterdir())
     assert (root / "dist" / "chat-pipeline-ternary" / "checksums.json").exists() == (pool == "cpu")  # the student

@@ -354,6 +354,25 @@ def test_train_memory_options_by_hand():
     assert "no fp32 master copy" in describe(cfg, weights="bf16")
 
 
+def test_train_memory_per_gpu_under_ddp_and_fsdp_by_hand():
+    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)  # as above: 22,176 params, 10,048 a layer, 5,888 B a token
+    # 4 GPUs, batch 8 x 8: each GPU's activations are 2 sequences x 8 tokens x 5888 B
+    ddp = train_memory(cfg, 8, 8, gpus=4)
+    assert ddp == {"weights": 88704, "grads": 88704, "optimizer": 2 * 88704, "activations": 16 * 5888,
+                   "total": 4 * 88704 + 16 * 5888}
+    # fsdp: a quarter of weights, grads and AdamW moments; gathered: the root (tied embedding 64 x 32 + final norm
+    # 32 = 2080) and one block (10048), whole, in fp32
+    fsdp = train_memory(cfg, 8, 8, gpus=4, parallel="fsdp")
+    assert fsdp == {"weights": 22176, "grads": 22176, "optimizer": 44352, "activations": 16 * 5888,
+                    "gathered": (2080 + 10048) * 4, "total": 22176 * 4 + 16 * 5888 + 12128 * 4}
+    assert train_memory(cfg, 8, 8, parallel="fsdp")["weights"] == 88704  # one GPU: nothing to shard with
+    with pytest.raises(ValueError, match="lora_rank: LoRA trains under ddp"):
+        train_memory(cfg, 8, 8, gpus=2, parallel="fsdp", lora_rank=2)
+    with pytest.raises(ValueError, match="parallel"):
+        train_memory(cfg, 8, 8, parallel="zero3")
+    assert "per GPU of 4 (fsdp)" in describe(cfg, gpus=4, parallel="fsdp")
+
+
 def test_lora_params_match_peft():
     from peft import LoraConfig, get_peft_model
 
