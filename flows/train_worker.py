@@ -105,10 +105,14 @@ def train(phase: str, params: dict, store: str, inputs: dict[str, str], run: str
     atomic.write_bytes(workdir / "params.yaml", yaml.safe_dump(params, sort_keys=False).encode())
     pinned = [f"train.device={device}"] if device else []
     log = get_run_logger()  # not print: a worker that died leaves its run's stdout a broken pipe
-    result = Request([], pinned, str(workdir)).run(
-        phase, on_checkpoint=lambda path: log.info("uploaded %s", artifacts.put(path, f"{run}/{path.name}")))
+
+    def upload(path: Path) -> None:
+        log.info("uploaded %s", artifacts.put(path, f"{run}/{path.name}"))  # skipped when the store has it whole
+
+    result = Request([], pinned, str(workdir)).run(phase, on_checkpoint=upload)
     log.info(result.summary)
-    last = checkpoint.latest(workdir / "checkpoints" / phase)
+    if last := checkpoint.latest(workdir / "checkpoints" / phase):  # trained here before, and done: no save ran
+        upload(last)
     spec = PIPELINE[phase]
     files = [spec.metrics, *(p.path for p in spec.plots)]
     return {"summary": result.summary, "metrics": result.metrics, "ok": result.ok,

@@ -18,7 +18,8 @@ def test_deployment_run_on_local_server_and_worker(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PATH": f"{BIN}:{env['PATH']}",
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": str(git_snapshot(tmp_path / "checkout"))}
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONPATH": str(git_snapshot(tmp_path / "checkout")),
+            "CHATPIPE_WORKDIR": str(tmp_path / "worker")}  # not ~/.cache/chatpipe/work, which other runs share
     root = make_project(tmp_path / "proj")
     # CI installs Mesa's lavapipe, so training goes to the train/vulkan deployment for real; elsewhere train/cpu.
     # The distill phase's teacher runs in torch, which the Vulkan step does not: it is off on that pool.
