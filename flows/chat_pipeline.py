@@ -41,7 +41,7 @@ def stage_task(name: str) -> Callable[..., StageResult]:
 
     @task(name=name, cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: p["key"]), persist_result=True,
           retries=spec.retries, retry_delay_seconds=5, retry_condition_fn=crashed)
-    def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None, results: str
+    def run(request: Request, consumes: tuple[StageResult, ...], key: str, train_pool: str | None
             ) -> tuple[StageResult]:
         # Prefect links a task's return value and its direct parts to the task run, by identity; a part of a
         # StageResult is its stage name, an interned string that the next stages' metrics repeat, which would
@@ -49,15 +49,14 @@ def stage_task(name: str) -> Callable[..., StageResult]:
         if train_pool and spec.dispatch:
             from flows.train_worker import dispatch
 
-            return (dispatch(train_pool, name, request, key, results),)
+            return (dispatch(train_pool, name, request, key),)
         return (request.run(name),)
 
     def call(request: Request, *consumes: StageResult | None, train_pool: str | None = None) -> StageResult:
         params, root = request.load(), request.root
         fresh = {} if stages.outputs_present(spec, root) else {"refresh_cache": True}  # files gone: no result
-        results = stages.result_storage(params, root)
-        [result] = run.with_options(**fresh, result_storage=results)(
-            request, tuple(r for r in consumes if r), stages.cache_key(spec, params, root), train_pool, results)
+        [result] = run.with_options(**fresh, result_storage=request.results)(
+            request, tuple(r for r in consumes if r), stages.cache_key(spec, params, root), train_pool)
         get_run_logger().info(result.summary)
         if not result.ok and spec.halts:
             raise StageFailed(result.summary)
@@ -80,7 +79,7 @@ def chat_pipeline(overlays: list[str] = (), overrides: list[str] = (), workdir: 
                    workdir=str(Path(workdir).resolve()))
     params = base.load()  # bad params fail here, before any work
     with base.lock(), report.parent_run(base) as parent:
-        request = base.with_parent(parent.run_id)
+        request = base.with_parent(parent.run_id).with_results(stages.result_storage(params, base.root))
         documents = ingest(request)
         bpe = tokenizer(request, documents)
         shards = shard(request, documents, bpe)

@@ -23,6 +23,7 @@ class Request:
     overlays: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     workdir: str = "."
+    results: str | None = None  # the Prefect block the flow's tasks persist their results to (flows/stages.py)
 
     @property
     def root(self) -> Path:
@@ -34,6 +35,9 @@ class Request:
 
     def with_parent(self, run_id: str) -> Request:
         return replace(self, overrides=[*self.overrides, f"tracking.parent_run_id={run_id}"])
+
+    def with_results(self, block: str) -> Request:
+        return replace(self, results=block)
 
     def run(self, stage: str, **args) -> StageResult:
         params = self.load()

@@ -45,7 +45,7 @@ from tasks.common.config import PROJECT_ROOT, params_dict
 from tasks.common.errors import ChatpipeError
 from tasks.common.hashing import code_hash
 from tasks.common.stage import StageResult
-from tasks.publish.store import Store, tree_key
+from tasks.publish.store import Store
 from tasks.train import checkpoint
 
 CODE = ("chatpipe", "flows", "tasks", "model", "kernels")  # what must be the same on both sides
@@ -125,20 +125,18 @@ def repository() -> str:
     return os.environ.get("CHATPIPE_REPO") or _git("remote", "get-url", "origin") or str(PROJECT_ROOT)
 
 
-def dispatch(pool: str, phase: str, request: Request, key: str, results: str) -> StageResult:
+def dispatch(pool: str, phase: str, request: Request, key: str) -> StageResult:
     """Run `phase` as the `train/<pool>` deployment and wait for it; its last checkpoint and metrics files are then
-    in this workdir. `key`: the stage's cache key (where its checkpoints go); `results`: the results block slug."""
+    in this workdir. `key`: the stage's cache key (where its checkpoints go)."""
     from prefect.deployments import run_deployment
 
     params, root = request.load(), request.root
     artifacts = Store(params.store.uri, root)
-    inputs = {rel: tree_key("checkpoint" if rel.startswith("checkpoints/") else path.name, path)
+    inputs = {rel: artifacts.put_content(path, "checkpoint" if rel.startswith("checkpoints/") else path.name)
               for rel, path in _inputs(phase, root).items()}
-    for rel, content_key in inputs.items():
-        artifacts.put(root / rel, content_key)
     origin = code_identity()
     env = {"CHATPIPE_REPO": repository(), "CHATPIPE_COMMIT": origin["commit"] or "",
-           "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": results, "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+           "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": request.results, "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(lost_runs.HEARTBEAT_S)}
     lost_runs.ensure()  # a run whose worker dies is marked Crashed, and retried below
     run = run_deployment(f"train/{pool}", parameters={

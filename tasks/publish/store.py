@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tasks.common import atomic
 from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import hash_tree, sha256_file
+from tasks.common.hashing import sha256_file
 from tasks.publish import gcs
 
 MARKER = "_COMPLETE"
@@ -142,11 +142,10 @@ class GCSBackend:
 BACKENDS = {"file": LocalBackend, "gs": GCSBackend}
 
 
-def tree_key(kind: str, path: Path) -> str:
-    """The content key of a directory: `<kind>/<sha256 of its files' names and bytes>`."""
-    h = hashlib.sha256()
-    hash_tree(h, path)
-    return f"{kind}/{h.hexdigest()}"
+def _entries(directory: Path) -> dict[str, dict]:
+    """What a marker lists: each file's size and sha256, by its path under `directory`."""
+    files = (p for p in sorted(Path(directory).rglob("*")) if p.is_file())
+    return {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
 
 
 class Store:
@@ -182,19 +181,27 @@ class Store:
         gcs.check_names(marker["files"], f"{self.url(key)}/{MARKER}")
         return marker
 
-    def put(self, directory: Path, key: str) -> str:
-        """Upload `directory` under `key` (skipped when the store already holds it whole); its URI."""
+    def put(self, directory: Path, key: str, entries: dict | None = None) -> str:
+        """Upload `directory` under `key` (skipped when the store already holds it whole); its URI. `entries`: its
+        files' sizes and hashes when the caller has them (`put_content`), else read here."""
         directory = Path(directory)
-        files = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
-        entries = {rel: {"size": p.stat().st_size, "sha256": sha256_file(p)} for rel, p in files.items()}
+        entries = entries or _entries(directory)
         existing = self.marker(key)
         if existing and existing["files"] == entries:
             return self.url(key)
         self.backend.delete(f"{key}/{MARKER}")
-        for rel, path in files.items():
-            self.backend.put(f"{key}/{rel}", path)
+        for rel in entries:
+            self.backend.put(f"{key}/{rel}", directory / rel)
         self.backend.put_bytes(f"{key}/{MARKER}", json.dumps({"format": FORMAT, "files": entries}, indent=1).encode())
         return self.url(key)
+
+    def put_content(self, directory: Path, kind: str) -> str:
+        """Upload `directory` under its content key, `<kind>/<sha256 of its files' names, sizes and hashes>` (one
+        reading of its files for the key and the marker); the key."""
+        entries = _entries(directory)
+        key = f"{kind}/{hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()}"
+        self.put(directory, key, entries)
+        return key
 
     def keys(self, prefix: str) -> list[str]:
         """Keys under `prefix` whose upload is complete (a marker), sorted."""
