@@ -29,11 +29,11 @@ import tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.common.documents import iter_batches  # noqa: E402
-from tasks.common.layout import Layout  # noqa: E402
-from tasks.ingest import ingest  # noqa: E402
-from tasks.tokens import shard, tokenizer  # noqa: E402
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from chatpipe.tasks.common.documents import iter_batches  # noqa: E402
+from chatpipe.tasks.common.layout import Layout  # noqa: E402
+from chatpipe.tasks.ingest import ingest  # noqa: E402
+from chatpipe.tasks.tokens import shard, tokenizer  # noqa: E402
 
 
 def peer_loop(encode, texts: list[str], batch: int) -> list:

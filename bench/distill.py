@@ -36,12 +36,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kernels import ternary_cpu  # noqa: E402
-from model import Transformer, preset  # noqa: E402
-from model.decode import Decoder  # noqa: E402
-from model.ternary_linear import held_bytes  # noqa: E402
-from tasks.common import bundle  # noqa: E402
-from tasks.evals.evaluate import decode_times  # noqa: E402
+from chatpipe.kernels import ternary_cpu  # noqa: E402
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer  # noqa: E402
+from chatpipe.model.decode import Decoder  # noqa: E402
+from chatpipe.model.ternary_linear import held_bytes  # noqa: E402
+from chatpipe.tasks.common import bundle  # noqa: E402
+from chatpipe.tasks.evals.evaluate import decode_times  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"demo": preset("chat-7m", vocab_size=2048, n_layer=4, n_embd=128, n_head=4, block_size=128),  # configs/tiny

@@ -156,8 +156,8 @@ def cross_entropy_case(k, args, n: int, d: int, v: int) -> dict:
 
 
 def ternary_cases(k, args) -> list[dict]:
-    from kernels.ternary_codes import unpack_ternary
-    from model.quant import pack_ternary
+    from chatpipe.kernels.ternary_codes import unpack_ternary
+    from chatpipe.model.quant import pack_ternary
 
     n, kk, ms = SHAPES["quick" if args.quick else "full"]["ternary"]
     packed, scale, shape = pack_ternary(torch.randn(n, kk))
@@ -198,7 +198,7 @@ def main() -> None:
         import triton
     except ImportError:
         sys.exit("bench/kernels.py: needs the cuda extra (triton): pip install 'chat-pipeline[cuda]'")
-    import kernels.cuda as k
+    import chatpipe.kernels.cuda as k
     torch.manual_seed(0)
     groups = {"rms_norm": rms_norm_cases, "cross_entropy": cross_entropy_cases, "ternary": ternary_cases}
     rows = []

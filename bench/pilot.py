@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.common.layout import Layout  # noqa: E402
-from tasks.ingest import ingest  # noqa: E402
-from tasks.tokens import shard, tokenizer  # noqa: E402
-from tasks.train import loop  # noqa: E402
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from chatpipe.tasks.common.layout import Layout  # noqa: E402
+from chatpipe.tasks.ingest import ingest  # noqa: E402
+from chatpipe.tasks.tokens import shard, tokenizer  # noqa: E402
+from chatpipe.tasks.train import loop  # noqa: E402
 
 
 def plot(curve_csv: Path, val_csv: Path, out: Path) -> None:

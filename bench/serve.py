@@ -38,13 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import Transformer, preset  # noqa: E402
-from serve.app import create_app  # noqa: E402
-from serve.engine import Engine  # noqa: E402
-from serve.sampling import Sampling  # noqa: E402
-from serve.server import running  # noqa: E402
-from tasks.common import bundle  # noqa: E402
-from tasks.publish import hf_export  # noqa: E402
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer  # noqa: E402
+from chatpipe.serve.app import create_app  # noqa: E402
+from chatpipe.serve.engine import Engine  # noqa: E402
+from chatpipe.serve.sampling import Sampling  # noqa: E402
+from chatpipe.serve.server import running  # noqa: E402
+from chatpipe.tasks.common import bundle  # noqa: E402
+from chatpipe.tasks.publish import hf_export  # noqa: E402
 
 PROMPT = "<|user|> Can you recommend a good book about the sea?\n<|assistant|>"
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.common.layout import Layout  # noqa: E402
-from tasks.evals.evaluate import chat, load_model, validation  # noqa: E402
-from tasks.tokens import pack  # noqa: E402
-from tasks.train import loop  # noqa: E402
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from chatpipe.tasks.common.layout import Layout  # noqa: E402
+from chatpipe.tasks.evals.evaluate import chat, load_model, validation  # noqa: E402
+from chatpipe.tasks.tokens import pack  # noqa: E402
+from chatpipe.tasks.train import loop  # noqa: E402
 
 ARMS = {"masked": 0.0, "plain": 1.0, "0.1": 0.1}
 

@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import ternary_cpu  # noqa: E402
-from kernels.ternary_codes import activation_codes, pack_codes, packed_rows  # noqa: E402
+from chatpipe.kernels import ternary_cpu  # noqa: E402
+from chatpipe.kernels.ternary_codes import activation_codes, pack_codes, packed_rows  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {"demo": [(128, 384), (128, 128), (128, 768), (384, 128)],      # (K, N): qkv, wo, gate_up, down

@@ -67,8 +67,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model import Transformer, flops_per_token, preset  # noqa: E402
-from tasks.train.backends.devices import DEVICES  # noqa: E402
+from chatpipe.model.info import flops_per_token
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer  # noqa: E402
+from chatpipe.tasks.train.backends.devices import DEVICES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = "transformers LlamaForCausalLM (sdpa)"
@@ -110,7 +112,7 @@ SIDES = (
 
 def check_same_task(cfg, x: torch.Tensor) -> int:
     """Equal parameter counts, and equal losses with our weights copied into theirs; the parameter count."""
-    from tasks.publish.hf_export import hf_state_dict
+    from chatpipe.tasks.publish.hf_export import hf_state_dict
 
     torch.manual_seed(0)
     models = {side.key: side.build(cfg).to(x.device) for side in SIDES}

@@ -15,11 +15,11 @@ from typing import Annotated, Callable, Optional
 import typer
 import yaml
 
-from tasks import PIPELINE, Stage
-from tasks.common import atomic
-from tasks.common.config import load_params, params_dict
-from tasks.common.errors import ChatpipeError, StageFailed
-from tasks.common.layout import Layout
+from chatpipe.tasks.pipeline import PIPELINE, Stage
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import load_params, params_dict
+from chatpipe.tasks.common.errors import ChatpipeError, StageFailed
+from chatpipe.tasks.common.layout import Layout
 
 # What the pipeline does not need from its libraries, off unless the user sets it: Prefect's server telemetry
 # (it posts to prefect.io; on the temporary server's fresh SQLite it raced the first flow run: `database is
@@ -129,7 +129,7 @@ def train(phase: Annotated[str, typer.Option(help=f"{', '.join(PHASES)} (distill
 def dvc_yaml(directory: DirOpt = Path("."),
              check: Annotated[bool, typer.Option(help="Only compare: exit 1 if dvc.yaml differs.")] = False,
              debug: DebugOpt = False) -> None:
-    """Write dvc.yaml from the stage table (tasks/__init__.py); `--check` says whether it is current."""
+    """Write dvc.yaml from the stage table (tasks/pipeline.py); `--check` says whether it is current."""
     def go() -> bool:
         from chatpipe.dvc import render
 
@@ -153,7 +153,7 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
                  help="Run training as the train/<pool> deployment on a worker of that pool.")] = None) -> None:
     """Run the whole chat-pipeline Prefect flow here (Prefect's ephemeral server unless PREFECT_API_URL is set)."""
     def go():
-        from flows.chat_pipeline import chat_pipeline
+        from chatpipe.flows.chat_pipeline import chat_pipeline
 
         _quiet_libraries(debug)  # Prefect's handlers exist once it is imported
         summary = chat_pipeline(overlays=[str(p.resolve()) for p in params or []], overrides=list(set_ or []),
@@ -184,8 +184,8 @@ def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.
     """Start a local Prefect server, the process pools, the deployments, and workers for `local`, `cpu` and
     (with that device here) `cuda` / `vulkan`."""
     def go():
-        from flows.local import local_pools
-        from flows.local import up as start
+        from chatpipe.flows.local import local_pools
+        from chatpipe.flows.local import up as start
 
         pools = local_pools()
         url = start(port, pools)
@@ -204,7 +204,7 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool whose training 
     """Take training runs of the train/<pool> deployment from the Prefect server at $PREFECT_API_URL: inputs and
     checkpoints through the flow's store (its credentials from the environment), code cloned at the flow's commit."""
     def go():
-        from flows.local import worker as start
+        from chatpipe.flows.local import worker as start
 
         start(pool, workdir)
     _call(go, debug)
@@ -214,7 +214,7 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool whose training 
 def down(debug: DebugOpt = False) -> None:
     """Stop the workers and the Prefect server that `chatpipe up` started."""
     def go():
-        from flows.local import down as stop
+        from chatpipe.flows.local import down as stop
 
         stop()
         typer.echo("stopped the workers and the Prefect server")
@@ -245,11 +245,11 @@ def serve(model: ModelOpt,
           device: DeviceOpt = "auto", debug: DebugOpt = False) -> None:
     """Serve a model: an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models) and a /chat page."""
     def go():
-        from serve.app import create_app
-        from serve.auth import ENV_VAR, Keys
-        from serve.engine import Engine
-        from serve.server import bind, is_loopback, serve_forever, url
-        from serve.source import open_bundle
+        from chatpipe.serve.app import create_app
+        from chatpipe.serve.auth import ENV_VAR, Keys
+        from chatpipe.serve.engine import Engine
+        from chatpipe.serve.server import bind, is_loopback, serve_forever, url
+        from chatpipe.serve.source import open_bundle
 
         keys = Keys.configured(api_key_file)
         engine = Engine(open_bundle(model, device), max_concurrent, queue_timeout)
@@ -281,9 +281,9 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
     def go():
         import dataclasses
 
-        from serve.engine import Engine
-        from serve.source import open_bundle
-        from serve.terminal import chat as converse
+        from chatpipe.serve.engine import Engine
+        from chatpipe.serve.source import open_bundle
+        from chatpipe.serve.terminal import chat as converse
 
         engine = Engine(open_bundle(model, device), max_concurrent=1)
         chosen = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_tokens": max_tokens,
@@ -311,8 +311,9 @@ def model_info(preset: Annotated[str, typer.Argument(
                debug: DebugOpt = False) -> None:
     """Parameters (total/active), FLOPs per token and per-GPU training memory of a model preset or HF checkpoint."""
     def go():
-        from model import PRESETS, describe
-        from tasks.common.errors import ConfigError, InputError
+        from chatpipe.model.info import describe
+        from chatpipe.model.presets import PRESETS
+        from chatpipe.tasks.common.errors import ConfigError, InputError
 
         if not preset.startswith("hf:") and preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, or hf:<dir or org/name>")

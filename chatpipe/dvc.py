@@ -1,4 +1,4 @@
-"""`dvc.yaml`, generated from the stage table (tasks/__init__.py) so the two cannot disagree.
+"""`dvc.yaml`, generated from the stage table (tasks/pipeline.py) so the two cannot disagree.
 
 DVC reads dvc.yaml from the repository, so it stays a committed file; `chatpipe dvc-yaml` rewrites it
 and tests/test_house.py fails when the committed one differs from what the table gives. Each stage runs
@@ -7,11 +7,11 @@ default, so `dvc repro` finishes on a laptop CPU; configs/seed.yaml is the empty
 """
 from __future__ import annotations
 
-from tasks import PIPELINE, Stage
+from chatpipe.tasks.pipeline import PIPELINE, Stage
 
 OVERLAY = "configs/tiny.yaml"
 HEADER = """\
-# Generated from the stage table (tasks/__init__.py) by `chatpipe dvc-yaml`: change the table, not this file.
+# Generated from the stage table (tasks/pipeline.py) by `chatpipe dvc-yaml`: change the table, not this file.
 # `dvc repro` (or `make repro`) runs what changed and nothing else. Each stage runs the same `chatpipe`
 # command a user would, on params.yaml plus the overlay named in vars (tiny by default, so `dvc repro`
 # finishes on a laptop CPU; configs/seed.yaml, the empty overlay, gives the seed config). A stage's deps

@@ -2,7 +2,7 @@
 
     ingest → tokenizer → shard → pilot → gate → full → distill → eval → publish
 
-Each box is a Prefect task made from its entry in the stage table (tasks/__init__.py) and calls the same
+Each box is a Prefect task made from its entry in the stage table (tasks/pipeline.py) and calls the same
 `run` as the CLI and DVC. A task takes the results of the stages it consumes, so Prefect's UI draws the
 edges of the DAG; its cache key is the content hash of what it reads (flows/stages.py), so a re-run with
 nothing changed does no work and a changed param or code file re-runs its stage and everything after it.
@@ -22,11 +22,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
 
-from flows import report, stages
-from flows.request import Request
-from tasks import PIPELINE
-from tasks.common.errors import ChatpipeError, GateFailed, StageFailed
-from tasks.common.stage import StageResult
+from chatpipe.flows import report, stages
+from chatpipe.flows.request import Request
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.common.errors import ChatpipeError, GateFailed, StageFailed
+from chatpipe.tasks.common.stage import StageResult
 
 
 def crashed(task, task_run, state) -> bool:
@@ -47,7 +47,7 @@ def stage_task(name: str) -> Callable[..., StageResult]:
         # StageResult is its stage name, an interned string that the next stages' metrics repeat, which would
         # draw edges that are not there. Returned as (result,), only the result itself is linked.
         if train_pool and spec.dispatch:
-            from flows.train_worker import dispatch
+            from chatpipe.flows.train_worker import dispatch
 
             return (dispatch(train_pool, name, request, key),)
         return (request.run(name),)

@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.common.config import PROJECT_ROOT
-from tasks.common.errors import ChatpipeError
+from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.common.errors import ChatpipeError
 
 POOLS = ("local", "cpu")  # pools that always get a worker here; every pool in prefect.yaml is created
 
@@ -24,7 +24,7 @@ POOLS = ("local", "cpu")  # pools that always get a worker here; every pool in p
 def local_pools() -> tuple[str, ...]:
     """POOLS, plus `cuda` / `vulkan` when this machine has that device (tasks/train/backends/devices.py; software Vulkan
     such as lavapipe counts: it runs Vulkan training for real, only slowly)."""
-    from tasks.train.backends.devices import DEVICES
+    from chatpipe.tasks.train.backends.devices import DEVICES
 
     return POOLS + tuple(name for name in ("cuda", "vulkan") if DEVICES[name].available())
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from flows.request import Request
-from tasks.common.config import params_dict
-from tasks.common.stage import StageResult
-from tasks.common.tracking import Run, ui_url
-from tasks.evals.compare import comparison_table
-from tasks.publish.lineage import git_commit
+from chatpipe.flows.request import Request
+from chatpipe.tasks.common.config import params_dict
+from chatpipe.tasks.common.stage import StageResult
+from chatpipe.tasks.common.tracking import Run, ui_url
+from chatpipe.tasks.evals.compare import comparison_table
+from chatpipe.tasks.publish.lineage import git_commit
 
 
 def parent_run(request: Request) -> Run:

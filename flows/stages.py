@@ -1,6 +1,6 @@
 """The flow's view of a stage: its content-hash cache key, whether its outputs exist, where its result is kept.
 
-A stage's key is the sha256 of its table entry (tasks/__init__.py), the values of the params keys it
+A stage's key is the sha256 of its table entry (tasks/pipeline.py), the values of the params keys it
 reads, its code folders and its inputs (files by their bytes; directories by all their files except
 `manifest.json`, which holds timings). `dvc.yaml` is generated from the same entries, so the flow and
 `dvc repro` re-run a stage for the same reasons. Code resolves against the project, data against the
@@ -12,10 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from tasks import Stage
-from tasks.common.config import PROJECT_ROOT, Params, params_dict
-from tasks.common.hashing import code_hash, hash_tree
-from tasks.publish.store import Store
+from chatpipe.tasks.pipeline import Stage
+from chatpipe.tasks.common.config import PROJECT_ROOT, Params, params_dict
+from chatpipe.tasks.common.hashing import code_hash, hash_tree
+from chatpipe.tasks.publish.store import Store
 
 
 def _lookup(params: dict, dotted: str):

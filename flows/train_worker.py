@@ -37,16 +37,16 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 
-from flows import lost_runs
-from flows.request import Request
-from tasks import PIPELINE
-from tasks.common import atomic
-from tasks.common.config import PROJECT_ROOT, params_dict
-from tasks.common.errors import ChatpipeError
-from tasks.common.hashing import code_hash
-from tasks.common.stage import StageResult
-from tasks.publish.store import Store
-from tasks.train import checkpoint
+from chatpipe.flows import lost_runs
+from chatpipe.flows.request import Request
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import PROJECT_ROOT, params_dict
+from chatpipe.tasks.common.errors import ChatpipeError
+from chatpipe.tasks.common.hashing import code_hash
+from chatpipe.tasks.common.stage import StageResult
+from chatpipe.tasks.publish.store import Store
+from chatpipe.tasks.train import checkpoint
 
 CODE = ("chatpipe", "flows", "tasks", "model", "kernels")  # what must be the same on both sides
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ternary_codes import EPS, activation_codes, pack_codes
+from chatpipe.kernels.ternary_codes import EPS, activation_codes, pack_codes
 
 _SUFFIXES = ("weight", "weight_scale", "weight_shape")  # the three entries a packed weight becomes
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.ternary_codes import pack_codes
-from kernels.ternary_matmul import kernel_for
+from chatpipe.kernels.ternary_codes import pack_codes
+from chatpipe.kernels.ternary_matmul import kernel_for
 
 from .quant import BitLinear, pack_ternary, split_packed
 

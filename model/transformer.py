@@ -103,13 +103,13 @@ class RMSNorm(nn.RMSNorm):
 
 
 def _triton() -> tuple:
-    from kernels.cuda import linear_cross_entropy, rms_norm
+    from chatpipe.kernels.cuda import linear_cross_entropy, rms_norm
 
     return rms_norm, linear_cross_entropy
 
 
 def _chunked() -> tuple:
-    from kernels.cross_entropy import linear_cross_entropy
+    from chatpipe.kernels.cross_entropy import linear_cross_entropy
 
     return None, linear_cross_entropy
 

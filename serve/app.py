@@ -27,20 +27,20 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from serve import prompts
-from serve.auth import Keys
-from serve.engine import Busy, Engine, Finish, Generation
-from serve.errors import APIError
-from serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
-from serve.sampling import Sampling
-from serve.schema import (
+from chatpipe.serve import prompts
+from chatpipe.serve.auth import Keys
+from chatpipe.serve.engine import Busy, Engine, Finish, Generation
+from chatpipe.serve.errors import APIError
+from chatpipe.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyLimit
+from chatpipe.serve.sampling import Sampling
+from chatpipe.serve.schema import (
     ChatRequest,
     CompletionRequest,
     GenerationRequest,
     unreadable_body,
     validation_error,
 )
-from tasks.common.errors import ConfigError
+from chatpipe.tasks.common.errors import ConfigError
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("chatpipe.serve")

@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from serve.errors import APIError
-from tasks.common.errors import InputError
+from chatpipe.serve.errors import APIError
+from chatpipe.tasks.common.errors import InputError
 
 ENV_VAR = "CHATPIPE_API_KEYS"
 

@@ -28,10 +28,10 @@ from typing import Protocol
 
 import torch
 
-from model.decode import Decoder, seeded
-from model.generate import probabilities, race
-from model.transformer import KVCache
-from serve.sampling import Sampling
+from chatpipe.model.decode import Decoder, seeded
+from chatpipe.model.generate import probabilities, race
+from chatpipe.model.transformer import KVCache
+from chatpipe.serve.sampling import Sampling
 
 
 class Job(Protocol):

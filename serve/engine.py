@@ -24,11 +24,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from model.decode import Decoder
-from serve.batcher import Batcher
-from serve.sampling import Sampling
-from serve.text import TextStream
-from tasks.common.bundle import Bundle
+from chatpipe.model.decode import Decoder
+from chatpipe.serve.batcher import Batcher
+from chatpipe.serve.sampling import Sampling
+from chatpipe.serve.text import TextStream
+from chatpipe.tasks.common.bundle import Bundle
 
 TURN_BREAKERS = ("<|", "|>")  # text no chat turn may contain (tasks/chat/format.validate)
 

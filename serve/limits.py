@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.errors import APIError
+from chatpipe.serve.errors import APIError
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20  # 1 MiB: some 30,000 short chat messages, far more than a context holds
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from serve.errors import APIError
-from tasks.chat.format import Turn, from_messages, prompt, render, validate_prompt
+from chatpipe.serve.errors import APIError
+from chatpipe.tasks.chat.format import Turn, from_messages, prompt, render, validate_prompt
 
 Encode = Callable[[str], list[int]]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.errors import InputError
+from chatpipe.tasks.common.errors import InputError
 
 
 @dataclass(frozen=True)

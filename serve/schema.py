@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from serve.errors import APIError
-from serve.sampling import Sampling
+from chatpipe.serve.errors import APIError
+from chatpipe.serve.sampling import Sampling
 
 MAX_STOP_STRINGS = 4
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from tasks.common.errors import InputError
+from chatpipe.tasks.common.errors import InputError
 
 DEFAULT_HOST = "127.0.0.1"
 

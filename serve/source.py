@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.common import bundle
-from tasks.common.errors import ConfigError
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import ConfigError
 
 
 def cache_dir() -> Path:
@@ -35,7 +35,7 @@ def device(requested: str) -> torch.device:
 def open_bundle(model: str, requested_device: str = "auto") -> bundle.Bundle:
     """The bundle named by `model` (a directory or a gs:// URI), loaded for inference."""
     if model.startswith("gs://"):
-        from tasks.publish.publish import download
+        from chatpipe.tasks.publish.publish import download
 
         path = download(model, cache_dir())
     else:

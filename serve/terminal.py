@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from serve import prompts
-from serve.engine import Engine
-from serve.errors import APIError
-from serve.sampling import Sampling
-from tasks.chat.format import Turn, validate_prompt
+from chatpipe.serve import prompts
+from chatpipe.serve.engine import Engine
+from chatpipe.serve.errors import APIError
+from chatpipe.serve.sampling import Sampling
+from chatpipe.tasks.chat.format import Turn, validate_prompt
 
 HELP = "one line per message; /reset forgets the conversation, /exit (or Ctrl-D) quits"
 

@@ -14,8 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own temp projects
 
-from tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
-from tasks.common.layout import Layout  # noqa: E402
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
+from chatpipe.tasks.common.layout import Layout  # noqa: E402
 
 # Small but real: every built-in source, several shards per split.
 TEST_OVERRIDES = [
@@ -101,8 +101,8 @@ test_params.__test__ = False  # a helper, not a test
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """One real run of the three data stages; tests must treat it as read-only."""
-    from tasks.ingest import ingest
-    from tasks.tokens import shard, tokenizer
+    from chatpipe.tasks.ingest import ingest
+    from chatpipe.tasks.tokens import shard, tokenizer
 
     root = make_project(tmp_path_factory.mktemp("built"))
     params = test_params()
@@ -138,7 +138,7 @@ def kill_when(proc, path: Path, timeout: float = 300) -> None:
 @pytest.fixture(scope="session")
 def trained(built, tmp_path_factory):
     """`built` plus a TINY model trained through pilot and full (checkpoints/full); read-only."""
-    from tasks.train import loop
+    from chatpipe.tasks.train import loop
 
     layout, _, _ = built
     root = linked(tmp_path_factory.mktemp("trained"), layout)
@@ -152,8 +152,8 @@ def trained(built, tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle_path(trained, tmp_path_factory) -> Path:
     """A model bundle (tasks/common/bundle.py) of the `trained` model; read-only."""
-    from tasks.common import bundle
-    from tasks.train import checkpoint
+    from chatpipe.tasks.common import bundle
+    from chatpipe.tasks.train import checkpoint
 
     layout, _ = trained
     model, _ = checkpoint.latest_model(layout.checkpoints / "full")

@@ -16,16 +16,29 @@ from pathlib import Path
 import pytest
 
 from chatpipe.dvc import render
-from tasks import PIPELINE
-from tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.common.config import PROJECT_ROOT
 
-PACKAGES = ("chatpipe", "flows", "tasks", "model", "kernels", "serve")
-STAGE_PACKAGES = ("tasks.ingest", "tasks.tokens", "tasks.train", "tasks.evals", "tasks.publish")  # diagram order
-TABLE = "tasks"  # tasks/__init__.py, the stage table: read by the drivers, run by no stage
+FOLDERS = ("chatpipe", "flows", "tasks", "model", "kernels", "serve")  # all imported as chatpipe.<folder>
+CLI = ("chatpipe.cli", "chatpipe.dvc")
+STAGE_PACKAGES = tuple(f"chatpipe.tasks.{p}" for p in ("ingest", "tokens", "train", "evals", "publish"))  # diagram order
+TABLE = "chatpipe.tasks.pipeline"  # the stage table: read by the drivers, run by no stage
+
+
+def folder_path(name: str) -> Path:
+    """chatpipe.<folder>.rest lives at <root>/<folder>/rest; chatpipe.cli at <root>/chatpipe/cli."""
+    parts = name.split(".")[1:]
+    return PROJECT_ROOT.joinpath(*(parts if parts and parts[0] in FOLDERS[1:] else ["chatpipe", *parts]))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "chatpipe" else ("chatpipe", *parts))
 
 
 def module_file(name: str) -> Path | None:
-    base = PROJECT_ROOT / name.replace(".", "/")
+    base = folder_path(name)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -35,10 +48,9 @@ def module_file(name: str) -> Path | None:
 @cache
 def modules() -> dict[str, Path]:
     out = {}
-    for package in PACKAGES:
-        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for folder in FOLDERS:
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            out[module_name(path)] = path
     return out
 
 
@@ -54,7 +66,7 @@ def imports(name: str) -> frozenset[str]:
             base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
             source = ".".join(p for p in (base, node.module) if p)
             found |= {f"{source}.{a.name}" if module_file(f"{source}.{a.name}") else source for a in node.names}
-    return frozenset(m for m in found if m.split(".")[0] in PACKAGES and m in modules())
+    return frozenset(m for m in found if m in modules())
 
 
 def with_parents(name: str) -> set[str]:
@@ -66,10 +78,10 @@ def with_parents(name: str) -> set[str]:
 def closure(start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
-        for module in with_parents(todo.pop()) - seen:
+        for module in (with_parents(todo.pop()) & modules().keys()) - seen:
             seen.add(module)
             todo += imports(module)
-    return seen - {TABLE}
+    return seen - {TABLE, "chatpipe"}  # the package root only maps the folders (chatpipe/__init__.py)
 
 
 def uncovered(modules_: set[str], folders: tuple[str, ...]) -> list[str]:
@@ -100,7 +112,7 @@ def test_each_declared_folder_is_needed(name):
 def test_the_checker_sees_a_missing_folder():
     """The training step's own folder removed from the pilot's deps: the check names the modules it misses."""
     pilot = PIPELINE["pilot"]
-    missed = uncovered(closure("tasks.train.loop"), tuple(f for f in pilot.code if f != "tasks/train"))
+    missed = uncovered(closure("chatpipe.tasks.train.loop"), tuple(f for f in pilot.code if f != "tasks/train"))
     assert "tasks/train/loop.py" in missed and "tasks/train/optim.py" in missed
 
 
@@ -149,16 +161,17 @@ def violations(importer: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_layers_point_down():
-    assert violations("model", ("tasks", "flows", "serve", "chatpipe")) == []
-    assert violations("kernels", ("model", "tasks", "flows", "serve", "chatpipe")) == []
-    assert violations("tasks", ("flows", "serve", "chatpipe")) == []
-    assert violations("flows", ("chatpipe", "serve")) == []
-    assert violations("serve", ("flows", "chatpipe")) == []
+    tasks, flows, model, kernels, serve = (f"chatpipe.{f}" for f in ("tasks", "flows", "model", "kernels", "serve"))
+    assert violations(model, (tasks, flows, serve, *CLI)) == []
+    assert violations(kernels, (model, tasks, flows, serve, *CLI)) == []
+    assert violations(tasks, (flows, serve, *CLI)) == []
+    assert violations(flows, (serve, *CLI)) == []
+    assert violations(serve, (flows, *CLI)) == []
 
 
 def test_shared_packages_import_no_stage():
-    assert violations("tasks.common", STAGE_PACKAGES) == []
-    assert violations("tasks.chat", ("tasks.common", *STAGE_PACKAGES)) == []  # chat imports nothing but itself
+    assert violations("chatpipe.tasks.common", STAGE_PACKAGES) == []
+    assert violations("chatpipe.tasks.chat", ("chatpipe.tasks.common", *STAGE_PACKAGES)) == []  # chat imports nothing but itself
 
 
 def test_stages_import_only_upstream():
@@ -189,6 +202,6 @@ def readme_tree() -> set[str]:
 def test_readme_tree_is_the_real_tree():
     listed = readme_tree()
     assert sorted(p for p in listed if not (PROJECT_ROOT / p).exists()) == []
-    code = {str(p.relative_to(PROJECT_ROOT)) for package in PACKAGES
-            for p in (PROJECT_ROOT / package).rglob("*") if p.suffix in (".py", ".comp") and p.name != "__init__.py"}
+    code = {str(p.relative_to(PROJECT_ROOT)) for folder in FOLDERS
+            for p in (PROJECT_ROOT / folder).rglob("*") if p.suffix in (".py", ".comp") and p.name != "__init__.py"}
     assert sorted(code - listed) == []

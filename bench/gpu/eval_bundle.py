@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tasks.common import bundle  # noqa: E402
-from tasks.common.config import load_params  # noqa: E402
-from tasks.common.layout import Layout  # noqa: E402
-from tasks.evals.evaluate import measure  # noqa: E402
+from chatpipe.tasks.common import bundle  # noqa: E402
+from chatpipe.tasks.common.config import load_params  # noqa: E402
+from chatpipe.tasks.common.layout import Layout  # noqa: E402
+from chatpipe.tasks.evals.evaluate import measure  # noqa: E402
 
 
 def main() -> None:

@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model import Transformer  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from tasks.common.config import load_params  # noqa: E402
-from tasks.train import loop, lora  # noqa: E402
-from tasks.train.optim import Optimizers  # noqa: E402
+from chatpipe.model.transformer import Transformer  # noqa: E402
+from chatpipe.model.config import ModelConfig  # noqa: E402
+from chatpipe.tasks.common.config import load_params  # noqa: E402
+from chatpipe.tasks.train import loop, lora  # noqa: E402
+from chatpipe.tasks.train.optim import Optimizers  # noqa: E402
 
 QWEN3_06B = dict(vocab_size=151936, n_layer=28, n_embd=1024, n_head=16, n_kv_heads=8, head_size=128, ffn_size=3072,
                  tie_embeddings=True, qk_norm=True, rope_theta=1e6, norm_eps=1e-6)

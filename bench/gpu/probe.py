@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tasks.train.backends.devices import DEVICES
+from chatpipe.tasks.train.backends.devices import DEVICES
 
 
 def nvidia_smi() -> str | None:

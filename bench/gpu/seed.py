@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tasks.common import bundle
-from tasks.common.config import PROJECT_ROOT, load_params
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, gate, loop
-from tasks.train.backends.devices import DEVICES
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, gate, loop
+from chatpipe.tasks.train.backends.devices import DEVICES
 
 OVERLAY = PROJECT_ROOT / "configs" / "seed-gpu.yaml"
 SMOKE = ["train.device=cpu", "train.compile=false", "model.n_layer=2", "model.n_embd=64", "model.n_head=4",

@@ -79,8 +79,8 @@ def build_model(config_dict: dict, seed: int):
     """The Vulkan worker's model: `Transformer(config)` built on the CPU in fp32 after `manual_seed(seed)`."""
     import torch
 
-    from model.config import ModelConfig
-    from model.transformer import Transformer
+    from chatpipe.model.config import ModelConfig
+    from chatpipe.model.transformer import Transformer
 
     torch.manual_seed(seed)
     return Transformer(ModelConfig.from_dict(config_dict)).float().train()
@@ -134,7 +134,7 @@ def fixed_batch(vocab: int, batch: int, seq: int, seed: int) -> tuple[np.ndarray
 def compile_step(model, batch: int, seq: int):
     """The project's trainer, compile only (its trace, flags and cache; no device needed): `.vmfb` and
     `reference_steps`. Whether this machine's device can run the module is `run`'s to find out."""
-    from tasks.train.backends import vulkan as vs
+    from chatpipe.tasks.train.backends import vulkan as vs
 
     return vs.VulkanTrainer(model, batch_size=batch, seq_len=seq, load=False)
 
@@ -153,7 +153,7 @@ def save_reference(out: Path, trainer, model, x: np.ndarray, y: np.ndarray) -> d
     """batch.npz, and reference.npz: the CPU's loss and grad norm at each check step, the sampled weights after."""
     import torch
 
-    from tasks.train.backends import vulkan as vs
+    from chatpipe.tasks.train.backends import vulkan as vs
 
     losses, norms, ref = trainer.reference_steps(model, torch.from_numpy(x), torch.from_numpy(y), CHECK_STEPS)
     after, stride, checked = sampled_reference(ref, trainer.names, CHECK_ELEMENTS)
@@ -172,7 +172,7 @@ def save_step(out: Path, trainer) -> dict:
     """step.vmfb, and how to call it: hyperparameters, parameter shapes, the flat inputs and outputs."""
     import torch
 
-    from tasks.train.backends import vulkan as vs
+    from chatpipe.tasks.train.backends import vulkan as vs
 
     (out / "step.vmfb").write_bytes(trainer.vmfb)
     return {"hyper": {"lr": trainer.lr, "betas": list(trainer.betas), "eps": trainer.eps,
@@ -188,7 +188,7 @@ def save_step(out: Path, trainer) -> dict:
 
 
 def prepare(args) -> int:
-    from model.presets import preset
+    from chatpipe.model.presets import preset
 
     carry = Path(args.carry)
     out = carry / "vulkan"

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ternary_codes import unpack_ternary
+from chatpipe.kernels.ternary_codes import unpack_ternary
 
 
 @triton.jit

@@ -6,7 +6,7 @@ tests/test_vulkan_kernels.py runs them on lavapipe. Importing this package needs
 kernel needs the vulkan extra (pip install 'chat-pipeline[vulkan]'), glslc and a Vulkan device
 (`available()`, `unavailable_reason()`).
 """
-from kernels.vulkan.runtime import (
+from chatpipe.kernels.vulkan.runtime import (
                                     ShaderCompileError,
                                     VulkanKernelError,
                                     adamw_step,

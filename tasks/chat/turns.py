@@ -6,7 +6,7 @@ a stop marker before its token limit, is not empty and holds no turn marker (`tu
 """
 from __future__ import annotations
 
-from tasks.chat.format import STOP_MARKERS, TURN_MARKERS, Turn, prompt
+from chatpipe.tasks.chat.format import STOP_MARKERS, TURN_MARKERS, Turn, prompt
 
 DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 128,
                       "stop": list(STOP_MARKERS)}  # a bundle's generation_config.json unless publish says otherwise

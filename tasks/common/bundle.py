@@ -36,14 +36,14 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
-from model import Transformer
-from model.config import ModelConfig
-from model.quant import packed_state_dict
-from model.ternary_linear import load_ternary
-from tasks.chat.turns import DEFAULT_GENERATION
-from tasks.common import atomic
-from tasks.common.errors import InputError
-from tasks.common.hashing import sha256_file
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.quant import packed_state_dict
+from chatpipe.model.ternary_linear import load_ternary
+from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.hashing import sha256_file
 
 FORMAT, VERSION = "chat-pipeline", 1
 Extra = bytes | Path | Callable[[Path], object]  # content, a file/dir to copy, or a writer of that path

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tasks.chat.format import SPECIAL_TOKENS
-from tasks.common.errors import ConfigError
+from chatpipe.tasks.chat.format import SPECIAL_TOKENS
+from chatpipe.tasks.common.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.common.errors import InputError
+from chatpipe.tasks.common.errors import InputError
 
 SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.large_string()),
                     ("meta", pa.string())])

@@ -1,6 +1,6 @@
 """What every stage returns, and where its summary goes.
 
-A stage is `run(params, layout) -> StageResult` (the stage table, tasks/__init__.py, says which). The CLI
+A stage is `run(params, layout) -> StageResult` (the stage table, tasks/pipeline.py, says which). The CLI
 prints `summary`, the Prefect flow records `metrics` and passes the result to the stages that consume it,
 and `metrics/<stage>.json` keeps the same numbers for DVC. `ok` is False when the stage ran but its verdict
 is to stop the pipeline (an unhealthy pilot at the gate): the CLI then exits non-zero, the flow stops.
@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.common import atomic
-from tasks.common.config import TrackingParams
-from tasks.common.layout import Layout
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import TrackingParams
+from chatpipe.tasks.common.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def finish(layout: Layout, stage: str, summary: str, metrics: dict, outputs: lis
     atomic.write_json(layout.metrics(stage), metrics)
     run_id = None
     if tracking is not None:
-        from tasks.common.tracking import record_stage
+        from chatpipe.tasks.common.tracking import record_stage
 
         run_id = record_stage(tracking, layout.root, stage, metrics, params or {}, [layout.metrics(stage)])
     return StageResult(stage, summary, metrics, tuple(str(p) for p in outputs), run_id, ok)

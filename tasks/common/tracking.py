@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from tasks.common.config import TrackingParams
+from chatpipe.tasks.common.config import TrackingParams
 
 log = logging.getLogger("chatpipe.tracking")
 

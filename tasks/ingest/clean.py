@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from datasketch import MinHash, MinHashLSH
 
-from tasks.common.config import CleanConfig
+from chatpipe.tasks.common.config import CleanConfig
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -14,14 +14,14 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from tasks.common import atomic
-from tasks.common.config import Params, params_dict
-from tasks.common.documents import PartWriter
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.ingest.clean import Cleaner, doc_id
-from tasks.ingest.sources import READERS, Skips
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import Params, params_dict
+from chatpipe.tasks.common.documents import PartWriter
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.ingest.clean import Cleaner, doc_id
+from chatpipe.tasks.ingest.sources import READERS, Skips
 
 log = logging.getLogger("chatpipe.ingest")
 

@@ -32,9 +32,9 @@ from typing import Self
 import httpx
 from tqdm import tqdm
 
-from tasks.common.config import DistillSource
-from tasks.common.errors import ConfigError
-from tasks.common.redact import public_url
+from chatpipe.tasks.common.config import DistillSource
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.redact import public_url
 
 log = logging.getLogger("chatpipe.ingest")
 

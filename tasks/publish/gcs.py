@@ -27,9 +27,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from tasks.common import atomic, bundle
-from tasks.common.errors import ChatpipeError, ConfigError, InputError
-from tasks.common.hashing import sha256_file
+from chatpipe.tasks.common import atomic, bundle
+from chatpipe.tasks.common.errors import ChatpipeError, ConfigError, InputError
+from chatpipe.tasks.common.hashing import sha256_file
 
 log = logging.getLogger("chatpipe.gcs")
 _auth_log = logging.getLogger("google.auth")  # its DEBUG records name the credentials file

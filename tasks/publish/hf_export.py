@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from model import Transformer
-from model.hf import hf_name
-from tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
-from tasks.chat.turns import DEFAULT_GENERATION
-from tasks.common import atomic
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.hf import hf_name
+from chatpipe.tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
+from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
+from chatpipe.tasks.common import atomic
 
 
 def unsupported(model: Transformer) -> str | None:

@@ -13,11 +13,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from tasks.common.config import PROJECT_ROOT
-from tasks.common.hashing import sha256_file
-from tasks.common.layout import Layout
-from tasks.common.redact import public_url
-from tasks.tokens.tokenizer import file_hash
+from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.redact import public_url
+from chatpipe.tasks.tokens.tokenizer import file_hash
 
 TRAINING_KEYS = ("steps", "final_loss", "final_val_loss", "min_loss", "seconds", "mlflow_run_id")
 

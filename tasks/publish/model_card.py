@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import yaml
 
-from model.config import ModelConfig
-from model.info import param_counts
-from tasks.common.config import Params, params_dict
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.info import param_counts
+from chatpipe.tasks.common.config import Params, params_dict
 
 CARD_SECTIONS = ("model", "train", "eval", "publish")
 

@@ -27,18 +27,18 @@ import functools
 import json
 from pathlib import Path
 
-from model import Transformer
-from model.config import ModelConfig
-from model.info import param_counts
-from tasks.common import bundle
-from tasks.common.config import Params, params_dict, trained
-from tasks.common.errors import InputError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.common.tracking import Run, numbers
-from tasks.publish import gcs, hf_export, lineage, model_card, registry
-from tasks.publish.gcs import download  # noqa: F401  (re-exported: `chatpipe serve --model gs://...`)
-from tasks.train import checkpoint
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.info import param_counts
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.config import Params, params_dict, trained
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.common.tracking import Run, numbers
+from chatpipe.tasks.publish import gcs, hf_export, lineage, model_card, registry
+from chatpipe.tasks.publish.gcs import download  # noqa: F401  (re-exported: `chatpipe serve --model gs://...`)
+from chatpipe.tasks.train import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.common.config import BarParams
-from tasks.common.tracking import numbers
+from chatpipe.tasks.common.config import BarParams
+from chatpipe.tasks.common.tracking import numbers
 
 CHAMPION = "champion"
 BUNDLE_ARTIFACTS = "bundle"

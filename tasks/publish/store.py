@@ -26,10 +26,10 @@ import os
 import shutil
 from pathlib import Path
 
-from tasks.common import atomic
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import sha256_file
-from tasks.publish import gcs
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.publish import gcs
 
 MARKER = "_COMPLETE"
 FORMAT = "chat-pipeline-store/1"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tasks.common.errors import InputError
-from tasks.common.hashing import sha256_file
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.hashing import sha256_file
 
 MARKERS_FILE = "chat_markers.json"  # an adopted tokenizer's source and the chat markers added to it
 

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.chat.format import EOT
-from tasks.common import atomic
-from tasks.common.config import Params, params_dict
-from tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.tokens.artifact import file_hash, load
-from tasks.tokens.reader import SHARD_FORMAT
-from tasks.tokens.shard import Chat, write_shard
+from chatpipe.tasks.chat.format import EOT
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import Params, params_dict
+from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.tokens.artifact import file_hash, load
+from chatpipe.tasks.tokens.reader import SHARD_FORMAT
+from chatpipe.tasks.tokens.shard import Chat, write_shard
 
 SPLITS = ("train", "val")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tasks.common.errors import InputError
+from chatpipe.tasks.common.errors import InputError
 
 SHARD_FORMAT = 2  # 1: tokens only; 2: + loss_weight. Bump when the shard files change meaning.
 COLUMNS = ("tokens", "loss_weight")

@@ -25,16 +25,16 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from tasks.chat.format import CHAT_KINDS, EOT, MARKERS
-from tasks.common import atomic
-from tasks.common.config import Params, params_dict
-from tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
-from tasks.common.errors import InputError
-from tasks.common.hashing import sha256_file
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.tokens.artifact import file_hash, load
-from tasks.tokens.reader import COLUMNS, SHARD_FORMAT
+from chatpipe.tasks.chat.format import CHAT_KINDS, EOT, MARKERS
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import Params, params_dict
+from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.tokens.artifact import file_hash, load
+from chatpipe.tasks.tokens.reader import COLUMNS, SHARD_FORMAT
 
 SPLITS = ("train", "val")
 

@@ -25,15 +25,15 @@ import pyarrow.compute as pc
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from tasks.chat.format import HF_SPECIAL_TOKENS, SPECIAL_TOKENS
-from tasks.common import atomic
-from tasks.common.config import Params, params_dict
-from tasks.common.documents import fingerprint, is_val, iter_batches, val_rows
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import sha256_file
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.tokens.artifact import MARKERS_FILE, file_hash, load  # noqa: F401 (load: read here by later stages)
+from chatpipe.tasks.chat.format import HF_SPECIAL_TOKENS, SPECIAL_TOKENS
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.config import Params, params_dict
+from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, val_rows
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.tokens.artifact import MARKERS_FILE, file_hash, load  # noqa: F401 (load: read here by later stages)
 
 HELDOUT_DOCS_PER_SOURCE = 500
 log = logging.getLogger("chatpipe.tokenizer")
@@ -82,7 +82,7 @@ def bytes_per_token(tok: Tokenizer, documents: Path, val_fraction: float) -> dic
 
 def adopt(spec: str) -> tuple[Tokenizer, dict]:
     """A checkpoint's tokenizer.json with our special tokens added where it has no id for them; what was added."""
-    from model.hf import resolve
+    from chatpipe.model.hf import resolve
 
     try:
         path = resolve(spec) / "tokenizer.json"

@@ -33,14 +33,14 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from model import Transformer
-from model.config import ModelConfig
-from tasks.common import atomic
-from tasks.common.errors import InputError
-from tasks.common.hashing import sha256_file
-from tasks.tokens.tokenizer import file_hash
-from tasks.train import lora, pretrained, sharded
-from tasks.train.distributed import Ranks
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.tokens.tokenizer import file_hash
+from chatpipe.tasks.train import lora, pretrained, sharded
+from chatpipe.tasks.train.distributed import Ranks
 
 log = logging.getLogger("chatpipe.checkpoint")
 _STEP = re.compile(r"^step-(\d{6,})$")

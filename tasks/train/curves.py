@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from tasks.common import atomic
-from tasks.common.layout import Layout
+from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.layout import Layout
 
 
 def write(layout: Layout, phase: str, state: dict) -> None:

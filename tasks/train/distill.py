@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model import Transformer
-from model.config import ModelConfig
-from tasks.common.config import Params, TrainParams, trained
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, pretrained
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.common.config import Params, TrainParams, trained
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, pretrained
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float,

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.chat.turns import turn_problem
-from tasks.common.config import GateParams, Params, params_dict
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, finish
+from chatpipe.tasks.chat.turns import turn_problem
+from chatpipe.tasks.common.config import GateParams, Params, params_dict
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, finish
 
 PHASES = ("pilot", "full")
 CURVE_COLUMNS = ("step", "loss", "lr", "grad_norm")

@@ -28,21 +28,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model import Transformer, flops_per_token, param_counts
-from tasks.common.config import Params, TrainParams, params_dict
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.layout import Layout
-from tasks.common.stage import StageResult, Timer, finish
-from tasks.common.tracking import Run
-from tasks.tokens.reader import TokenReader
-from tasks.tokens.tokenizer import load as load_tokenizer
-from tasks.train import checkpoint, curves, distill, lora, parallel, resume, sft
-from tasks.train.backends import devices
-from tasks.train.backends.offload import StepContext
-from tasks.train.distributed import Ranks
-from tasks.train.optim import Optimizers, lr_multiplier
-from tasks.train.pretrained import model_config  # the shape: a preset's, or model.init's
-from tasks.train.samples import samples
+from chatpipe.model.info import flops_per_token, param_counts
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.common.config import Params, TrainParams, params_dict
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.common.stage import StageResult, Timer, finish
+from chatpipe.tasks.common.tracking import Run
+from chatpipe.tasks.tokens.reader import TokenReader
+from chatpipe.tasks.tokens.tokenizer import load as load_tokenizer
+from chatpipe.tasks.train import checkpoint, curves, distill, lora, parallel, resume, sft
+from chatpipe.tasks.train.backends import devices
+from chatpipe.tasks.train.backends.offload import StepContext
+from chatpipe.tasks.train.distributed import Ranks
+from chatpipe.tasks.train.optim import Optimizers, lr_multiplier
+from chatpipe.tasks.train.pretrained import model_config  # the shape: a preset's, or model.init's
+from chatpipe.tasks.train.samples import samples
 
 PHASES = ("pilot", "full", "sft", "distill")
 

@@ -33,10 +33,10 @@ from peft.utils.other import TrainableTokensWrapper, _set_trainable
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model import Transformer
-from model.config import ModelConfig
-from tasks.common.config import LoraParams, Params
-from tasks.common.errors import ConfigError, InputError
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.common.config import LoraParams, Params
+from chatpipe.tasks.common.errors import ConfigError, InputError
 
 ADAPTER = "default"  # peft's adapter name; checkpoints store the state dict without it
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tasks.common.config import TrainParams
+from chatpipe.tasks.common.config import TrainParams
 
 OPTIMIZERS: dict[str, Callable[[nn.Module, TrainParams], list[torch.optim.Optimizer]]] = {}
 

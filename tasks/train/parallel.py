@@ -39,12 +39,12 @@ from typing import Callable, ContextManager
 import torch
 from torch import nn
 
-from model.config import ModelConfig
-from tasks.common.config import TrainParams
-from tasks.common.errors import ConfigError
-from tasks.train import checkpoint
-from tasks.train.distributed import Ranks
-from tasks.train.optim import Optimizers
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.common.config import TrainParams
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.train import checkpoint
+from chatpipe.tasks.train.distributed import Ranks
+from chatpipe.tasks.train.optim import Optimizers
 
 # (the param, whether it is set, why fsdp cannot take it)
 REFUSED: list[tuple[str, Callable[[TrainParams, ModelConfig, str], bool], str]] = [

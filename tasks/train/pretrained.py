@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from model import Transformer, preset
-from model.config import ModelConfig, MoEConfig, ffn_hidden
-from model.hf import load_weights, read_config, resolve
-from tasks.common.config import Params
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import sha256_file
-from tasks.common.layout import Layout
-from tasks.tokens.artifact import chat_markers
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig, MoEConfig, ffn_hidden
+from chatpipe.model.hf import load_weights, read_config, resolve
+from chatpipe.tasks.common.config import Params
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.tokens.artifact import chat_markers
 
 # Our shape keys the params may set, and the config.json field each must agree with.
 HF_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",

@@ -25,16 +25,16 @@ import logging
 import time
 from pathlib import Path
 
-from model import Transformer
-from model.config import ModelConfig
-from tasks import PIPELINE
-from tasks.common.config import PROJECT_ROOT, Params, TrainParams
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.hashing import code_hash
-from tasks.common.layout import Layout
-from tasks.tokens.artifact import chat_markers
-from tasks.tokens.reader import TokenReader
-from tasks.train import checkpoint, distill, lora, pretrained
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.common.config import PROJECT_ROOT, Params, TrainParams
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.hashing import code_hash
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.tokens.artifact import chat_markers
+from chatpipe.tasks.tokens.reader import TokenReader
+from chatpipe.tasks.train import checkpoint, distill, lora, pretrained
 
 log = logging.getLogger("chatpipe.train")
 

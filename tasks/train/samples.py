@@ -5,9 +5,10 @@ limit, which is what the turn rule (tasks/chat/turns.py) asks of a clean answer.
 """
 from __future__ import annotations
 
-from model import Transformer, generate
-from tasks.chat.format import STOP_MARKERS
-from tasks.chat.turns import SAMPLE_PROMPTS
+from chatpipe.model.generate import generate
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.chat.format import STOP_MARKERS
+from chatpipe.tasks.chat.turns import SAMPLE_PROMPTS
 
 
 def samples(model: Transformer, tokenizer, max_tokens: int, seed: int, prompts=SAMPLE_PROMPTS, *,

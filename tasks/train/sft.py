@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.common.config import Params, TrainParams
-from tasks.train.distill import model_aux
+from chatpipe.tasks.common.config import Params, TrainParams
+from chatpipe.tasks.train.distill import model_aux
 
 
 def recipe(params: Params) -> TrainParams:

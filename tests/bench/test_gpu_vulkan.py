@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from tasks.common.config import PROJECT_ROOT
-from tasks.train.backends import vulkan as vs
+from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.train.backends import vulkan as vs
 
 pytestmark = pytest.mark.skipif(
     not vs.available(),

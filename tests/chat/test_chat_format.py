@@ -1,5 +1,5 @@
-from tasks.chat.format import Turn, from_messages, render, validate
-from tasks.ingest.sources.chat import chitchat_turns, parse_file
+from chatpipe.tasks.chat.format import Turn, from_messages, render, validate
+from chatpipe.tasks.ingest.sources.chat import chitchat_turns, parse_file
 
 
 def parse(tmp_path, text):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from tasks.common import bundle
-from tasks.common.errors import InputError
-from tasks.train import checkpoint
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.train import checkpoint
 
 
 def test_bundle_loads_the_checkpoint_weights(trained, bundle_path):

@@ -1,14 +1,14 @@
 import pytest
 
-from tasks.common.config import PROJECT_ROOT, load_params
-from tasks.common.errors import ConfigError
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.common.errors import ConfigError
 
 
 def test_defaults_are_the_seed_chat_config():
     p = load_params(base=PROJECT_ROOT / "params.yaml")
     assert p.tokenizer.vocab_size == 4096
     assert p.model.preset == "chat-7m"
-    from tasks.train.loop import model_config
+    from chatpipe.tasks.train.loop import model_config
 
     shape = model_config(p, 4096)  # the preset's shape: params.yaml sets only the context
     assert (shape.n_layer, shape.n_embd, shape.n_head, shape.block_size) == (6, 256, 8, 256)
@@ -57,8 +57,8 @@ def test_bad_files(tmp_path):
 
 
 def test_a_moe_section_in_params_builds_a_moe_model():
-    from model import MoEConfig
-    from tasks.train.loop import model_config
+    from chatpipe.model.config import MoEConfig
+    from chatpipe.tasks.train.loop import model_config
 
     cfg = model_config(load_params(overrides=["model.moe={n_experts: 4, top_k: 2, every: 2}"]), 512)
     assert cfg.moe == MoEConfig(n_experts=4, top_k=2, every=2) and cfg.is_moe_layer(1) and not cfg.is_moe_layer(0)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common.config import TrackingParams
-from tasks.common.tracking import EXPERIMENT_KIND, MODEL_TRAINING, Run, ui_url
+from chatpipe.tasks.common.config import TrackingParams
+from chatpipe.tasks.common.tracking import EXPERIMENT_KIND, MODEL_TRAINING, Run, ui_url
 
 STAGES = ("ingest", "pilot", "full")
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tasks.common import sandbox
-from tasks.common.sandbox import Outcome, run_many, run_one
+from chatpipe.tasks.common import sandbox
+from chatpipe.tasks.common.sandbox import Outcome, run_many, run_one
 
 SECRET = "hunter2-do-not-leak"
 

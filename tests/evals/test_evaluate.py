@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.chat.turns import CHAT_PROMPTS, turn_problem
-from tasks.common.errors import InputError
-from tasks.common.layout import Layout
-from tasks.evals import evaluate
-from tasks.train import checkpoint
+from chatpipe.tasks.chat.turns import CHAT_PROMPTS, turn_problem
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.evals import evaluate
+from chatpipe.tasks.train import checkpoint
 
 from conftest import TINY, test_params
 

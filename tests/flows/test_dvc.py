@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.common.config import PROJECT_ROOT, params_dict
+from chatpipe.tasks.common.config import PROJECT_ROOT, params_dict
 
 from conftest import MICRO, clone_code, test_params
 

@@ -45,7 +45,7 @@ def dag(flow_run_id: str) -> dict[str, set[str]]:
 
 def break_training_forward(monkeypatch, at: int, how) -> None:
     """The model's `at`-th training forward pass (counting every phase's steps in order) goes wrong, once."""
-    from model import Transformer
+    from chatpipe.model.transformer import Transformer
 
     real, calls = Transformer.forward, {"n": 0}
 
@@ -67,7 +67,7 @@ def mtimes(root, *paths):
 def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from flows.chat_pipeline import chat_pipeline
+    from chatpipe.flows.chat_pipeline import chat_pipeline
 
     root = make_project(tmp_path / "proj")
     summary = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
@@ -138,8 +138,8 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
 
 
 def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch):
-    from flows.chat_pipeline import chat_pipeline
-    from tasks.common.errors import GateFailed
+    from chatpipe.flows.chat_pipeline import chat_pipeline
+    from chatpipe.tasks.common.errors import GateFailed
 
     root = make_project(tmp_path / "proj")
     break_training_forward(monkeypatch, 6, lambda loss: loss * float("nan"))  # the pilot's step 6
@@ -153,8 +153,8 @@ def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch
 
 
 def test_a_refused_config_is_not_retried(tmp_path):
-    from flows.chat_pipeline import chat_pipeline
-    from tasks.common.errors import ConfigError
+    from chatpipe.flows.chat_pipeline import chat_pipeline
+    from chatpipe.tasks.common.errors import ConfigError
 
     root = make_project(tmp_path / "proj")
     state = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.kernels=triton"], workdir=str(root),
@@ -165,7 +165,7 @@ def test_a_refused_config_is_not_retried(tmp_path):
 
 
 def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
-    from flows.chat_pipeline import chat_pipeline
+    from chatpipe.flows.chat_pipeline import chat_pipeline
 
     def crash(loss):
         raise RuntimeError("a simulated crash of the worker")
@@ -183,8 +183,8 @@ def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monke
 
 
 def test_gate_stops_a_diverging_run(tmp_path):
-    from flows.chat_pipeline import chat_pipeline
-    from tasks.common.errors import GateFailed
+    from chatpipe.flows.chat_pipeline import chat_pipeline
+    from chatpipe.tasks.common.errors import GateFailed
 
     root = make_project(tmp_path / "proj")
     diverging = [*MICRO, "train.lr=3.0", "train.warmup_steps=1", "gate.max_loss=4.0"]
@@ -196,9 +196,9 @@ def test_gate_stops_a_diverging_run(tmp_path):
 
 
 def test_bad_params_fail_fast_and_busy_directory_is_refused(tmp_path):
-    from flows.chat_pipeline import chat_pipeline
-    from flows.request import Request
-    from tasks.common.errors import ChatpipeError, ConfigError
+    from chatpipe.flows.chat_pipeline import chat_pipeline
+    from chatpipe.flows.request import Request
+    from chatpipe.tasks.common.errors import ChatpipeError, ConfigError
 
     root = make_project(tmp_path / "proj")
     with pytest.raises(ConfigError, match="tokenizer.vocab_size"):

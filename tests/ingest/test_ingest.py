@@ -5,10 +5,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.common.documents import SCHEMA, load_manifest, parts
-from tasks.common.layout import Layout
-from tasks.ingest import ingest
-from tasks.ingest.sources import READERS, Doc
+from chatpipe.tasks.common.documents import SCHEMA, load_manifest, parts
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.ingest import ingest
+from chatpipe.tasks.ingest.sources import READERS, Doc
 
 from conftest import make_project, test_params
 

@@ -3,10 +3,10 @@ one line per record; the manifest keeps the full counts."""
 import contextlib
 import logging
 
-from tasks.common.documents import load_manifest
-from tasks.common.layout import Layout
-from tasks.ingest import ingest
-from tasks.ingest.sources import Skips
+from chatpipe.tasks.common.documents import load_manifest
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.ingest import ingest
+from chatpipe.tasks.ingest.sources import Skips
 
 from conftest import make_project, test_params
 

@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.common.config import HFSource, LocalCodeSource, TheStackSource
-from tasks.common.errors import InputError
-from tasks.ingest.sources import READERS, Skips
+from chatpipe.tasks.common.config import HFSource, LocalCodeSource, TheStackSource
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.ingest.sources import READERS, Skips
 
 
 def read(cfg):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tasks.common.sandbox import run_many
-from tasks.ingest.synthetic import FAMILIES, Sample, generate
+from chatpipe.tasks.common.sandbox import run_many
+from chatpipe.tasks.ingest.synthetic import FAMILIES, Sample, generate
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.cross_entropy import linear_cross_entropy
-from model import Transformer, preset
+from chatpipe.kernels.cross_entropy import linear_cross_entropy
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
 
 
 def case(n=100, d=32, v=503, seed=0):

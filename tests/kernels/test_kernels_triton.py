@@ -42,7 +42,7 @@ BF16_ULP = 2.0 ** -8  # bf16's unit roundoff (8 significant bits): the relative 
 ROUND_ONCE = 2 * BF16_ULP if INTERPRETER else BF16_ULP
 
 # The kernel modules: interpreted in the child run, compiled (for the GPU) in the parent.
-K = SimpleNamespace(**{name: importlib.import_module(f"kernels.cuda.{name}")
+K = SimpleNamespace(**{name: importlib.import_module(f"chatpipe.kernels.cuda.{name}")
                        for name in ("rmsnorm", "cross_entropy", "ternary_matmul")})
 
 
@@ -208,7 +208,7 @@ def test_linear_cross_entropy_rejects_bad_shapes():
                                     (19, 33, 150),    # several K blocks, a partial N block
                                     (70, 130, 64)])   # several M and N blocks
 def test_ternary_matmul_fp32_matches_unpacked(device, m, n, k_):
-    from model.quant import pack_ternary
+    from chatpipe.model.quant import pack_ternary
 
     kern = K.ternary_matmul
     packed, scale, shape = pack_ternary(torch.randn(n, k_, generator=torch.Generator().manual_seed(5)))
@@ -221,7 +221,7 @@ def test_ternary_matmul_fp32_matches_unpacked(device, m, n, k_):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ternary_matmul_bf16_and_leading_dims(device):
-    from model.quant import pack_ternary
+    from chatpipe.model.quant import pack_ternary
 
     kern = K.ternary_matmul
     packed, scale, shape = pack_ternary(torch.randn(40, 37, generator=torch.Generator().manual_seed(7)))
@@ -237,9 +237,9 @@ def test_ternary_matmul_bf16_and_leading_dims(device):
 def test_served_ternary_linear_on_cuda_sums_the_integer_codes(device):
     """kernels/ternary_matmul.py's cuda entry (what a ternary model served on CUDA runs: activation codes into
     this kernel, then the scales) gives the CPU's integer path's output: fp32 sums of integers are exact."""
-    from kernels import ternary_cpu
-    from kernels.ternary_codes import pack_codes
-    from kernels.ternary_matmul import KERNELS
+    from chatpipe.kernels import ternary_cpu
+    from chatpipe.kernels.ternary_codes import pack_codes
+    from chatpipe.kernels.ternary_matmul import KERNELS
 
     cuda = KERNELS["cuda"]()
     codes = torch.randint(-1, 2, (40, 96), generator=torch.Generator().manual_seed(9))
@@ -253,7 +253,7 @@ def test_served_ternary_linear_on_cuda_sums_the_integer_codes(device):
 
 @pytest.mark.skipif(not INTERPRETER, reason="runs in the interpreter run")
 def test_ternary_matmul_rejects_mismatched_inputs():
-    from model.quant import pack_ternary
+    from chatpipe.model.quant import pack_ternary
 
     kern = K.ternary_matmul
     packed, scale, shape = pack_ternary(torch.randn(8, 12))
@@ -306,7 +306,8 @@ def test_kernels_compile_for_cuda(arch):
 @pytest.mark.skipif(not INTERPRETER, reason="runs in the interpreter run")
 def test_the_model_with_triton_kernels_computes_the_same_loss_and_grads():
     """model.use_kernels("triton"): every RMSNorm and the head + loss through our kernels, same numbers."""
-    from model import ModelConfig, Transformer
+    from chatpipe.model.config import ModelConfig
+    from chatpipe.model.transformer import Transformer
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=97, n_layer=2, n_embd=32, n_head=4, n_kv_heads=2, block_size=16, qk_norm=True)

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.ternary_codes import unpack_ternary
-from kernels.vulkan import runtime as rt
-from model.quant import pack_ternary
+from chatpipe.kernels.ternary_codes import unpack_ternary
+from chatpipe.kernels.vulkan import runtime as rt
+from chatpipe.model.quant import pack_ternary
 
 pytestmark = pytest.mark.skipif(
     not rt.available(),

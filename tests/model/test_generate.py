@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import KVCache, ModelConfig, MoEConfig, Transformer, generate
+from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.generate import generate
+from chatpipe.model.transformer import KVCache, Transformer
 
 CONFIGS = {
     "dense": {},

@@ -13,9 +13,11 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from typer.testing import CliRunner
 
-from model import ModelConfig, Transformer, param_counts
-from model.hf import NAMES, hf_name, load_weights, our_name, read_config, resolve
-from tasks.chat.format import SPECIAL_TOKENS
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.info import param_counts
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.hf import NAMES, hf_name, load_weights, our_name, read_config, resolve
+from chatpipe.tasks.chat.format import SPECIAL_TOKENS
 
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=96, vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-6)
@@ -159,7 +161,7 @@ def test_resolve(tmp_path, monkeypatch):
 def test_import_then_export_round_trips_through_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tasks.publish import hf_export
+    from chatpipe.tasks.publish import hf_export
 
     save_hf(tmp_path / "in", "qwen3", tied=True, sharded=True)
     ours = imported(tmp_path / "in")

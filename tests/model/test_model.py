@@ -10,19 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (
-    PRESETS,
-    ModelConfig,
-    MoEConfig,
-    Transformer,
-    describe,
-    flops_per_token,
-    param_counts,
-    preset,
-    train_memory,
-)
-from model.info import LORA_TARGETS, lora_params
-from model.moe import MoE
+from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.info import describe, flops_per_token, param_counts, train_memory
+from chatpipe.model.presets import PRESETS, preset
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.info import LORA_TARGETS, lora_params
+from chatpipe.model.moe import MoE
 
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=32, multiple_of=16)
 MOE = MoEConfig(n_experts=4, top_k=2)
@@ -70,7 +63,7 @@ def test_gqa_attention_matches_reference():
     attn, (B, T, H, KV, d) = model.blocks[0].attn, (2, 8, 4, 2, 8)
     x = torch.randn(B, T, 32)
     cos, sin = model.rope_cos[:T], model.rope_sin[:T]
-    from model.transformer import apply_rope
+    from chatpipe.model.transformer import apply_rope
     q = apply_rope(attn.q_norm(attn.wq(x).view(B, T, H, d)), cos, sin).transpose(1, 2)
     k = apply_rope(attn.k_norm(attn.wk(x).view(B, T, KV, d)), cos, sin).transpose(1, 2)
     v = attn.wv(x).view(B, T, KV, d).transpose(1, 2)

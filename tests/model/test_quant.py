@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from kernels.ternary_codes import unpack_ternary
-from model import ModelConfig, MoEConfig, Transformer
-from model.quant import (
+from chatpipe.kernels.ternary_codes import unpack_ternary
+from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.quant import (
     BitLinear,
     pack_ternary,
     packed_state_dict,
@@ -121,7 +122,7 @@ def test_config_round_trips_quant(quant):
 
 
 def test_ternary_models_are_refused_where_they_would_run_as_float():
-    from tasks.publish.hf_export import unsupported
+    from chatpipe.tasks.publish.hf_export import unsupported
 
     model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16, quant="ternary")).eval()
     assert "ternary" in unsupported(model)  # model/decode.py runs them (tests/test_serve.py's decoder tests)

@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
-from tasks.common import bundle
-from tasks.common.errors import ConfigError, InputError
-from tasks.publish import gcs
-from tasks.train import checkpoint
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.publish import gcs
+from chatpipe.tasks.train import checkpoint
 
 from conftest import BUCKET, SECRET
 

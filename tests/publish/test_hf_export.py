@@ -7,13 +7,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from model import Transformer
-from model.config import ModelConfig, MoEConfig
-from model.generate import generate
-from tasks.chat import format as chat_format
-from tasks.chat.format import STOP_MARKERS, Turn
-from tasks.publish import hf_export
-from tasks.train import checkpoint
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig, MoEConfig
+from chatpipe.model.generate import generate
+from chatpipe.tasks.chat import format as chat_format
+from chatpipe.tasks.chat.format import STOP_MARKERS, Turn
+from chatpipe.tasks.publish import hf_export
+from chatpipe.tasks.train import checkpoint
 
 
 def perturbed(config: ModelConfig) -> Transformer:

@@ -8,14 +8,14 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from model import Transformer
-from model.config import ModelConfig, MoEConfig
-from tasks.common import bundle
-from tasks.common.errors import InputError
-from tasks.common.layout import Layout
-from tasks.publish import publish, registry
-from tasks.tokens.tokenizer import file_hash
-from tasks.train import checkpoint
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig, MoEConfig
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.publish import publish, registry
+from chatpipe.tasks.tokens.tokenizer import file_hash
+from chatpipe.tasks.train import checkpoint
 
 from conftest import BUCKET, SECRET, TINY, linked, test_params
 

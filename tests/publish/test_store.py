@@ -2,8 +2,8 @@
 on a local directory and on the GCS emulator."""
 import pytest
 
-from tasks.common.errors import ConfigError, InputError
-from tasks.publish.store import MARKER, Store
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.publish.store import MARKER, Store
 
 from conftest import BUCKET
 

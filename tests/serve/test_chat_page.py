@@ -7,11 +7,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serve.app import create_app
-from serve.auth import Keys
-from serve.engine import Engine
-from serve.server import running
-from tasks.common import bundle
+from chatpipe.serve.app import create_app
+from chatpipe.serve.auth import Keys
+from chatpipe.serve.engine import Engine
+from chatpipe.serve.server import running
+from chatpipe.tasks.common import bundle
 
 QUESTION = "Hi! How are you?"
 RECORD_ANSWER_LENGTHS = """() => {

@@ -22,13 +22,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from serve import prompts
-from serve.app import create_app
-from serve.engine import Engine
-from serve.limits import DEFAULT_MAX_REQUEST_BYTES
-from tasks.chat.format import Turn
-from tasks.common import bundle
-from tasks.common.errors import ConfigError
+from chatpipe.serve import prompts
+from chatpipe.serve.app import create_app
+from chatpipe.serve.engine import Engine
+from chatpipe.serve.limits import DEFAULT_MAX_REQUEST_BYTES
+from chatpipe.tasks.chat.format import Turn
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import ConfigError
 
 from test_serve import HI, serving, sse
 

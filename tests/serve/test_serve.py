@@ -23,17 +23,19 @@ import httpx
 import pytest
 import torch
 
-from model import KVCache, ModelConfig, MoEConfig, Transformer, generate
-from model.decode import Decoder
-from serve.app import create_app
-from serve.auth import Keys
-from serve.engine import Engine, Finish
-from serve.sampling import Sampling
-from serve.server import is_loopback, running
-from serve.text import TextStream
-from tasks.chat.format import Turn, prompt
-from tasks.common import bundle
-from tasks.common.errors import InputError
+from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.generate import generate
+from chatpipe.model.transformer import KVCache, Transformer
+from chatpipe.model.decode import Decoder
+from chatpipe.serve.app import create_app
+from chatpipe.serve.auth import Keys
+from chatpipe.serve.engine import Engine, Finish
+from chatpipe.serve.sampling import Sampling
+from chatpipe.serve.server import is_loopback, running
+from chatpipe.serve.text import TextStream
+from chatpipe.tasks.chat.format import Turn, prompt
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import InputError
 
 from conftest import BUCKET, SECRET
 
@@ -560,7 +562,7 @@ def test_chatpipe_chat_command(bundle_path, loaded):
 
 def test_chat_with_a_bundle_published_on_gcs(bundle_path, gcs_env, tmp_path):
     """`--model gs://...`: downloaded (verified) into the cache once, then served from there."""
-    from tasks.publish import gcs
+    from chatpipe.tasks.publish import gcs
 
     uri = f"gs://{BUCKET}/served/tiny-test"
     gcs.upload(bundle_path, uri)

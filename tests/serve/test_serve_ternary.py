@@ -15,14 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kernels.ternary_codes import packed_rows
-from model import Transformer, generate
-from model.decode import Decoder
-from model.quant import BitLinear, pack_ternary
-from model.ternary_linear import TernaryLinear, held_bytes
-from tasks.chat.format import Turn, prompt
-from tasks.common import bundle
-from tasks.train import checkpoint
+from chatpipe.kernels.ternary_codes import packed_rows
+from chatpipe.model.generate import generate
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.decode import Decoder
+from chatpipe.model.quant import BitLinear, pack_ternary
+from chatpipe.model.ternary_linear import TernaryLinear, held_bytes
+from chatpipe.tasks.chat.format import Turn, prompt
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.train import checkpoint
 
 from test_serve import CHATPIPE, HI, chat, serving
 

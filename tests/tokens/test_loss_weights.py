@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.chat.format import CHAT_KINDS, EOT, Turn, render
-from tasks.common.documents import is_val, iter_batches, load_manifest
-from tasks.common.errors import InputError
-from tasks.tokens.reader import SHARD_FORMAT, TokenReader
-from tasks.tokens.shard import Chat, Streams
-from tasks.tokens.tokenizer import load
+from chatpipe.tasks.chat.format import CHAT_KINDS, EOT, Turn, render
+from chatpipe.tasks.common.documents import is_val, iter_batches, load_manifest
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.tokens.reader import SHARD_FORMAT, TokenReader
+from chatpipe.tasks.tokens.shard import Chat, Streams
+from chatpipe.tasks.tokens.tokenizer import load
 
 S, U, A = (lambda text, role=role: Turn(role, text) for role in ("system", "user", "assistant"))
 CODE = "def f(x):\n    return x + 1\n"

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.tokens.pack import PAD, SUPERVISED, pack, pieces
-from tasks.tokens.shard import loss_weights
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.tokens.pack import PAD, SUPERVISED, pack, pieces
+from chatpipe.tasks.tokens.shard import loss_weights
 from tests.conftest import linked, test_params
 
 EOT, U, A, S = 0, 1, 2, 3
@@ -79,7 +79,7 @@ def test_rows_are_best_fit_and_every_piece_keeps_its_end_of_turn_token():
 
 
 def test_the_pack_stage_writes_weighted_rows(built, tmp_path):
-    from tasks.tokens import pack as stage
+    from chatpipe.tasks.tokens import pack as stage
 
     layout, _, _ = built
     root = linked(tmp_path, layout)

@@ -5,11 +5,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks.common.documents import is_val, iter_batches
-from tasks.common.errors import InputError
-from tasks.common.hashing import sha256_file
-from tasks.tokens.reader import TokenReader
-from tasks.tokens.tokenizer import file_hash, load
+from chatpipe.tasks.common.documents import is_val, iter_batches
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.common.hashing import sha256_file
+from chatpipe.tasks.tokens.reader import TokenReader
+from chatpipe.tasks.tokens.tokenizer import file_hash, load
 
 
 def manifest(layout):

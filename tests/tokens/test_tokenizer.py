@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from tasks.chat.format import SPECIAL_TOKENS
-from tasks.tokens.tokenizer import load
+from chatpipe.tasks.chat.format import SPECIAL_TOKENS
+from chatpipe.tasks.tokens.tokenizer import load
 
 TRICKY = [
     "", " ", "  leading and trailing  ", "tabs\tand\r\nwindows newlines\n\n\n",

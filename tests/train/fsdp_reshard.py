@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from model import Transformer
-from model.config import ModelConfig
-from tasks.common.config import PROJECT_ROOT, load_params
-from tasks.train import checkpoint, parallel
-from tasks.train.distributed import Ranks
-from tasks.train.optim import Optimizers
-from tasks.train.resume import RECIPE
+from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.train import checkpoint, parallel
+from chatpipe.tasks.train.distributed import Ranks
+from chatpipe.tasks.train.optim import Optimizers
+from chatpipe.tasks.train.resume import RECIPE
 
 source, target = map(Path, sys.argv[1:3])
 state = checkpoint.read_state(source)

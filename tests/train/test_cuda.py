@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import Transformer, preset
-from tasks.common.layout import Layout
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.common.layout import Layout
 from tests.conftest import TINY, linked, test_params
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -61,7 +62,7 @@ def test_triton_kernels_in_the_model_match_torch(dtype):
 @pytest.mark.parametrize(("kernels", "mode"), [("torch", "true"), ("triton", "true"), ("torch", "reduce-overhead")])
 def test_compiled_bf16_training_on_cuda(project, kernels, mode):
     """A compiled bf16 pilot (CUDA graphs too) learns, its checkpoint loads, and the full run continues from it."""
-    from tasks.train import loop
+    from chatpipe.tasks.train import loop
 
     steps = ["train.device=cuda", f"train.compile={mode}", "train.precision=auto", f"train.kernels={kernels}",
              "train.pilot_steps=40", "train.full_steps=10", "train.checkpoint_every=10", "train.eval_every=20"]

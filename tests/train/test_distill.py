@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, loop
-from tasks.train.distill import kd_loss
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, loop
+from chatpipe.tasks.train.distill import kd_loss
 
 from conftest import TINY, linked, test_params
 

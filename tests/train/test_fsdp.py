@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.presets import preset
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, loop, parallel, sharded
+from chatpipe.model.presets import preset
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, loop, parallel, sharded
 
 from conftest import TEST_OVERRIDES, TINY, TINY_OVERLAY, linked, test_params
 
@@ -201,8 +201,8 @@ def test_a_save_without_every_optimizer_moment_is_refused(tmp_path):
     """DCP would save it without a word: here an optimizer over one parameter of a fully_shard-ed model."""
     import torch.distributed as dist
 
-    from model import Transformer
-    from tasks.train.distributed import Ranks
+    from chatpipe.model.transformer import Transformer
+    from chatpipe.tasks.train.distributed import Ranks
 
     ranks = Ranks()
     ranks.start("cpu", group=True)  # a group of one in this process, as `chatpipe train` alone makes

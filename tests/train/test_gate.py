@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.layout import Layout
-from tasks.train import gate
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import gate
 
 from conftest import test_params
 

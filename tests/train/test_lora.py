@@ -11,15 +11,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model import Transformer, preset
-from tasks import PIPELINE
-from tasks.common import bundle
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.publish import lineage
-from tasks.tokens.reader import TokenReader
-from tasks.train import checkpoint, loop, lora, pretrained
-from tasks.train.optim import Optimizers, hidden_matrices
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.publish import lineage
+from chatpipe.tasks.tokens.reader import TokenReader
+from chatpipe.tasks.train import checkpoint, loop, lora, pretrained
+from chatpipe.tasks.train.optim import Optimizers, hidden_matrices
 from tests.train import test_pretrained
 from tests.train.test_train import cli_train, curve
 

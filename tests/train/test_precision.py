@@ -7,10 +7,10 @@ import csv
 import pytest
 import torch
 
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.train import loop
-from tasks.train.backends.devices import DEVICES, Device, precision
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import loop
+from chatpipe.tasks.train.backends.devices import DEVICES, Device, precision
 
 from conftest import TINY, linked, test_params
 
@@ -50,7 +50,7 @@ def test_a_bf16_pilot_tracks_the_fp32_one(tmp_path, built):
 
 def test_cpu_bf16_attention_runs_in_fp32_and_matches_it():
     """model.transformer.attend: bf16 on CPU computes in fp32 (torch's bf16 CPU flash backward is 3x slower)."""
-    from model.transformer import attend
+    from chatpipe.model.transformer import attend
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8).bfloat16().requires_grad_() for _ in range(3))

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from model import Transformer
-from tasks import PIPELINE
-from tasks.chat.format import EOT
-from tasks.common.config import PROJECT_ROOT, load_params
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.tokens.reader import TokenReader
-from tasks.train import pretrained
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.tasks.chat.format import EOT
+from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.tokens.reader import TokenReader
+from chatpipe.tasks.train import pretrained
 from tests.conftest import MICRO, TINY_OVERLAY
 
 IDS = 66_000                  # the checkpoint tokenizer's ids before its <|endoftext|> (Qwen3 has one too)
@@ -121,10 +121,10 @@ def test_the_whole_pipeline_from_a_pretrained_checkpoint(built, checkpoint, tmp_
     """tokenizer → shard → pack → pilot → gate → full → sft → eval → publish from the import, then serve."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from serve.app import create_app
-    from serve.engine import Engine
-    from serve.server import running
-    from tasks.common import bundle
+    from chatpipe.serve.app import create_app
+    from chatpipe.serve.engine import Engine
+    from chatpipe.serve.server import running
+    from chatpipe.tasks.common import bundle
 
     root = tmp_path / "proj"
     (root / "data").mkdir(parents=True)
@@ -194,7 +194,7 @@ QWEN3_0_6B = {"architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "a
 def test_the_readme_overlay_trains_qwen3_0_6b_as_it_is(tmp_path):
     """configs/pretrained-example.yaml over params.yaml: Qwen3-0.6B's shape at a 1,024-token context; its
     tokenizer's 151,669 ids plus our three markers fit in its 151,936 rows, so nothing grows."""
-    from model import param_counts
+    from chatpipe.model.info import param_counts
 
     (tmp_path / "models" / "Qwen3-0.6B").mkdir(parents=True)
     (tmp_path / "models" / "Qwen3-0.6B" / "config.json").write_text(json.dumps(QWEN3_0_6B))

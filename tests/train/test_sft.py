@@ -6,12 +6,13 @@ import contextlib
 
 import torch
 
-from model import Transformer, preset
-from tasks.tokens.reader import require_supervised
-from tasks.train import sft
-from tasks.train.backends.offload import StepContext
-from tasks.train.distributed import Ranks
-from tasks.train.loop import forward_backward
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.tokens.reader import require_supervised
+from chatpipe.tasks.train import sft
+from chatpipe.tasks.train.backends.offload import StepContext
+from chatpipe.tasks.train.distributed import Ranks
+from chatpipe.tasks.train.loop import forward_backward
 from tests.conftest import test_params
 
 
@@ -60,7 +61,7 @@ def test_grad_accum_equals_one_batch_with_uneven_masks():
 def test_a_batch_without_a_supervised_token_is_an_error_not_a_loss_of_zero():
     import pytest
 
-    from tasks.common.errors import InputError
+    from chatpipe.tasks.common.errors import InputError
 
     model = Transformer(preset("chat-7m", vocab_size=97, n_layer=1, n_embd=32, n_head=4, block_size=8))
     x = torch.randint(0, 97, (1, 8))
@@ -72,8 +73,8 @@ def sft_project(root, built, trained):
     """A project with the built data, the trained full model's checkpoints and the packed rows."""
     import shutil
 
-    from tasks.common.layout import Layout
-    from tasks.tokens import pack
+    from chatpipe.tasks.common.layout import Layout
+    from chatpipe.tasks.tokens import pack
     from tests.conftest import TINY, linked
 
     root = linked(root, built[0])
@@ -87,8 +88,8 @@ def sft_project(root, built, trained):
 def test_the_sft_phase_starts_from_the_full_model(built, trained, tmp_path):
     from pathlib import Path
 
-    from tasks.common.layout import Layout
-    from tasks.train import loop
+    from chatpipe.tasks.common.layout import Layout
+    from chatpipe.tasks.train import loop
     from tests.conftest import TINY
 
     root = sft_project(tmp_path / "proj", built, trained)

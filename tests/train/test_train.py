@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import Transformer
-from tasks.common.errors import ConfigError
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, loop, resume
-from tasks.train.optim import Optimizers, lr_multiplier
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.common.errors import ConfigError
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, loop, resume
+from chatpipe.tasks.train.optim import Optimizers, lr_multiplier
 
 from conftest import TINY, TINY_OVERLAY, kill_when, linked, test_params
 
@@ -61,7 +61,7 @@ def test_lr_schedule():
 
 
 def _tiny_model(**kw):
-    from model import preset
+    from chatpipe.model.presets import preset
     return Transformer(preset("chat-7m", vocab_size=96, n_layer=2, n_embd=32, n_head=4, block_size=16, **kw))
 
 

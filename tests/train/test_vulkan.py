@@ -21,10 +21,10 @@ import time
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.transformer import Transformer
-from tasks.common.errors import TrainingError
-from tasks.train.backends import vulkan as vs
+from chatpipe.model.config import ModelConfig
+from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.common.errors import TrainingError
+from chatpipe.tasks.train.backends import vulkan as vs
 
 pytestmark = pytest.mark.skipif(
     not vs.available(),

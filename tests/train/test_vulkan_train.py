@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.common import bundle
-from tasks.common.config import PROJECT_ROOT
-from tasks.common.layout import Layout
-from tasks.train import checkpoint, loop
-from tasks.train.backends import devices
+from chatpipe.tasks.common import bundle
+from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train import checkpoint, loop
+from chatpipe.tasks.train.backends import devices
 
 from conftest import TEST_OVERRIDES, TINY, linked, test_params
 
-vulkan_step = pytest.importorskip("tasks.train.backends.vulkan")
+vulkan_step = pytest.importorskip("chatpipe.tasks.train.backends.vulkan")
 pytestmark = pytest.mark.skipif(not vulkan_step.available(),
                                 reason="no Vulkan device (apt mesa-vulkan-drivers) or IREE not installed")
 
@@ -90,7 +90,7 @@ def test_the_cli_trains_on_vulkan_and_auto_passes_over_lavapipe(runs, built, tmp
 
 
 def test_what_vulkan_cannot_run_is_refused_before_any_work(built, tmp_path):
-    from tasks.common.errors import ConfigError
+    from chatpipe.tasks.common.errors import ConfigError
 
     layout, _, _ = built
     root = linked(tmp_path / "p", layout)

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from tasks.common.errors import InputError
+from chatpipe.tasks.common.errors import InputError
 
 
 @dataclass

@@ -6,10 +6,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import Iterator
 
-from tasks.chat.format import Parsed, Turn, parse_lines, reason, render, validate
-from tasks.common.config import ChatTextSource, ChitchatSource
-from tasks.common.errors import InputError
-from tasks.ingest.sources.base import Doc, Skips, reader
+from chatpipe.tasks.chat.format import Parsed, Turn, parse_lines, reason, render, validate
+from chatpipe.tasks.common.config import ChatTextSource, ChitchatSource
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.ingest.sources.base import Doc, Skips, reader
 
 
 def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:

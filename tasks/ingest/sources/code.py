@@ -12,9 +12,9 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from tasks.common.config import LocalCodeSource, TheStackSource
-from tasks.common.errors import InputError
-from tasks.ingest.sources.base import Doc, Skips, reader
+from chatpipe.tasks.common.config import LocalCodeSource, TheStackSource
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.ingest.sources.base import Doc, Skips, reader
 
 STACK_COLUMNS = ("content", "lang", "max_stars_repo_licenses", "max_stars_repo_path")
 LANGS = {".py": "Python", ".pyi": "Python", ".md": "Markdown", ".rs": "Rust", ".go": "Go",

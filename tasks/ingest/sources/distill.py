@@ -18,13 +18,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.chat.format import Turn, reason, render, validate, validate_prompt
-from tasks.common.config import DistillPrompts, DistillSource
-from tasks.common.errors import ConfigError, InputError
-from tasks.common.redact import public_url
-from tasks.ingest import synthetic, teacher_api
-from tasks.ingest.sources.base import Doc, Skips, reader
-from tasks.ingest.sources.chat import chitchat_turns
+from chatpipe.tasks.chat.format import Turn, reason, render, validate, validate_prompt
+from chatpipe.tasks.common.config import DistillPrompts, DistillSource
+from chatpipe.tasks.common.errors import ConfigError, InputError
+from chatpipe.tasks.common.redact import public_url
+from chatpipe.tasks.ingest import synthetic, teacher_api
+from chatpipe.tasks.ingest.sources.base import Doc, Skips, reader
+from chatpipe.tasks.ingest.sources.chat import chitchat_turns
 
 log = logging.getLogger("chatpipe.ingest")
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tasks.chat.format import from_messages, reason, render
-from tasks.common.config import HFSource
-from tasks.common.errors import InputError
-from tasks.ingest.sources.base import Doc, Skips, reader
-from tasks.ingest.sources.code import open_dataset
+from chatpipe.tasks.chat.format import from_messages, reason, render
+from chatpipe.tasks.common.config import HFSource
+from chatpipe.tasks.common.errors import InputError
+from chatpipe.tasks.ingest.sources.base import Doc, Skips, reader
+from chatpipe.tasks.ingest.sources.code import open_dataset
 
 
 @reader("hf")

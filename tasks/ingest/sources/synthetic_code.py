@@ -5,10 +5,10 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from tasks.common import sandbox
-from tasks.common.config import SyntheticCodeSource
-from tasks.ingest import synthetic
-from tasks.ingest.sources.base import Doc, Skips, reader
+from chatpipe.tasks.common import sandbox
+from chatpipe.tasks.common.config import SyntheticCodeSource
+from chatpipe.tasks.ingest import synthetic
+from chatpipe.tasks.ingest.sources.base import Doc, Skips, reader
 
 CHUNK = 500
 

@@ -29,7 +29,7 @@ import random
 from collections.abc import Iterator, Sequence
 
 # The family modules register their ops in ``draft._OPS`` when imported.
-from tasks.ingest.synthetic import (  # noqa: F401
+from chatpipe.tasks.ingest.synthetic import (  # noqa: F401
     arithmetic,
     conditionals,
     dicts,
@@ -39,7 +39,7 @@ from tasks.ingest.synthetic import (  # noqa: F401
     sorting,
     strings,
 )
-from tasks.ingest.synthetic.draft import _OPS, FAMILIES, Sample, _sample
+from chatpipe.tasks.ingest.synthetic.draft import _OPS, FAMILIES, Sample, _sample
 
 __all__ = ["FAMILIES", "Sample", "generate"]
 

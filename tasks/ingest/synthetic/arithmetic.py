@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from tasks.ingest.synthetic.draft import _NUM_WORDS, _Draft, _lines, _name, _op, _signed
+from chatpipe.tasks.ingest.synthetic.draft import _NUM_WORDS, _Draft, _lines, _name, _op, _signed
 
 
 @_op("arithmetic")

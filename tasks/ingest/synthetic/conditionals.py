@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from tasks.ingest.synthetic.draft import _Draft, _lines, _name, _op
+from chatpipe.tasks.ingest.synthetic.draft import _Draft, _lines, _name, _op
 
 _LABEL_WORDS = ["Fizz", "Buzz", "Foo", "Bar", "Ping", "Pong", "Zip", "Zap", "Tick", "Tock"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from tasks.ingest.synthetic.draft import _WORDS, _Draft, _lines, _name, _op, _sentence
+from chatpipe.tasks.ingest.synthetic.draft import _WORDS, _Draft, _lines, _name, _op, _sentence
 
 
 @_op("dicts")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from tasks.ingest.synthetic.draft import _NUM_WORDS, _Draft, _ints, _lines, _name, _op
+from chatpipe.tasks.ingest.synthetic.draft import _NUM_WORDS, _Draft, _ints, _lines, _name, _op
 
 _INT_PREDICATES = [  # (description, code with {x}, predicate factory over a constant)
     ("even numbers", "{x} % 2 == 0", lambda k: lambda v: v % 2 == 0),

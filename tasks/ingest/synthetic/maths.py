@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tasks.ingest.synthetic.draft import _Draft, _lines, _op
+from chatpipe.tasks.ingest.synthetic.draft import _Draft, _lines, _op
 
 
 def _is_prime(v: int) -> bool:

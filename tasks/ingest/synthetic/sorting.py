@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from tasks.ingest.synthetic.draft import _WORDS, _Draft, _ints, _lines, _name, _op
+from chatpipe.tasks.ingest.synthetic.draft import _WORDS, _Draft, _ints, _lines, _name, _op
 
 
 @_op("sorting")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from tasks.ingest.synthetic.draft import _WORDS, _Draft, _lines, _name, _op, _text
+from chatpipe.tasks.ingest.synthetic.draft import _WORDS, _Draft, _lines, _name, _op, _text
 
 _CHAR_CLASSES = [  # (description, code with {c}, predicate)
     ("vowels", '{c} in "aeiou"', lambda c: c in "aeiou"),

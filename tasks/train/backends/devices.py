@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from tasks.common.errors import ConfigError
+from chatpipe.tasks.common.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tasks.train.backends.offload import OffloadedStep, StepContext
+    from chatpipe.tasks.train.backends.offload import OffloadedStep, StepContext
 
 # Peak dense bf16 tensor-core FLOP/s, from the vendors' data sheets (SXM parts).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -48,7 +48,7 @@ class Device:
 
 
 def _vulkan_status() -> str | None:
-    from tasks.train.backends import vulkan as vulkan_step
+    from chatpipe.tasks.train.backends import vulkan as vulkan_step
 
     if not vulkan_step.installed():
         return "IREE is not installed (the vulkan extra: pip install 'chat-pipeline[vulkan]')"
@@ -57,7 +57,7 @@ def _vulkan_status() -> str | None:
 
 def _vulkan_auto() -> str | None:
     """A software renderer (Mesa's lavapipe) runs everything, but far slower than the CPU path itself."""
-    from tasks.train.backends import vulkan as vulkan_step
+    from chatpipe.tasks.train.backends import vulkan as vulkan_step
 
     name = vulkan_step.device_name()
     return f"only a software renderer ({name})" if "llvmpipe" in name or "SwiftShader" in name else None
@@ -72,7 +72,7 @@ def _cpu_bf16() -> str | None:
 
 def _vulkan_step(context: StepContext) -> OffloadedStep:
     """One IREE-compiled step with weights and AdamW state on the GPU (tasks/train/backends/vulkan.py)."""
-    from tasks.train.backends import vulkan as vulkan_step
+    from chatpipe.tasks.train.backends import vulkan as vulkan_step
 
     return vulkan_step.VulkanStep(context)
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from model import Transformer
-    from tasks.common.config import TrainParams
-    from tasks.tokens.reader import TokenReader
-    from tasks.train.distributed import Ranks
-    from tasks.train.optim import Optimizers
+    from chatpipe.model.transformer import Transformer
+    from chatpipe.tasks.common.config import TrainParams
+    from chatpipe.tasks.tokens.reader import TokenReader
+    from chatpipe.tasks.train.distributed import Ranks
+    from chatpipe.tasks.train.optim import Optimizers
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tasks.common.config import PROJECT_ROOT
-from tasks.common.errors import ConfigError, TrainingError
-from tasks.common.hashing import hash_tree
+from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.common.errors import ConfigError, TrainingError
+from chatpipe.tasks.common.hashing import hash_tree
 
 if TYPE_CHECKING:
-    from tasks.train.backends.offload import StepContext
+    from chatpipe.tasks.train.backends.offload import StepContext
 
 log = logging.getLogger("chatpipe.vulkan")
 

@@ -67,31 +67,31 @@ TRAINING = ("tasks/train", "tasks/tokens", "model", "kernels", *SHARED)
 
 
 def _training(phase: str, help: str, params: tuple[str, ...], inputs: tuple[str, ...], halts: bool = True) -> Stage:
-    return Stage(phase, "tasks.train.loop:run", help, ("seed", "model", "train", *params), TRAINING, inputs,
+    return Stage(phase, "chatpipe.tasks.train.loop:run", help, ("seed", "model", "train", *params), TRAINING, inputs,
                  (Output(f"checkpoints/{phase}", persist=True),),
                  (Plot(f"metrics/{phase}_curve.csv", "loss"), Plot(f"metrics/{phase}_val.csv", "val_loss")),
                  command="train", args={"phase": phase, "replace_stale": True}, retries=2, dispatch=True, halts=halts)
 
 
 PIPELINE: dict[str, Stage] = {s.name: s for s in (
-    Stage("ingest", "tasks.ingest.ingest:run",
+    Stage("ingest", "chatpipe.tasks.ingest.ingest:run",
           "Read every enabled source, clean and dedup → data/documents/ and metrics/ingest.json.",
           ("ingest",), ("tasks/ingest", *SHARED), ("data/chat_combined.txt",), (Output("data/documents"),)),
-    Stage("tokenizer", "tasks.tokens.tokenizer:run",
+    Stage("tokenizer", "chatpipe.tasks.tokens.tokenizer:run",
           "Train the byte-level BPE tokenizer (or adopt tokenizer.from's) → artifacts/tokenizer/ and metrics/tokenizer.json.",
           ("tokenizer", "shard.val_fraction", "model.block_size"), ("tasks/tokens", "model", "kernels", *SHARED),
           ("data/documents",), (Output("artifacts/tokenizer"),)),
-    Stage("shard", "tasks.tokens.shard:run",
+    Stage("shard", "chatpipe.tasks.tokens.shard:run",
           "Tokenize documents into Arrow token shards → data/shards/{train,val}/ and manifest.json.",
           ("shard",), ("tasks/tokens", *SHARED), ("data/documents", "artifacts/tokenizer"),
           (Output("data/shards"),)),
-    Stage("pack", "tasks.tokens.pack:run",
+    Stage("pack", "chatpipe.tasks.tokens.pack:run",
           "Pack conversations whole into rows with loss weights (sft.enabled) → data/sft/{train,val}/ and manifest.json.",
           ("sft", "shard.val_fraction", "model.block_size"), ("tasks/tokens", *SHARED),
           ("data/documents", "artifacts/tokenizer"), (Output("data/sft"),)),
     _training("pilot", "The short run the gate judges → checkpoints/pilot/, metrics/pilot.json.", (),
               ("data/shards", "artifacts/tokenizer"), halts=False),  # stopped by a NaN, it is still the gate's to judge
-    Stage("gate", "tasks.train.gate:run",
+    Stage("gate", "chatpipe.tasks.train.gate:run",
           "Judge the pilot (loss, NaN, spikes, grad norm, trend, samples) → metrics/gate.json; fails if unhealthy.",
           ("gate",), ("tasks/train", *SHARED),
           ("metrics/pilot.json", "metrics/pilot_curve.csv", "metrics/pilot_val.csv"), halts=False),  # the flow acts on it
@@ -102,7 +102,7 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
     _training("distill", "A student taught by the sft (or full) model (distill.enabled) → checkpoints/distill/.",
               ("distill", "sft.enabled"),
               ("checkpoints/pilot", "checkpoints/full", "checkpoints/sft", "data/shards", "artifacts/tokenizer")),
-    Stage("eval", "tasks.evals.evaluate:run",
+    Stage("eval", "chatpipe.tasks.evals.evaluate:run",
           "Evaluate the trained model (val loss/bpb, chat turns, HumanEval) → metrics/eval.json, reports/eval.md.",
           ("seed", "eval", "shard.val_fraction", "train.device", "sft.enabled", "distill.enabled"),
           ("tasks/evals", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
@@ -110,7 +110,7 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
           (Output("reports/eval.md", cache=False), Output("reports/humaneval_samples.jsonl"),
            Output("reports/humaneval_results.jsonl"), Output("reports/student_humaneval_samples.jsonl"),
            Output("reports/student_humaneval_results.jsonl"))),
-    Stage("publish", "tasks.publish.publish:run",
+    Stage("publish", "chatpipe.tasks.publish.publish:run",
           "Bundle the model → dist/<name>/ (+ HF export), upload to GCS, register in MLflow.",
           ("eval.phase", "publish", "sft.enabled", "distill.enabled", "distill.student.quant"),
           ("tasks/publish", "tasks/train", "tasks/tokens", "model", "kernels", *SHARED),
