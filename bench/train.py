@@ -84,7 +84,7 @@ def llama_like(cfg):
 
     hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.ffn_hidden,
                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                     num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.block_size,
+                     num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.block_size,
                      rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
                      attention_bias=False, mlp_bias=False, attn_implementation="sdpa", use_cache=False)
     return LlamaForCausalLM(hf)

@@ -20,6 +20,7 @@ from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import load_params, params_dict
 from chatpipe.tasks.common.errors import ChatpipeError, StageFailed
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.train.phases import PHASES as TRAINING_PHASES
 
 # What the pipeline does not need from its libraries, off unless the user sets it: Prefect's server telemetry
 # (it posts to prefect.io; on the temporary server's fresh SQLite it raced the first flow run: `database is
@@ -104,12 +105,12 @@ def _stage_command(stage: Stage) -> None:
 for _spec in PIPELINE.values():  # every stage with a command of its own: ingest, tokenizer, shard, gate, ...
     if not _spec.args:
         _stage_command(_spec)
-PHASES = [s.name for s in PIPELINE.values() if s.cli == "train"]
+PHASES = list(TRAINING_PHASES)  # the phase table (tasks/train/phases.py)
 
 
 @app.command()
-def train(phase: Annotated[str, typer.Option(help=f"{', '.join(PHASES)} (distill: a student; params: distill).")]
-          = PHASES[0],
+def train(phase: Annotated[str, typer.Option(help=f"{', '.join(PHASES)} (steps, and where it starts: the params "
+                                                  "section of its name).")] = PHASES[0],
           params: ParamsOpt = None,
           set_: SetOpt = None, debug: DebugOpt = False, directory: DirOpt = Path("."),
           replace_stale: Annotated[bool, typer.Option(
@@ -151,8 +152,12 @@ def run_flow(params: ParamsOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
              directory: DirOpt = Path("."),
              train_pool: Annotated[Optional[str], typer.Option(
                  help="Run training as the train/<pool> deployment on a worker of that pool.")] = None) -> None:
-    """Run the whole chat-pipeline Prefect flow here (Prefect's ephemeral server unless PREFECT_API_URL is set)."""
+    """Run the whole chat-pipeline Prefect flow here, on $PREFECT_API_URL, else the server of `chatpipe up`, else
+    the Prefect profile's PREFECT_API_URL, else a temporary server."""
     def go():
+        from chatpipe.flows.local import use_server
+
+        use_server()  # before Prefect is imported: a server that does not answer is refused here, in one line
         from chatpipe.flows.chat_pipeline import chat_pipeline
 
         _quiet_libraries(debug)  # Prefect's handlers exist once it is imported
@@ -190,8 +195,9 @@ def up(port: Annotated[int, typer.Option(help="Port of the local Prefect server.
         pools = local_pools()
         url = start(port, pools)
         typer.echo(f"Prefect server {url.removesuffix('/api')} (UI), pools {', '.join(pools)} with a worker each, "
-                   f"deployments from prefect.yaml.\n  run: prefect deployment run chat-pipeline/local --watch"
-                   f"\n  stop: chatpipe down")
+                   f"deployments from prefect.yaml; `chatpipe run` uses it until `chatpipe down`, your Prefect "
+                   f"profile is unchanged.\n  for the prefect CLI: export PREFECT_API_URL={url}"
+                   f"\n  then run: prefect deployment run chat-pipeline/local --watch\n  stop: chatpipe down")
     _call(go, debug)
 
 
@@ -201,8 +207,9 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool whose training 
            workdir: Annotated[Path, typer.Option(help="Where its runs fetch their inputs and train.")]
            = Path("chatpipe-work"),
            debug: DebugOpt = False) -> None:
-    """Take training runs of the train/<pool> deployment from the Prefect server at $PREFECT_API_URL: inputs and
-    checkpoints through the flow's store (its credentials from the environment), code cloned at the flow's commit."""
+    """Take training runs of the train/<pool> deployment from the Prefect server at $PREFECT_API_URL (else
+    `chatpipe up`'s, else the Prefect profile's): inputs and checkpoints through the flow's store (its credentials
+    from the environment), code cloned at the flow's commit."""
     def go():
         from chatpipe.flows.local import worker as start
 
@@ -212,12 +219,13 @@ def worker(pool: Annotated[str, typer.Option(help="The work pool whose training 
 
 @app.command()
 def down(debug: DebugOpt = False) -> None:
-    """Stop the workers and the Prefect server that `chatpipe up` started."""
+    """Stop the workers and the Prefect server that `chatpipe up` started; `chatpipe run` no longer uses it."""
     def go():
         from chatpipe.flows.local import down as stop
 
-        stop()
-        typer.echo("stopped the workers and the Prefect server")
+        url = stop()
+        exported = url is not None and os.environ.get("PREFECT_API_URL") == url
+        typer.echo("stopped the workers and the Prefect server" + ("; now unset PREFECT_API_URL" if exported else ""))
     _call(go, debug)
 
 

@@ -3,7 +3,8 @@
 The parent run carries the Prefect flow-run id, the git commit, the params and (once known) the data and
 tokenizer hashes; every stage's own run nests under it, so two pipeline runs compare side by side in the
 MLflow UI. The report (metrics table, gate verdict, loss curves, samples) is a Prefect markdown artifact
-and the same file as an MLflow artifact, with a link artifact pointing at the MLflow run.
+and the same file as an MLflow artifact, with a link artifact pointing at the MLflow run. Its curves, samples and
+losses are those of the phases that train one model in turn (tasks/train/phases.py: `LINE`, pilot → full → sft).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from chatpipe.tasks.common.stage import StageResult
 from chatpipe.tasks.common.tracking import Run, ui_url
 from chatpipe.tasks.evals.compare import comparison_table
 from chatpipe.tasks.publish.lineage import git_commit
+from chatpipe.tasks.train.phases import LINE
 
 
 def parent_run(request: Request) -> Run:
@@ -36,7 +38,7 @@ def loss_plot(root: Path, out: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     offset, drawn = 0, False
-    for phase in ("pilot", "full", "sft"):
+    for phase in LINE:
         path = root / "metrics" / f"{phase}_curve.csv"
         if not path.exists():
             continue
@@ -51,7 +53,7 @@ def loss_plot(root: Path, out: Path) -> Path | None:
         drawn = True
     if not drawn:
         return None
-    ax.set_xlabel("step (pilot, then full)")
+    ax.set_xlabel(f"step ({', then '.join(LINE)})")
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
@@ -70,7 +72,7 @@ def markdown(results: dict[str, StageResult], mlflow_link: str) -> str:
                   "| check | value | threshold | verdict |", "| --- | --- | --- | --- |"]
         lines += [f"| {c['name']} | {c['value']} | {c['threshold']} | {c['verdict']} |"
                   for c in gate.metrics.get("checks", [])]
-    for phase in ("pilot", "full", "sft"):
+    for phase in LINE:
         if phase in results:
             lines += ["", f"## Samples ({phase})", ""]
             lines += [f"- `{s['prompt'].strip().replace(chr(10), ' ')}` → {s['completion'].strip()!r}"
@@ -105,7 +107,7 @@ def publish(request: Request, parent: Run, results: dict[str, StageResult]) -> d
     if png := loss_plot(root, reports / "loss.png"):
         parent.log_artifact(png, "report")
     parent.log_artifact(reports / "report.md", "report")
-    for phase in (p for p in ("pilot", "full", "sft") if p in results):
+    for phase in (p for p in LINE if p in results):
         m = results[phase].metrics
         parent.log(0, {f"{phase}.final_loss": m.get("final_loss"), f"{phase}.final_val_loss": m.get("final_val_loss")})
     evaluation = results["eval"].metrics

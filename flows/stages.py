@@ -1,4 +1,5 @@
-"""The flow's view of a stage: its content-hash cache key, whether its outputs exist, where its result is kept.
+"""The flow's view of a stage: whether it is on, its content-hash cache key, whether its outputs exist, where
+its result is kept.
 
 A stage's key is the sha256 of its table entry (tasks/pipeline.py), the values of the params keys it
 reads, its code folders and its inputs (files by their bytes; directories by all their files except
@@ -23,6 +24,11 @@ def _lookup(params: dict, dotted: str):
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def enabled(stage: Stage, params: Params) -> bool:
+    """Whether the params switch the stage on (its `enabled` key; a stage without one always runs)."""
+    return not stage.enabled or bool(_lookup(params_dict(params), stage.enabled))
 
 
 def cache_key(stage: Stage, params: Params, root: Path) -> str:

@@ -8,8 +8,7 @@ A ternary weight is codes in {-1, 0, +1} times one fp32 scale per tensor. Packed
 so an [N, K] weight takes ceil(N * K / 4) bytes. Which codes and scale a float weight gets is the model's
 business (model/quant.py `pack_ternary`: BitLinear's absmean quantizer, then `pack_codes`); this module is the
 byte layout only, in pure torch, shared by the model (packing, and `unpack_ternary` when loading a packed
-bundle) and by the kernels and their references (kernels/cuda/ternary_matmul.py,
-kernels/vulkan/ternary_matmul.comp).
+bundle) and by the kernels and their references (kernels/ternary_cpu.c, kernels/cuda/ternary_matmul.py).
 
     pack_codes(codes) -> uint8                      codes in {-1, 0, +1} (any shape, any dtype) -> packed bytes
     unpack_codes(packed, numel, dtype) -> dtype     the first numel codes, flat, as -1 / 0 / +1 (float32 by default)

@@ -1,38 +1,20 @@
 """The CPU ternary linear: int8 activation codes times the 2-bit packed weight codes, summed as integers.
 
-A served ternary linear (model/ternary_linear.py) on CPU keeps its weight as the bundle stores it, 2-bit
-codes, 4 to a byte ([N, K / 4] bytes, rows = outputs, so fused linears are row slices of one tensor): 1/16 of
-fp32. Per call, ternary_cpu.c quantizes each token row of x to int8 codes exactly as BitLinear's forward does
-(kernels/ternary_codes.py `activation_codes`), sums codes times weight codes in int32 (AVX-512 VNNI
-vpdpbusd on the packed bytes, expanded in registers) and applies the two scales: one call per linear.
+Why: a served ternary linear (model/ternary_linear.py) keeps its weight as the bundle stores it (2-bit codes,
+1/16 of fp32), and at decode time one C call that quantizes x, multiplies and scales is about as fast as the fp32
+teacher's matmul at the demo's size and several times faster at nano's, where torch._int_mm loses to the ~7
+small torch ops around it. The candidates and their timings: docs/LOG.md (issue 20),
+bench/results/2026-11-26-ternary-cpu-kernels.json.
 
-Why this kernel (bench/ternary_cpu.py, bench/results/2026-11-26-ternary-cpu-kernels.json; this 2-core AVX-512
-VNNI EPYC, torch 2.13, medians in us, M = 1 token row; "linear" = quantize x, multiply, apply the scales):
-
-    K x N             fp32 x @ W (teacher)   _int_mm: mm / linear   _int_mm on W.T: mm / linear   this kernel
-    128 x 384 (demo)          4.5                7.0 / 28.3              7.2 / 32.0                 4.9
-    768 x 2304 (nano)       164.9               68.8 / 88.3             31.4 / 72.8                35.6
-    768 x 4096              380.1              147.5 / 198.9            58.5 / 75.0                55.1
-    2048 x 768              157.3               66.8 / 82.7             30.7 / 64.4                33.8
-
-torch._int_mm (int8 x int8 -> int32) works on CPU in this torch for any M, K and N (no multiple-of-8 or M > 16
-rule as on CUDA) and takes the int8 weight as stored, [N, K], transposed; as a bare matmul it is the fastest
-at nano's shapes (oneDNN, both cores), but the per-token quantization and the scales around it are ~7 small
-torch ops, 20-30 us a linear, which at the demo's size is 6x the teacher's whole matmul. The other candidates
-were slower still: a float matmul on the codes cast per call (87 / 242 us), on bf16 copies of them (60 / 217
-us; 2 bytes a weight), torch._weight_int8pack_mm (46 / 1,021 us). One C call does all of it in about the
-teacher's time at the demo's size and 4.6-6.9x faster at nano's, reading 2 bits a weight instead of 8 (nano's
-block weights packed, 21.6 MB, fit this CPU's 32 MB L3). It is single-threaded: starting a second thread per
-call cost ~40 us here. At M >= 4 _int_mm's matmul alone is faster (decoding several rows at once); the
-server's batches go through this kernel all the same.
-
-The C file is compiled once per machine (`cc -O3 -march=native`: 0.5 s here) into
-$XDG_CACHE_HOME/chat-pipeline/kernels and loaded with ctypes, which releases the GIL for the call. Plain C
-rather than torch.utils.cpp_extension: the kernel needs nothing of torch's, and a cpp_extension build of even a
-one-line function took 20.5 s here (torch's headers, ninja), which every fresh machine, test run and server
-start after an upgrade would pay. Without a
-C compiler the same linear runs in torch: `activation_codes`, the codes unpacked to int8 at load, torch._int_mm
-(int32 sums), the scales; equal to the C kernel's output bit for bit (the tests check it).
+- The kernel (ternary_cpu.c): per token row, x's int8 codes exactly as BitLinear quantizes them
+  (kernels/ternary_codes.py `activation_codes`), int32 sums on the packed bytes (AVX-512 VNNI vpdpbusd,
+  codes expanded in registers), then the two scales. Weight [N, K / 4] bytes, rows = outputs, so fused
+  linears are row slices of one tensor. Single-threaded (a thread per call costs more than it saves).
+- Build: `cc -O3 -march=native` once per machine into $XDG_CACHE_HOME/chat-pipeline/kernels, loaded with
+  ctypes (the call releases the GIL). Plain C rather than torch.utils.cpp_extension, whose build takes tens
+  of seconds on every fresh machine.
+- Without a C compiler: the same linear in torch (`activation_codes`, codes unpacked to int8 at load,
+  torch._int_mm, the scales), equal to the C kernel bit for bit (the tests check it).
 
     functions() -> (store, linear)   the C kernel's if it builds here, else the torch one's
                                      (kernels/ternary_matmul.py's cpu entry)

@@ -5,10 +5,17 @@ plain numbers to the layers, not the config) and by `model.info` (which counts p
 without building anything). `to_dict`/`from_dict` give a JSON round trip so a checkpoint can carry the
 exact shape it was trained with.
 
-The derived sizes (head_dim, the SwiGLU hidden width, which layers are MoE) live here as properties so the
-model and the analytic counts can never disagree about them. Both widths can be given outright
-(`head_size`, `ffn_size`) for shapes our rules do not produce, e.g. an imported Qwen3-0.6B: 1024 wide,
-16 heads of 128, SwiGLU hidden 3072.
+The derived sizes live here so the model and the analytic counts can never disagree about them. Three
+fields may be left None and are then resolved once, at construction, to the value our rules give:
+`n_kv_heads` (n_head: MHA), `head_dim` (n_embd // n_head) and `ffn_hidden` (the SwiGLU width from ffn_mult
+and multiple_of); after that each is a plain int under that one name. Give them outright for shapes our
+rules do not produce, e.g. an imported Qwen3-0.6B: 1024 wide, 16 heads of 128, SwiGLU hidden 3072. Because
+they are resolved, `dataclasses.replace` of n_embd, n_head, ffn_mult or multiple_of keeps the old widths:
+build a new config instead (`presets.preset` does).
+
+params.yaml's `model:` section is checked against these classes (tasks/common/config.py builds its schema
+from their fields), so every rule here is also a params rule, reported at load time under the key
+`FieldError.field` names.
 """
 from __future__ import annotations
 
@@ -17,9 +24,17 @@ import math
 from dataclasses import dataclass
 
 
+class FieldError(ValueError):
+    """A bad value, named by the field it is about (`n_kv_heads`, `moe.top_k`); str(): "field: why"."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"{field}: {why}")
+        self.field, self.why = field, why
+
+
 def _check(ok: bool, field: str, msg: str) -> None:
     if not ok:
-        raise ValueError(f"{field}: {msg}")
+        raise FieldError(field, msg)
 
 
 def ffn_hidden(mult: float, n_embd: int, multiple_of: int) -> int:
@@ -49,6 +64,11 @@ class MoEConfig:
                f"must be > 0 or None, got {self.expert_ffn_mult}")
         _check(self.every >= 1, "moe.every", f"must be >= 1, got {self.every}")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> MoEConfig:
+        _check_keys(d, cls, "moe")
+        return cls(**d)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -57,7 +77,7 @@ class ModelConfig:
     n_embd: int
     n_head: int
     block_size: int
-    n_kv_heads: int | None = None   # None: n_head (MHA); must divide n_head (GQA)
+    n_kv_heads: int | None = None   # key/value heads (GQA), dividing n_head; None: n_head (MHA)
     ffn_mult: float = 2.667         # SwiGLU hidden = ffn_hidden(ffn_mult, n_embd, multiple_of)
     multiple_of: int = 64
     qk_norm: bool = False
@@ -66,24 +86,30 @@ class ModelConfig:
     norm_eps: float = 1e-5
     moe: MoEConfig | None = None
     quant: str | None = None        # "ternary": block linears are BitNet b1.58 BitLinear (model/quant.py)
-    head_size: int | None = None    # per-head width; None: n_embd // n_head (Qwen3 sets it: n_head * it != n_embd)
-    ffn_size: int | None = None     # SwiGLU hidden width; None: from ffn_mult and multiple_of (imports set it)
+    head_dim: int | None = None     # per-head width; None: n_embd // n_head (Qwen3 sets it: n_head * it != n_embd)
+    ffn_hidden: int | None = None   # SwiGLU hidden width; None: ffn_hidden(ffn_mult, n_embd, multiple_of)
 
     def __post_init__(self):
         for f in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "multiple_of"):
             _check(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
-        if self.head_size is None:
+        _check(self.ffn_mult > 0, "ffn_mult", f"must be > 0, got {self.ffn_mult}")
+        if self.head_dim is None:
             _check(self.n_embd % self.n_head == 0, "n_embd",
                    f"{self.n_embd} is not divisible by n_head={self.n_head}")
-            _check(self.head_dim % 2 == 0, "n_head",
-                   f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE")
+            _check(self.n_embd // self.n_head % 2 == 0, "n_head",
+                   f"head_dim = n_embd / n_head = {self.n_embd // self.n_head} must be even for RoPE")
         else:
-            _check(self.head_size >= 2 and self.head_size % 2 == 0, "head_size",
-                   f"must be even and >= 2 (RoPE rotates pairs), got {self.head_size}")
-        _check(self.ffn_size is None or self.ffn_size >= 1, "ffn_size", f"must be >= 1 or None, got {self.ffn_size}")
+            _check(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim",
+                   f"must be even and >= 2 (RoPE rotates pairs), got {self.head_dim}")
+        _check(self.ffn_hidden is None or self.ffn_hidden >= 1, "ffn_hidden",
+               f"must be >= 1 or None, got {self.ffn_hidden}")
         _check(self.n_kv_heads is None or (self.n_kv_heads >= 1 and self.n_head % self.n_kv_heads == 0),
                "n_kv_heads", f"{self.n_kv_heads} must be >= 1 and divide n_head={self.n_head}")
-        _check(self.ffn_mult > 0, "ffn_mult", f"must be > 0, got {self.ffn_mult}")
+        resolved = {"n_kv_heads": self.n_head, "head_dim": self.n_embd // self.n_head,
+                    "ffn_hidden": ffn_hidden(self.ffn_mult, self.n_embd, self.multiple_of)}
+        for name, value in resolved.items():  # frozen: set once, here
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         _check(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
         _check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
         _check(self.moe is None or isinstance(self.moe, MoEConfig), "moe",
@@ -93,18 +119,6 @@ class ModelConfig:
                f"{self.quant!r} is not supported with moe (MoE experts are not ternary yet)")
 
     # ------------------------------------------------------------------ derived sizes
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        return self.ffn_size or ffn_hidden(self.ffn_mult, self.n_embd, self.multiple_of)
-
     @property
     def expert_hidden(self) -> int:
         mult = self.moe.expert_ffn_mult if self.moe and self.moe.expert_ffn_mult else self.ffn_mult
@@ -120,13 +134,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of to_dict; an unknown key is an error (a typo must not silently become a default)."""
-        d = dict(d)
+        """Inverse of to_dict; an unknown key is an error (a typo must not silently become a default). Reads
+        the config.json of checkpoints written before head_dim and ffn_hidden were fields (RENAMED)."""
+        d = {RENAMED.get(k, k): v for k, v in d.items()}
         _check_keys(d, cls, "model")
         if isinstance(d.get("moe"), dict):
-            _check_keys(d["moe"], MoEConfig, "moe")
-            d["moe"] = MoEConfig(**d["moe"])
+            d["moe"] = MoEConfig.from_dict(d["moe"])
         return cls(**d)
+
+
+RENAMED = {"head_size": "head_dim", "ffn_size": "ffn_hidden"}  # ModelConfig's old field -> new (old checkpoints)
 
 
 def _check_keys(d: dict, kind: type, name: str) -> None:

@@ -1,29 +1,22 @@
 """The engine's decoding loop: one token per step through a KV cache, with the per-step overhead cut.
 
-For the models this project serves, a one-token forward is a string of matrix-vector products and
-small tensor ops, and Transformer.forward (written for training) spends most of a step on the small
-ops: ~70 per layer through nn.Module calls, a causal mask, RoPE by chunk-and-concatenate, aux-loss
-bookkeeping. `Decoder.step` computes the same function for one new position in ~25 ops per layer:
-- q, k and v come from one matmul, the MLP's gate and up from another (fused weight matrices);
-- the weights are stored transposed ([in, out]), which MKL's CPU matrix-vector products run up to
-  twice as fast as nn.Linear's [out, in] layout at these shapes;
-- RoPE is one small matmul over q and k together, by a rotation matrix built once per step;
-- no attention mask (a single query sees every cached position); k and v are written into the
-  KVCache in place; the LM head sees the new position only.
-`Decoder.step_rows` is the same step for rows at different positions (the server's batch, where each
-generation is at its own length): each row gets its own RoPE rotation and cache position, and a mask
-hides the cache beyond each row's position. Both run one layer loop (`_forward`); only how a layer
-stores its new k/v and attends differs.
-The fused, transposed matrices are copies: a Decoder holds a second set of the attention and MLP
-weights. A ternary model (model/quant.py) runs the same loop on integer codes instead: each fused linear is
-a TernaryLinear (model/ternary_linear.py), called as `Rows` — the weights' 2-bit codes and their scales,
-activations quantized per token as BitLinear's forward does (once per fused matrix: q/k/v share one input,
-gate/up another), integer sums, then the two scales. No float copy of a ternary weight is made, and a
-model loaded from a bundle (already TernaryLinears) has its linears re-pointed at the fused codes, so
-those are held once. Which fused form a linear gets is FUSE, by the linear's type. The prompt (prefill)
-still runs through Transformer.forward, filling the same KVCache (for a loaded ternary model, through
-the same integer linears), and tests check that every step's logits equal Transformer.forward's.
-Mixture-of-experts layers call the model's own MoE module.
+Why: a one-token forward of the models served here is a few matrix-vector products and many small ops,
+and Transformer.forward (written for training) spends most of a step on the small ops (~70 per layer).
+`Decoder.step` computes the same function for one new position in ~25 ops per layer:
+- q/k/v from one matmul, the MLP's gate/up from another (fused weights, stored transposed [in, out],
+  which MKL's matrix-vector products run faster at these shapes); the fused matrices are copies, so a
+  Decoder holds a second set of the attention and MLP weights;
+- RoPE as one small matmul over q and k, by a rotation matrix built once per step;
+- no mask (one query sees every cached position), k/v written into the KVCache in place, the LM head on
+  the new position only.
+`Decoder.step_rows` is the same step for rows at different positions (the server's batch): a RoPE
+rotation and cache position per row, and a mask hiding the cache beyond each row's position.
+
+- Ternary models run the same loop on integer codes: each fused linear is a TernaryLinear called as `Rows`
+  (model/ternary_linear.py), no float copy made, a loaded model's linears re-pointed at the fused codes.
+  Which fused form a linear gets is FUSE, by its type.
+- The prompt (prefill) runs through Transformer.forward into the same KVCache; the tests check that every
+  step's logits equal Transformer.forward's. MoE layers call the model's own MoE module.
 """
 from __future__ import annotations
 
@@ -99,7 +92,7 @@ class Decoder:
         if model.training:
             raise ValueError("Decoder needs a model in eval mode")
         self.model, c = model, model.config
-        self.n_head, self.n_kv, self.head_dim = c.n_head, c.kv_heads, c.head_dim
+        self.n_head, self.n_kv, self.head_dim = c.n_head, c.n_kv_heads, c.head_dim
         dtype = model.tok_emb.weight.dtype
         with torch.no_grad():
             self.layers = [_Layer.of(block) for block in model.blocks]

@@ -1,26 +1,17 @@
 """Autoregressive sampling from a Transformer: one sequence (`generate`) or a batch of them (`sample_batch`).
 
-With use_cache (the default) the prompt is run once through the model (prefill), filling a KVCache, and
-then each new token is a one-position forward that attends to the cache: O(T) work per token instead of
-O(T^2). The cache holds block_size positions and RoPE positions are absolute, so a cached sequence
-(prompt + new tokens) stops at block_size. Without the cache every step reruns the model on the last
-block_size tokens (a sliding window), which is slower but never stops early. The two give the same tokens
-while the sequence fits in block_size (the model is put in eval mode, where MoE capacity is off).
-
-`sample_batch` decodes many rows through one batched KV cache: on a CPU a one-token forward costs about
-the same for 1 row as for 64 (it is per-call overhead), so HumanEval's 164 × (1 greedy + n sampled)
-completions are generated a batch at a time. The rows share the cache's positions, so their prompts must
-have equal length; each row has its own temperature (0: greedy), stops on its own stop token and may
-carry its own seed, so a row's tokens do not depend on which other rows share its batch (a one-row batch
-gives exactly `generate`'s tokens).
-
-Sampling: logits / temperature, then keep the top_k most likely tokens, then the smallest set whose
-probability reaches top_p (nucleus; the most likely token is always kept), then draw. temperature 0 is
-greedy (argmax). The draw is an exponential race, argmax(p / E) with E ~ Exp(1) per token, which picks
-token i with probability p_i exactly and, unlike torch.multinomial, is one vectorized pass over a batch
-(a per-row generator only fills that row's uniform noise; per-row torch.multinomial calls cost about
-three times as much on a CPU). A seed makes the draw reproducible through a torch.Generator on the
-model's device.
+- KV cache (use_cache, the default): the prompt is run once (prefill), then each new token is a
+  one-position forward over the cache, O(T) per token instead of O(T^2). RoPE positions are absolute, so a
+  cached sequence stops at block_size; without the cache each step reruns the last block_size tokens (a
+  sliding window: slower, never stops early). Both give the same tokens while the sequence fits.
+- `sample_batch`: many rows through one batched cache, because on a CPU a one-token forward costs about
+  the same for 1 row as for 64 (HumanEval's completions go a batch at a time). Prompts in a batch have
+  equal length; each row has its own temperature, stop token and seed, so its tokens do not depend on
+  its batch (a one-row batch gives `generate`'s tokens).
+- Sampling: logits / temperature, top_k, then top_p (the most likely token always kept), then an
+  exponential race argmax(p / E), E ~ Exp(1): exactly p, and one vectorized pass over a batch, unlike
+  per-row torch.multinomial. temperature 0 is greedy; a seed makes the draw reproducible (a
+  torch.Generator on the model's device).
 """
 from __future__ import annotations
 

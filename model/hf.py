@@ -4,7 +4,7 @@ Why this exists: to start from a pretrained model instead of random weights (`mo
 and to size one (`chatpipe model-info hf:<dir>`). Our transformer is LLaMA's architecture under other
 parameter names (tasks/publish/hf_export.py writes the same checkpoints), so an import is a renaming: one
 table, NAMES, serves both directions. Qwen3 is LLaMA plus QK-norm and an explicit head_dim (Qwen3-0.6B:
-1024 wide, 16 heads of 128), which ModelConfig carries as head_size.
+1024 wide, 16 heads of 128), which ModelConfig carries as head_dim.
 
 Anything whose computation we do not reproduce is refused in one line naming the config field: RoPE
 scaling (Llama 3.1+'s "llama3", YaRN, ...), biases, activations other than SiLU, sliding-window layers,
@@ -134,7 +134,7 @@ def read_config(path: Path) -> ModelConfig:
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            head_size=hf.get("head_dim") or width // n_head, ffn_size=hf["intermediate_size"])
+            head_dim=hf.get("head_dim") or width // n_head, ffn_hidden=hf["intermediate_size"])
     except KeyError as e:
         raise ValueError(f"{file}: {e.args[0]} is missing") from None
     except ValueError as e:

@@ -10,7 +10,7 @@ Conventions:
   PaLM / nanoGPT estimate. N = active parameters that do matrix multiplies: everything but the embedding
   lookup (a gather), plus the LM head (vocab_size * n_embd), which is a matmul whether or not it is tied.
   The second term is attention's q·k and attention·v over seq_len keys, with n_head * head_dim in place
-  of n_embd (equal unless head_size says otherwise, as in Qwen3; any number of KV heads); like PaLM it
+  of n_embd (equal unless head_dim is set otherwise, as in Qwen3; any number of KV heads); like PaLM it
   does not halve for causality. seq_len defaults to block_size.
 - training memory (`train_memory`): weights, grads, optimizer states and saved activations, for fp32 or
   bf16 weights, with or without activation checkpointing, full or LoRA fine-tuning; per GPU of `gpus`, each
@@ -26,7 +26,7 @@ GiB = 2 ** 30
 def _layer_params(c: ModelConfig, i: int) -> dict:
     """Parameters of layer i: total, active (top_k experts only), and matrices (2-D weights)."""
     d, hd = c.n_embd, c.head_dim
-    attn = 2 * d * c.n_head * hd + 2 * d * c.kv_heads * hd           # wq, wo; wk, wv
+    attn = 2 * d * c.n_head * hd + 2 * d * c.n_kv_heads * hd           # wq, wo; wk, wv
     norms = 2 * d + (2 * hd if c.qk_norm else 0)                      # attn/mlp RMSNorm (+ q/k norm)
     if c.is_moe_layer(i):
         expert, router = 3 * d * c.expert_hidden, d * c.moe.n_experts
@@ -69,7 +69,7 @@ LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # the block linears; 
 
 def lora_params(cfg: ModelConfig, rank: int) -> int:
     """Adapter parameters: rank * (in + out) for each of LORA_TARGETS in every layer (attention only in MoE layers)."""
-    d, qd, kvd, h = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_hidden
+    d, qd, kvd, h = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_hidden
     attn = (d + qd) + 2 * (d + kvd) + (qd + d)                       # wq; wk, wv; wo
     mlp = 3 * (d + h)                                                 # w1, w3: d -> h; w2: h -> d
     return rank * sum(attn + (0 if cfg.is_moe_layer(i) else mlp) for i in range(cfg.n_layer))
@@ -80,7 +80,7 @@ def _activations_per_token(c: ModelConfig, dtype_bytes: int, checkpointing: bool
     """Bytes saved for the backward pass, per token (a count of saved tensors; expect +-30%).
 
     Per layer, in elements: attention 2d + 4*q_d + 3*kv_d (norm in/out, q/k/v, q/k after RoPE, attention
-    output and its copy into wo; q_d = n_head * head_dim, = d unless head_size is set) assuming a fused
+    output and its copy into wo; q_d = n_head * head_dim, = d unless head_dim is set) assuming a fused
     attention that keeps no T x T matrix; dense MLP 2d + 4h
     (norm in/out, w1 and w3 outputs, silu, product); MoE 2d + 2E + top_k * (2d + 4h_e) (router
     logits/probabilities, and per assignment the gathered input, the four SwiGLU tensors and the
@@ -88,7 +88,7 @@ def _activations_per_token(c: ModelConfig, dtype_bytes: int, checkpointing: bool
     final norm (2d) and float32 logits with their softmax (2V * 4 B). With activation checkpointing each
     layer keeps only its input (d); one block's internals live at a time, while backward recomputes it.
     """
-    d, q_d, kv_d = c.n_embd, c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    d, q_d, kv_d = c.n_embd, c.n_head * c.head_dim, c.n_kv_heads * c.head_dim
     layers = []
     for i in range(c.n_layer):
         moe = c.is_moe_layer(i)
@@ -194,7 +194,7 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
         if c.moe else ""
     ffn = f"ffn {c.ffn_hidden}" if not all(c.is_moe_layer(i) for i in range(c.n_layer)) else "no dense MLP"
     rows = [
-        f"{name}: {c.n_layer} layers x {c.n_embd}, {c.n_head} heads / {c.kv_heads} KV (head_dim {c.head_dim}), "
+        f"{name}: {c.n_layer} layers x {c.n_embd}, {c.n_head} heads / {c.n_kv_heads} KV (head_dim {c.head_dim}), "
         f"{ffn}{moe}, vocab {c.vocab_size}, block {c.block_size}"
         f"{', qk-norm' if c.qk_norm else ''}, {'tied' if c.tie_embeddings else 'untied'} embeddings",
         f"  params        total {_n(p['total'])}   active {_n(p['active'])}   embedding {_n(p['embedding'])}",

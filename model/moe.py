@@ -1,24 +1,17 @@
 """Mixture-of-experts MLP: a router sends each token to its top_k SwiGLU experts.
 
-Why each piece is there:
-
-- Router: one linear map to n_experts logits, softmax, top_k, and the top_k weights renormalized to sum
-  to 1 (Qwen3/Mixtral style), so the output scale does not depend on how peaked the router is.
-- Capacity: each expert takes at most ceil(capacity_factor * top_k * tokens / n_experts) assignments per
-  forward. Overflow assignments skip that expert (the token still gets its other experts, and the
-  residual connection carries it through). First choices claim capacity before second choices, and within
-  a choice rank earlier tokens come first (GShard's order). This bounds the work of a hot expert during
-  training; the dropped fraction is recorded in `last_stats` so it can be logged. Capacity is a training
-  device only: in eval mode every token reaches all of its experts, so cached decoding (one token at a
-  time) and a full forward agree exactly. Note that dropping couples the tokens of a batch, so in training
-  mode a later token can change whether an earlier one is dropped; eval mode is strictly causal.
-- Load balancing: the Switch Transformer loss n_experts * sum_i f_i * P_i, f_i the fraction of the
-  token-assignments routed to expert i (before capacity), P_i the mean router probability of expert i.
-  It is 1.0 when routing is uniform and grows as routing collapses onto few experts; P_i carries the
-  gradient (f_i is a count).
-- Experts are batched parameters (w1, w3: [E, D, H], w2: [E, H, D]) computed by a loop over the experts
-  that received tokens, gathering their tokens and scattering back with index_add. Clear and exact;
-  a grouped-GEMM kernel would replace the loop on a GPU.
+- Router: a linear map to n_experts logits, softmax, top_k, the top_k weights renormalized to sum to 1
+  (Qwen3/Mixtral), so the output scale does not depend on how peaked the router is.
+- Capacity (training only): each expert takes at most ceil(capacity_factor * top_k * tokens / n_experts)
+  assignments; overflow skips that expert (the residual carries the token), first choices before second,
+  earlier tokens first (GShard). It bounds a hot expert's work; the dropped fraction is in `last_stats`.
+  Dropping couples a batch's tokens, so eval mode has no capacity: cached decoding and a full forward
+  agree exactly, and it is strictly causal.
+- Load balancing: the Switch Transformer loss n_experts * sum_i f_i * P_i (f_i: share of assignments to
+  expert i before capacity, P_i: its mean router probability, which carries the gradient); 1.0 when
+  uniform, growing as routing collapses.
+- Experts: batched parameters (w1, w3: [E, D, H], w2: [E, H, D]) run by a loop over the experts that got
+  tokens (gather, then index_add back). Clear and exact; on a GPU a grouped GEMM would replace the loop.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Named model shapes. `preset(name, **overrides)` returns one, with fields replaced (for example the
 vocab_size of the trained tokenizer, or n_layer from params.yaml). Counts below are from model.info and
-are checked against instantiated models in tests/test_model.py.
+are checked against instantiated models in tests/model/test_model.py.
 
 - chat-7m: the seed chat model (vocab 4096, 6 layers, 256 wide, 8 heads, block 256). With the standard
   SwiGLU width (8/3 -> 704) and an untied LM head it is 6.92M parameters. That is the same parameter
@@ -21,17 +21,23 @@ are checked against instantiated models in tests/test_model.py.
 - qwen3-hybrid-mini: the same family, instantiable on a CPU: 4 x 128, 4 heads / 2 KV heads, QK-norm,
   16 experts of hidden 128 with top-2 (active expert width 2 x n_embd, as 10 x 512 = 2.5 x 2048 in the
   full one), vocab 4096 (the chat tokenizer's), untied, block 256.
+
+A preset is kept as the fields it was registered with, and `preset()` builds a new ModelConfig from them and the
+overrides, so the widths it leaves unset (n_kv_heads, head_dim, ffn_hidden) are derived from the overridden
+shape (e.g. n_embd: 128), not copied from the preset's.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from .config import ModelConfig, MoEConfig
+from .config import FieldError, ModelConfig, MoEConfig
 
 PRESETS: dict[str, ModelConfig] = {}
+_FIELDS: dict[str, dict] = {}  # the fields each preset was registered with
 
 
 def register(name: str, **fields) -> ModelConfig:
+    _FIELDS[name] = fields
     PRESETS[name] = ModelConfig(**fields)
     return PRESETS[name]
 
@@ -49,10 +55,10 @@ register("qwen3-hybrid-mini", vocab_size=4096, n_layer=4, n_embd=128, n_head=4, 
 def preset(name: str, **overrides) -> ModelConfig:
     """The named config with `overrides` replacing fields (validated again; `moe` may be a mapping)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        raise FieldError("preset", f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)} in overrides for preset {name!r}")
     if isinstance(overrides.get("moe"), dict):  # from params: the MoE section as a mapping
-        overrides["moe"] = MoEConfig(**overrides["moe"])
-    return dataclasses.replace(PRESETS[name], **overrides)
+        overrides["moe"] = MoEConfig.from_dict(overrides["moe"])
+    return ModelConfig(**{**_FIELDS[name], **overrides})

@@ -1,26 +1,20 @@
 """Ternary linears for inference: int8 activation codes times ternary weight codes, summed as integers.
 
-Why: a BitLinear (model/quant.py) trains on float latent weights and runs its forward as a float matmul of
-quantized values. A served ternary model needs neither: `TernaryLinear` keeps only the weight's codes in
-{-1, 0, +1}, in the form its device's kernel reads (kernels/ternary_matmul.py: the bundle's 2-bit packed bytes,
-on CPU and CUDA; int8 codes on a CPU without a C compiler), and its scale, and computes what BitLinear's forward
-computes:
+Why: a BitLinear (model/quant.py) trains on float latent weights and runs a float matmul of quantized values.
+A served ternary model needs neither: `TernaryLinear` keeps only the weight's codes in {-1, 0, +1}, in the
+form its device's kernel reads (kernels/ternary_matmul.py), and its scale, and computes what BitLinear's
+forward does, up to float rounding (far inside the tests' 1e-4 on logits):
 
     codes, s = activation_codes(x)          per-token absmax int8, exactly as BitLinear quantizes its input
     sums = codes @ W_codes.T                exact integer sums
     y = sums * (weight_scale / s)           the two scales, once per output
 
-all three in one kernel call on CPU (kernels/ternary_cpu.py), in Triton and torch on CUDA.
-
-BitLinear's F.linear(codes / s, W_codes * weight_scale) equals this up to float rounding (it rounds every
-product and partial sum; here only the final scaling rounds), far inside the 1e-4 on logits the tests allow.
-
     TernaryLinear.from_packed(...)          a linear from the bundle's packed codes, scale and shape
     TernaryLinear.from_bitlinear(m)         a QAT layer's current ternary weight (its latents stay with it)
     TernaryLinear.fuse(*linears)            one linear computing theirs side by side (q/k/v, gate/up); the
                                             originals become row views of its codes, so nothing is held twice
-    load_ternary(model, state)              a packed state dict into a ternary Transformer, every BitLinear
-                                            replaced by a TernaryLinear: no float copy of a block weight
+    load_ternary(model, state)              a packed state dict into a ternary Transformer, no float copy of
+                                            a block weight
     held_bytes(*modules)                    bytes of the linear weights held (codes and scales), each storage once
 """
 from __future__ import annotations
@@ -97,9 +91,9 @@ class TernaryLinear(nn.Module):
 
 
 class Rows:
-    """A TernaryLinear on [M, K] rows without nn.Module's call, buffer lookups and reshapes: at the demo model's
-    size those cost more than the kernel (a 128 x 384 linear: ~8 us of Python around ~4 us of kernel).
-    Holds the linear's own tensors (no copy); `linear` is the module."""
+    """A TernaryLinear on [M, K] rows without nn.Module's call, buffer lookups and reshapes, which at the demo
+    model's size cost more than the kernel (docs/LOG.md, issue 20). Holds the linear's own tensors (no copy);
+    `linear` is the module."""
 
     def __init__(self, linear: TernaryLinear):
         self.linear = linear

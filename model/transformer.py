@@ -2,29 +2,21 @@
 
     tokens -> embedding -> n_layer x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> LM head -> logits
 
-- RMSNorm before each sublayer (pre-norm) and once at the end: the residual stream stays an identity path,
-  which is what lets deep stacks train without warmup tricks. No biases anywhere (they add nothing at
-  this scale and complicate weight decay).
-- Rotary position embeddings (RoPE) on q and k: relative positions come out of the q·k dot product, there
-  is no learned position table, and a KV cache only needs to know the offset of the new tokens.
-- Grouped-query attention: n_kv_heads <= n_head key/value heads, each shared by n_head / n_kv_heads query
-  heads. It shrinks the KV cache by that factor at little cost in quality; n_kv_heads = n_head is MHA.
-- Optional QK-norm (Qwen3, OLMo2): RMSNorm over head_dim on q and k before RoPE, which bounds attention
-  logits and keeps large-learning-rate training stable.
-- SwiGLU MLP (w2(silu(w1 x) * w3 x)), or in MoE layers a router over several SwiGLU experts (model/moe.py).
-- Init: normal(0, 0.02) everywhere, output projections (attention wo, MLP/expert w2) scaled by
-  1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth (GPT-2).
-- The LM head shares the embedding matrix when tie_embeddings (fewer parameters for small models).
-- `checkpoint_blocks()` turns on activation checkpointing: training keeps one tensor per block and recomputes
-  the rest in backward.
-
-Loss = mean cross-entropy (targets of -1 are ignored) + aux_loss_coef * the sum of the MoE layers'
-load-balancing losses; `last_aux_loss` keeps the unweighted sum for logging.
-
-`use_kernels("triton")` (train.kernels on CUDA) swaps two hot spots for our Triton kernels (kernels/cuda):
-every RMSNorm, and the LM head + cross-entropy, which then never holds the batch's full fp32 logits (a
-training forward with targets returns logits None). `use_kernels("chunked")` (any device) does the latter
-in plain torch (kernels/cross_entropy.py). The registry is KERNELS; "torch" is the default.
+- Pre-norm RMSNorm and a final norm: the residual stream stays an identity path, so deep stacks train
+  without warmup tricks. No biases.
+- RoPE on q and k: relative positions from the q·k product, no position table, and a KV cache only needs
+  the new tokens' offset.
+- Grouped-query attention: n_kv_heads <= n_head, each KV head shared by n_head / n_kv_heads query heads
+  (a KV cache that many times smaller); n_kv_heads = n_head is MHA.
+- Optional QK-norm (Qwen3, OLMo2): RMSNorm over head_dim on q and k before RoPE, bounding attention logits.
+- SwiGLU MLP (w2(silu(w1 x) * w3 x)), or in MoE layers a router over SwiGLU experts (model/moe.py).
+- Init: normal(0, 0.02), output projections (wo, w2) scaled by 1/sqrt(2 * n_layer) (GPT-2); the LM head
+  shares the embedding when tie_embeddings. `checkpoint_blocks()` turns on activation checkpointing.
+- Loss: mean cross-entropy (targets -1 ignored) + aux_loss_coef * the MoE layers' load-balancing losses
+  (`last_aux_loss` keeps the unweighted sum).
+- Kernels (KERNELS, default "torch"): `use_kernels("triton")` (CUDA) runs every RMSNorm and the LM head +
+  loss through kernels/cuda, never holding the batch's fp32 logits (a training forward with targets returns
+  logits None); `use_kernels("chunked")` does the latter in plain torch (kernels/cross_entropy.py).
 """
 from __future__ import annotations
 
@@ -57,7 +49,7 @@ class KVCache:
     @classmethod
     def for_model(cls, model: Transformer, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         c, p = model.config, next(model.parameters())
-        return cls(c.n_layer, batch_size, c.kv_heads, max_len or c.block_size, c.head_dim, p.device, p.dtype)
+        return cls(c.n_layer, batch_size, c.n_kv_heads, max_len or c.block_size, c.head_dim, p.device, p.dtype)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.pos + k.size(2)
@@ -82,12 +74,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
-    """SDPA over [B, H, T, d]; bf16 on CPU runs in fp32: torch's CPU flash kernel is 3x slower backward in bf16.
-
-    Measured on this project's 2-core AVX-512 BF16 CPU (docs/LOG.md, issue 15): at the demo's shape the
-    attention forward + backward takes 4.5 ms in fp32 and 14 ms in bf16, and the whole bf16 training step
-    runs 20% faster with fp32 attention (7% at chat-7m). The casts are cheap next to that.
-    """
+    """SDPA over [B, H, T, d]. bf16 on CPU runs in fp32: torch's CPU flash kernel is much slower backward in
+    bf16 than the casts cost (measured: docs/LOG.md, issue 15)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True, **mask).to(q.dtype)
@@ -180,7 +168,7 @@ class Transformer(nn.Module):
         linear = BitLinear if c.quant == "ternary" else nn.Linear  # embeddings, norms, head stay float
         self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(
-            Block(Attention(c.n_embd, c.n_head, c.kv_heads, c.head_dim, c.qk_norm, c.norm_eps, linear),
+            Block(Attention(c.n_embd, c.n_head, c.n_kv_heads, c.head_dim, c.qk_norm, c.norm_eps, linear),
                   MoE(c.n_embd, c.expert_hidden, moe.n_experts, moe.top_k, moe.capacity_factor)
                   if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linear),
                   c.n_embd, c.norm_eps)

@@ -1,23 +1,21 @@
 """Continuous batching: one scheduler thread runs every active generation of the server together.
 
-On a CPU a one-token decode step costs about the same for 1 row as for 32 (small matrix-vector products
-are overhead-bound), while a thread per generation makes the threads contend for the GIL, each doing
-tiny ops: concurrency made aggregate throughput worse. So one thread owns the model and a KV pool of
-`slots` rows, and loops:
-- admit the generations waiting (between decode steps): each prompt is prefilled alone
-  (Decoder.prefill, a batch-1 cache), its k/v copied into the next free row, its first token sampled
-  from the prefill logits;
+Why: on a CPU a one-token decode step costs about the same for 1 row as for 32, while a thread per
+generation contends for the GIL with tiny ops (throughput got worse with concurrency). So one thread owns
+the model and a KV pool of `slots` rows, and loops:
+- admit the waiting generations: each prompt prefilled alone (Decoder.prefill), its k/v copied into the
+  next free row, its first token sampled;
 - drop the cancelled ones (their client went away);
-- one batched decode step (Decoder.step_rows) for all active rows, each at its own position, then
-  each row's token drawn with its own sampling parameters and generator, so a row's tokens do not
-  depend on which others share the batch; rows with equal parameters are drawn in one vectorized pass.
-The active rows are always the pool's first rows (a row that leaves is replaced by the last one, its
-cache copied over), so a step attends over a view of the pool, never a gathered copy.
+- one batched decode step (Decoder.step_rows) for all active rows, each at its own position, then each
+  row's token drawn with its own sampling parameters and generator (rows with equal parameters in one
+  pass), so a row's tokens do not depend on its batch.
+The active rows are the pool's first rows (a leaving row is replaced by the last one), so a step attends
+over a view of the pool, never a gathered copy.
 
-A generation is a `Job`: `push(token) -> done` hands it a token (its text, and once done its Finish, go
-to its client), `end(error=None)` tells it that it left the batch unfinished (cancelled or failed).
-A failure fails only the generations it touched: a prefill or a token's text its own, a decode step
-the whole batch; the thread goes on serving. With no work the thread sleeps on a condition.
+- `Job`: `push(token) -> done` hands a generation a token; `end(error=None)` tells it that it left the
+  batch unfinished (cancelled or failed).
+- Failures: a prefill or a token's text fails its own generation, a decode step the whole batch; the
+  thread goes on serving, and sleeps on a condition when idle.
 """
 from __future__ import annotations
 

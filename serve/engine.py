@@ -1,20 +1,15 @@
 """The inference engine: a loaded bundle that turns prompt ids into streamed text, alone or many at once.
 
-`Engine.stream` is the single-stream generator (`chatpipe chat` and the benchmarks call it directly):
-model/decode.py's KV-cache decoder (model/generate.py's sampling, fewer ops per token), one token at a
-time, through a TextStream, then one `Finish`. The model's stop markers (the bundle's
-generation_config "stop") always end an answer; a chat answer (`chat=True`) is a turn's text, so it
-also ends where a turn cannot go on ("<|" or "|>" would make the conversation invalid when the client
-sends it back) and is stripped.
-
-`Engine.start` is the server's side: at most `max_concurrent` generations run at once, all of them
-in one scheduler thread that decodes them together, one batched step per token (serve/batcher.py; the
-event loop never runs the model), each handing its pieces to the loop through an asyncio queue.
-A request waits up to `queue_timeout` seconds for a free slot and is then refused (`Busy`, a 429):
-bounded waiting absorbs bursts, and clients see back-pressure instead of an unbounded queue.
-Cancelling a generation (its client went away) takes it out of the batch before the next step and
-frees its slot. Both sides end an answer the same way (`Answer`: stop markers, stop strings, the
-token limit).
+- `Engine.stream`: one generation (`chatpipe chat`, the benchmarks), model/decode.py's decoder one token
+  at a time through a TextStream, then one `Finish`.
+- `Engine.start`: the server's side. At most `max_concurrent` generations, decoded together in one
+  scheduler thread (serve/batcher.py; the event loop never runs the model), each handing its pieces to
+  the loop through an asyncio queue. A request waits up to `queue_timeout` seconds for a slot, then is
+  refused (`Busy`, a 429): back-pressure instead of an unbounded queue. A cancelled generation leaves
+  the batch before the next step.
+- How an answer ends (`Answer`, both sides): the bundle's stop markers, stop strings, the token limit; a
+  chat answer (`chat=True`) also ends where a turn cannot go on ("<|" or "|>" would make the conversation
+  invalid when sent back) and is stripped.
 """
 from __future__ import annotations
 

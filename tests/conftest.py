@@ -13,6 +13,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests track into their own temp projects
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `make test`: workers share the cores, not each one all of them
+    # torch (OpenMP) starts a thread per core in every process: 3 workers on 2 cores would run 6 spinning threads.
+    # Set before torch is imported, so the subprocesses the tests start (the CLI, dvc repro, torchrun) inherit it.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 from chatpipe.tasks.common.config import PROJECT_ROOT, load_params  # noqa: E402
 from chatpipe.tasks.common.layout import Layout  # noqa: E402
@@ -31,17 +36,17 @@ TEST_OVERRIDES = [
 
 
 TINY = ["model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=64", "train.batch_size=4",
-        "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3", "train.eval_every=6",
-        "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8", "train.checkpoint_every=4",
-        "train.keep_checkpoints=2", "train.log_every=2", "train.device=cpu", "train.lr=3e-3"]  # a model that trains in seconds
+        "pilot.steps=12", "full.steps=6", "train.schedule.warmup_steps=3", "train.validation.every=6",
+        "train.validation.batches=2", "train.sample.every=12", "train.sample.tokens=8", "train.checkpoint.every=4",
+        "train.checkpoint.keep=2", "train.log_every=2", "train.device=cpu", "train.optimizer.lr=3e-3"]  # a model that trains in seconds
 
 
 TINY_OVERLAY = str(PROJECT_ROOT / "configs" / "tiny.yaml")
 # The whole flow (all nine stages) in about a minute, over the tiny overlay.
 MICRO = [*TEST_OVERRIDES, "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=64",
-         "train.batch_size=4", "train.pilot_steps=12", "train.full_steps=6", "train.warmup_steps=3",
-         "train.eval_every=6", "train.eval_batches=2", "train.sample_every=12", "train.sample_tokens=8",
-         "train.checkpoint_every=6", "train.device=cpu", "train.lr=3e-3",
+         "train.batch_size=4", "pilot.steps=12", "full.steps=6", "train.schedule.warmup_steps=3",
+         "train.validation.every=6", "train.validation.batches=2", "train.sample.every=12", "train.sample.tokens=8",
+         "train.checkpoint.every=6", "train.device=cpu", "train.optimizer.lr=3e-3",
          # a 12-step pilot cannot reach the seed's bar; these thresholds judge it as healthy
          "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0",
          # eval on a sliver of the val split and four HumanEval problems
@@ -98,19 +103,56 @@ def test_params(*extra: str, base: Path | None = None):
 test_params.__test__ = False  # a helper, not a test
 
 
+def pytest_collection_modifyitems(config, items):
+    """On pytest-xdist workers (`make test`): the files that hold `integration` tests first, each file's tests
+    in their order. `--dist loadfile` hands out whole files in collection order, so the long ones (a pipeline
+    under DVC, a Prefect deployment, the GPU run's CPU smoke) start at once instead of ending the run on one
+    worker while the other has finished. A serial run keeps pytest's own order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    heavy = {item.path for item in items if item.get_closest_marker("integration")}
+    items.sort(key=lambda item: item.path not in heavy)  # a stable sort: each file's tests stay together, in order
+
+
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(directory)`'s value, built once per test session. A session fixture is otherwise built once per
+    pytest-xdist worker (workers are processes): here the first worker to ask builds it in the session's
+    common temporary directory while the others wait on a lock, then they all unpickle its value and share
+    its files. Without xdist, a plain `tmp_path_factory.mktemp(name)`."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    import fcntl
+    import pickle
+
+    common = tmp_path_factory.getbasetemp().parent  # xdist gives each worker <session's basetemp>/<worker id>
+    directory, done = common / name, common / f"{name}.pickle"
+    with open(common / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker dies
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        shutil.rmtree(directory, ignore_errors=True)  # a worker before us failed half-way: each reports its own try
+        directory.mkdir()
+        value = build(directory)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """One real run of the three data stages; tests must treat it as read-only."""
-    from chatpipe.tasks.ingest import ingest
-    from chatpipe.tasks.tokens import shard, tokenizer
+    """One real run of the three data stages (once per session, shared by xdist workers); read-only."""
+    def build(root: Path):
+        from chatpipe.tasks.ingest import ingest
+        from chatpipe.tasks.tokens import shard, tokenizer
 
-    root = make_project(tmp_path_factory.mktemp("built"))
-    params = test_params()
-    results = {}
-    with contextlib.chdir(root):
-        for stage in (ingest, tokenizer, shard):
-            results[stage.__name__.split(".")[-1]] = stage.run(params, Layout(root))
-    return Layout(root), params, results
+        make_project(root)
+        params, results = test_params(), {}
+        with contextlib.chdir(root):
+            for stage in (ingest, tokenizer, shard):
+                results[stage.__name__.split(".")[-1]] = stage.run(params, Layout(root))
+        return root, results
+
+    root, results = once_per_session(tmp_path_factory, "built", build)
+    return Layout(root), test_params(), results
 
 
 def linked(root: Path, layout: Layout) -> Path:
@@ -137,16 +179,20 @@ def kill_when(proc, path: Path, timeout: float = 300) -> None:
 
 @pytest.fixture(scope="session")
 def trained(built, tmp_path_factory):
-    """`built` plus a TINY model trained through pilot and full (checkpoints/full); read-only."""
+    """`built` plus a TINY model trained through pilot and full (checkpoints/full; once per session); read-only."""
     from chatpipe.tasks.train import loop
 
     layout, _, _ = built
-    root = linked(tmp_path_factory.mktemp("trained"), layout)
     params = test_params(*TINY)
-    with contextlib.chdir(root):
-        for phase in ("pilot", "full"):
-            loop.run(params, Layout(root), phase)
-    return Layout(root), params
+
+    def build(root: Path) -> Path:
+        linked(root, layout)
+        with contextlib.chdir(root):
+            for phase in ("pilot", "full"):
+                loop.run(params, Layout(root), phase)
+        return root
+
+    return Layout(once_per_session(tmp_path_factory, "trained", build)), params
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def throwaway_venv(path: Path) -> Path:
     return python
 
 
+@pytest.mark.integration
 def test_the_newest_transformers_with_hf_kernels_loads_our_export_from_the_repository_root(built, tmp_path):
     layout, _, _ = built
     vocab = Tokenizer.from_file(str(layout.tokenizer / "tokenizer.json")).get_vocab_size()

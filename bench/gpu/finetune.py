@@ -5,7 +5,7 @@ options (train.weights, train.activation_checkpointing, train.lora) exist to mak
 each buys on the lent GPU. The model has Qwen3-0.6B's shape (vocab 151,936, 1,024 wide, 28 layers, 16 query
 / 8 KV heads of 128, SwiGLU 3,072, tied, QK-norm, RoPE theta 1e6) with random weights (no download; speed
 and memory do not depend on the values), trained on random tokens by the pipeline's own pieces:
-tasks/train/loop.py's `memory` (weights dtype, activation checkpointing), tasks/train/lora.py's `attach`,
+tasks/train/trainer.py's `memory` (weights dtype, activation checkpointing), tasks/train/lora.py's `attach`,
 tasks/train/optim.py's `Optimizers` (fused AdamW on what requires grad). Every mode runs bf16 autocast and
 the chunked LM head + loss (train.kernels: chunked: a 152k vocabulary's logits are 2.5 GB per 4k tokens).
 
@@ -35,20 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.model.config import ModelConfig  # noqa: E402
 from chatpipe.tasks.common.config import load_params  # noqa: E402
-from chatpipe.tasks.train import loop, lora  # noqa: E402
+from chatpipe.tasks.train import lora, trainer  # noqa: E402
 from chatpipe.tasks.train.optim import Optimizers  # noqa: E402
 
-QWEN3_06B = dict(vocab_size=151936, n_layer=28, n_embd=1024, n_head=16, n_kv_heads=8, head_size=128, ffn_size=3072,
+QWEN3_06B = dict(vocab_size=151936, n_layer=28, n_embd=1024, n_head=16, n_kv_heads=8, head_dim=128, ffn_hidden=3072,
                  tie_embeddings=True, qk_norm=True, rope_theta=1e6, norm_eps=1e-6)
-TINY = dict(vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_heads=2, head_size=32, ffn_size=96,
-            tie_embeddings=True, qk_norm=True, rope_theta=1e6, norm_eps=1e-6)  # head_size != n_embd / n_head, as Qwen3
+TINY = dict(vocab_size=512, n_layer=2, n_embd=64, n_head=4, n_kv_heads=2, head_dim=32, ffn_hidden=96,
+            tie_embeddings=True, qk_norm=True, rope_theta=1e6, norm_eps=1e-6)  # head_dim != n_embd / n_head, as Qwen3
 MODES = {"full": [],
          "full-bf16": ["train.weights=bf16", "train.activation_checkpointing=true"],
          "lora": ["train.weights=bf16", "train.lora.rank=16", "train.lora.alpha=32"]}
 
 
 def run_mode(name: str, shape: dict, batch: int, seq: int, warmup: int, steps: int, device: torch.device) -> dict:
-    cfg = load_params(overrides=[f"train.device={device.type}", "train.kernels=chunked", "train.lr=1e-4",
+    cfg = load_params(overrides=[f"train.device={device.type}", "train.kernels=chunked", "train.optimizer.lr=1e-4",
                                  *MODES[name]]).train
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -57,12 +57,13 @@ def run_mode(name: str, shape: dict, batch: int, seq: int, warmup: int, steps: i
     with torch.device(device):
         model = Transformer(ModelConfig(block_size=seq, **shape))
     model.use_kernels("chunked")
-    loop.memory(model, cfg, device.type)
+    trainer.memory(model, cfg)
     if cfg.lora:
         lora.attach(model, cfg.lora.model_dump())
-    result = {**measure(model, model, Optimizers(model, cfg), batch, seq, warmup, steps, cfg.grad_clip, device),
+    result = {**measure(model, model, Optimizers(model, cfg), batch, seq, warmup, steps, cfg.optimizer.grad_clip,
+                        device),
               "params_total": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
-              "trains": loop.trains(model, cfg) or "every weight, fp32"}
+              "trains": trainer.trains(model, cfg) or "every weight, fp32"}
     del model
     gc.collect()
     print(f"{name}: {result['tokens_per_s']:,} tokens/s, {result['max_memory_allocated_gib']} GiB peak, "

@@ -37,7 +37,7 @@ from chatpipe.tasks.train.optim import Optimizers  # noqa: E402
 
 def run_mode(mode: str, shape: dict, batch: int, seq: int, warmup: int, steps: int, ranks: Ranks,
              device: torch.device) -> dict:
-    cfg = load_params(overrides=[f"train.device={device.type}", f"train.parallel={mode}", "train.lr=1e-4"]).train
+    cfg = load_params(overrides=[f"train.device={device.type}", f"train.parallel={mode}", "train.optimizer.lr=1e-4"]).train
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -45,7 +45,8 @@ def run_mode(mode: str, shape: dict, batch: int, seq: int, warmup: int, steps: i
     with torch.device(device):
         model = Transformer(preset("nano-1b", block_size=seq, **shape))
     train_model = parallel.MODES[mode].wrap(model, cfg, ranks, device, torch.bfloat16)
-    result = measure(model, train_model, Optimizers(model, cfg), batch, seq, warmup, steps, cfg.grad_clip, device)
+    result = measure(model, train_model, Optimizers(model, cfg), batch, seq, warmup, steps, cfg.optimizer.grad_clip,
+                     device)
     del model, train_model
     gc.collect()
     print(f"{mode}: {result['tokens_per_s']:,} tokens/s, {result['max_memory_allocated_gib']} GiB peak", flush=True)

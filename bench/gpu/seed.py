@@ -33,9 +33,9 @@ from chatpipe.tasks.train.backends.devices import DEVICES
 
 OVERLAY = PROJECT_ROOT / "configs" / "seed-gpu.yaml"
 SMOKE = ["train.device=cpu", "train.compile=false", "model.n_layer=2", "model.n_embd=64", "model.n_head=4",
-         "model.block_size=64", "train.batch_size=4", "train.pilot_steps=12", "train.full_steps=6",
-         "train.warmup_steps=3", "train.eval_every=6", "train.eval_batches=2", "train.sample_every=12",
-         "train.sample_tokens=8", "train.checkpoint_every=6", "train.log_every=3", "train.lr=3e-3",
+         "model.block_size=64", "train.batch_size=4", "pilot.steps=12", "full.steps=6",
+         "train.schedule.warmup_steps=3", "train.validation.every=6", "train.validation.batches=2", "train.sample.every=12",
+         "train.sample.tokens=8", "train.checkpoint.every=6", "train.log_every=3", "train.optimizer.lr=3e-3",
          "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0"]
 PART_BYTES = 15 * 2**20  # what comes back from the GPU machine: at most 16 MiB a file
 

@@ -12,6 +12,11 @@ part runs. The report in --out is at most eight files (what the device tool brin
 
 `--cpu-smoke` runs every part for a few steps on CPU (tiny shapes, no GPU): `make test` runs it, so the
 script cannot rot between GPU runs. Parts that need a GPU say so there (kernels) or skip their CUDA cases.
+A smoke's --out may not lie under bench/results/ (CPU numbers are not GPU results).
+
+Exit status: 0 when every part run is ok; 1 when any is not (failed, timed out, its results say not ok, or
+skipped unrun: out of time, its prerequisite failed, no seed project); a smoke's skip of a GPU-only part
+is ok. The report is written either way.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"  # the GPU runs' results, committed
 PY = sys.executable
 LOG_CHARS = 20_000
 
@@ -201,7 +207,7 @@ def prepare_smoke_vulkan(work: Path, log) -> None:
                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120)
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--carry", type=Path, default=ROOT / ".gpu-carry")
@@ -210,6 +216,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=None, help="run only these parts (keys)")
     ap.add_argument("--cpu-smoke", action="store_true")
     args = ap.parse_args()
+    if args.cpu_smoke and args.out.resolve().is_relative_to(RESULTS):
+        ap.error(f"a smoke's CPU numbers do not go in {RESULTS.relative_to(ROOT)}/: give --out a temporary directory")
     deadline = time.perf_counter() + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="chatpipe-gpu-"))
@@ -246,7 +254,7 @@ def main() -> None:
                 entry["results"]["counts"] = tests_counts(work)
             entry["ok"] = entry["status"] in ("ok", "skipped" if part.gpu_only and args.cpu_smoke else "ok") and all(
                 not isinstance(r, dict) or r.get("ok", True) is not False for r in entry["results"].values())
-            if part.key in ("seed_pilot", "seed_graphs") and entry["ok"]:
+            if part.key in ("seed_pilot", "seed_graphs") and entry["ok"] and entry["status"] == "ok":  # it ran
                 gate = entry["results"].get("seed-pilot.json", {}).get("gate", {})
                 entry["ok"] = gate.get("ok") is True
     report["seconds"] = round(args.budget - (deadline - time.perf_counter()), 1)
@@ -255,8 +263,12 @@ def main() -> None:
     shutil.copy(work / "logs.txt", args.out / "logs.txt")
     for path in sorted(work.glob("seed-curves.*")) + sorted(work.glob("seed-bundle.tar.*")):
         shutil.copy(path, args.out / path.name)
-    print(f"\n{markdown(report)}\nwrote {args.out}", flush=True)
+    if args.cpu_smoke:
+        shutil.rmtree(work, ignore_errors=True)
+    not_ok = [key for key, entry in report["parts"].items() if not entry["ok"]]
+    print(f"\n{markdown(report)}\nwrote {args.out}" + (f"; not ok: {', '.join(not_ok)}" if not_ok else ""), flush=True)
+    return 1 if not_ok else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

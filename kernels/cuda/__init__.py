@@ -12,7 +12,7 @@ linear, on the bundle's packed codes: kernels/ternary_matmul.py's cuda entry).
 
 Written for CUDA GPUs; on CPU tensors they run under Triton's interpreter (TRITON_INTERPRET=1, set before
 these modules are imported: triton.jit picks interpreter or compiler when a kernel is defined), which is
-how tests/test_kernels_triton.py checks them without a GPU. Needs the `triton` package: the cuda extra
+how tests/kernels/test_kernels_triton.py checks them without a GPU. Needs the `triton` package: the cuda extra
 (pip install 'chat-pipeline[cuda]'); without it importing this package fails with one line saying so.
 """
 try:

@@ -1,22 +1,19 @@
 """Matmul with 2-bit packed ternary weights, unpacked inside the kernel.
 
-Why: a ternary (BitNet b1.58) student is published packed (model/quant.py `pack_ternary`, in the layout of
-kernels/ternary_codes.py): codes 0, 1, 2 for -1, 0, +1, four to a byte, one fp32 scale per tensor; 16x
-smaller than fp32. Serving it by first unpacking every weight to floats gives that memory back, and at
-decode time (M = a few tokens) a matmul is bound by reading the weight: reading 2 bits instead of 16 or 32
-per weight is the speed-up. This kernel reads the packed bytes as they are stored and decodes each tile of
-weights in registers:
+Why: a ternary student is published packed (kernels/ternary_codes.py's layout, 16x smaller than fp32), and
+at decode time (M = a few tokens) a matmul is bound by reading the weight: reading 2 bits instead of 16 or 32
+is the speed-up, and unpacking to floats first would give the memory back. Each tile of weights is decoded
+in registers:
 
     weight (n, k) is flat index i = n * K + k of the [N, K] weight: code = byte[i // 4] >> 2 * (i % 4) & 3
     y[m, n] = scale * sum_k x[m, k] * (code(n, k) - 1)
 
-Tiles of BLOCK_M x BLOCK_N outputs, BLOCK_K at a time, multiplied by tl.dot on fp32 operands with fp32
-accumulation: IEEE fp32 for fp32 x; for bf16/fp16 x, TF32 tensor cores, which lose nothing here (weights
--1/0/+1 and bf16/fp16 values are exact in TF32's 10-bit mantissa). (A bf16 tl.dot would be faster for
-large M, but Triton's interpreter multiplies bf16 as raw bits, and decode is bound by the weight reads
-anyway.) The scale is applied once at the end. `ternary_matmul_reference` is `x @ unpack_ternary(packed, scale, shape).T`.
-A ternary model served on CUDA runs its block linears through it (kernels/ternary_matmul.py's cuda entry), on the
-activations' int8 codes as fp32, so the sums are exact integers.
+- Tiles of BLOCK_M x BLOCK_N outputs, BLOCK_K at a time, tl.dot on fp32 operands with fp32 accumulation
+  (TF32 tensor cores for bf16/fp16 x, exact here: -1/0/+1 and bf16/fp16 values fit TF32's mantissa; a bf16
+  tl.dot would be wrong in Triton's interpreter). The scale is applied once at the end.
+- Runtime use: a ternary model served on CUDA runs every block linear through it (kernels/ternary_matmul.py's
+  cuda entry), on the activations' int8 codes as fp32, so the sums are exact integers.
+- `ternary_matmul_reference` is `x @ unpack_ternary(packed, scale, shape).T`.
 """
 from __future__ import annotations
 

@@ -8,12 +8,17 @@ and the Prefect flow load it through `load_params`. This module turns it (plus o
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from chatpipe.model.config import RENAMED, FieldError, ModelConfig, MoEConfig
+from chatpipe.model.presets import preset
 from chatpipe.tasks.chat.format import SPECIAL_TOKENS
 from chatpipe.tasks.common.errors import ConfigError
 
@@ -181,37 +186,65 @@ class ShardConfig(_Strict):
 
 # ---------------------------------------------------------------- model, training
 
-class MoEParams(_Strict):
-    n_experts: int = Field(ge=2)
-    top_k: int = Field(ge=1)
-    capacity_factor: float = Field(default=1.25, gt=0)
-    aux_loss_coef: float = Field(default=0.01, ge=0)
-    every: int = Field(default=1, ge=1)
+# The model section is model/config.py's ModelConfig and MoEConfig: its keys are their fields (generated from them,
+# so the two cannot disagree; the fields' comments there document the keys) and their rules are its rules, checked
+# when params load by building the shape (`ModelParams._shape`, `Params._student`).
+
+def _from_dataclass(cls: type, name: str, doc: str, base: type = _Strict, optional: bool = False,
+                    skip: tuple[str, ...] = (), **types: Any) -> type:
+    """A pydantic model with the fields of the dataclass `cls` (its types, or `types`' for those named there), each
+    with the dataclass's default, or with `optional` None: unset, the preset's value is kept."""
+    hints = get_type_hints(cls)
+    fields = {f.name: (types.get(f.name, hints[f.name]) | None, None) if optional else
+              (types.get(f.name, hints[f.name]), ... if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(cls) if f.name not in skip}
+    return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
 
 
-class ModelShape(_Strict):
-    """Overrides of a preset's fields (model/config.py); unset keys keep the preset's value."""
-    n_layer: int | None = Field(default=None, ge=1)
-    n_embd: int | None = Field(default=None, ge=8)
-    n_head: int | None = Field(default=None, ge=1)
-    n_kv_heads: int | None = Field(default=None, ge=1)
-    block_size: int | None = Field(default=None, ge=8)
-    ffn_mult: float | None = Field(default=None, gt=0)
-    qk_norm: bool | None = None
-    tie_embeddings: bool | None = None
-    moe: MoEParams | None = None
-    quant: Literal["ternary"] | None = None  # ternary: BitNet b1.58 block linears (model/quant.py), trained QAT
+MoEParams = _from_dataclass(MoEConfig, "MoEParams", "model.moe: a MoEConfig (model/config.py), whole.")
 
+
+class _Overrides(_Strict):
     def overrides(self) -> dict:
+        """The keys set, for `presets.preset` (or over model.init's shape)."""
         return self.model_dump(exclude={"preset", "init"}, exclude_none=True)
 
 
-class ModelParams(ModelShape):
+ModelOverrides = _from_dataclass(
+    ModelConfig, "ModelOverrides", "Overrides of a preset's fields (ModelConfig's but vocab_size, the tokenizer's): "
+    "a key left out keeps the preset's value.", base=_Overrides, optional=True, skip=("vocab_size",), moe=MoEParams)
+
+# With model.init the shape is the checkpoint's: a key set here must agree with the config.json field named
+# (tasks/train/pretrained.py); ffn_mult must give its intermediate_size, block_size (the context trained at) must
+# not exceed its max_position_embeddings, and quant applies over it. Any other key (moe, multiple_of) is refused.
+INIT_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
+               "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "ffn_hidden": "intermediate_size",
+               "qk_norm": "model_type", "tie_embeddings": "tie_word_embeddings", "rope_theta": "rope_theta",
+               "norm_eps": "rms_norm_eps"}
+INIT_KEYS = {*INIT_FIELDS, "ffn_mult", "block_size", "quant"}
+
+
+class ModelParams(ModelOverrides):
     """A preset from `model/presets.py`; any other key overrides that preset's field. With `init`, the shape is
-    the checkpoint's (config.json) and the preset is not used: a key set here must agree with it, and block_size
-    (the context trained at) may not exceed its max_position_embeddings (tasks/train/pretrained.py)."""
+    the checkpoint's (config.json) and the preset is not used (INIT_FIELDS)."""
     preset: str
     init: str | None = Field(default=None, pattern=HF_SPEC)  # null: random init; "hf:<dir or hub id>": its weights
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModelParams:
+        """ModelConfig's rules, now: the preset with these keys is built (without init); with init, what can be
+        checked without reading the checkpoint: keys it does not take, and the rules of block_size and quant."""
+        try:
+            preset(self.preset, **({} if self.init else self.overrides()))  # with init: only a known name
+            if self.init and (extra := sorted(self.overrides().keys() - INIT_KEYS)):
+                raise FieldError(extra[0], f"not used with model.init: the shape is {self.init}'s config.json; "
+                                           "remove it")
+            if self.init:  # the keys applied over the import, on a minimal shape
+                ModelConfig(**{"vocab_size": 1, "n_layer": 1, "n_embd": 2, "n_head": 1, "block_size": 1,
+                               **self.model_dump(include={"block_size", "quant"}, exclude_none=True)})
+        except FieldError as e:
+            raise PydanticCustomError("combination", f"model.{e.field}: {e.why}") from None
+        return self
 
 
 class LoraParams(_Strict):
@@ -223,41 +256,111 @@ class LoraParams(_Strict):
         default=["wq", "wk", "wv", "wo", "w1", "w2", "w3"], min_length=1)  # attention q/k/v/o, SwiGLU gate/down/up
 
 
-class TrainParams(_Strict):
-    device: Literal["auto", "cpu", "cuda", "vulkan"]  # auto: cuda, then a hardware Vulkan GPU, then cpu
-    optimizer: Literal["adamw", "muon"]
-    batch_size: int = Field(ge=1)       # sequences per optimizer step, across all ranks and micro-steps
-    grad_accum: int = Field(ge=1)       # micro-steps per optimizer step
+class OptimizerParams(_Strict):
+    """train.optimizer: which optimizer and its peak rates (tasks/train/optim.py); the schedule scales them."""
+    name: Literal["adamw", "muon"]      # muon: torch.optim.Muon on the blocks' matrices, AdamW on the rest
     lr: float = Field(gt=0)             # peak AdamW learning rate
-    lr_min: float = Field(ge=0)         # cosine floor
-    warmup_steps: int = Field(ge=0)
     beta1: float = Field(gt=0, lt=1)
     beta2: float = Field(gt=0, lt=1)
     weight_decay: float = Field(ge=0)   # on matrices only
-    grad_clip: float = Field(gt=0)
+    grad_clip: float = Field(gt=0)      # on the global grad norm, before the step
     muon_lr: float = Field(gt=0)        # peak Muon learning rate (hidden matrices), same schedule
     muon_momentum: float = Field(gt=0, lt=1)
-    pilot_steps: int = Field(ge=1)
-    full_steps: int = Field(ge=1)
-    full_init: Literal["pilot", "scratch"]  # the full run starts from the pilot's final weights, or from scratch
-    eval_every: int = Field(ge=1)
-    eval_batches: int = Field(ge=1)
-    sample_every: int = Field(ge=1)
-    sample_tokens: int = Field(ge=1)
-    checkpoint_every: int = Field(ge=1)
-    keep_checkpoints: int = Field(ge=1)
-    log_every: int = Field(ge=1)        # the GPU is read (loss, grad norm) once per this many steps; all recorded
-    compile: bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-    # torch.compile the model: true in its default mode, or a mode by name (reduce-overhead: CUDA graphs)
+
+
+class ScheduleParams(_Strict):
+    """train.schedule: linear warm-up to the peak rates, then cosine decay to lr_min at the phase's last step."""
+    warmup_steps: int = Field(ge=0)
+    lr_min: float = Field(ge=0)         # the cosine floor (a phase with its own peak lr keeps the floor's ratio)
+
+
+class CheckpointParams(_Strict):
+    every: int = Field(ge=1)            # steps between checkpoints (and at the last step)
+    keep: int = Field(ge=1)             # the newest this many are kept
+
+
+class ValidationParams(_Strict):
+    every: int = Field(ge=1)            # steps between validation losses (and at the last step)
+    batches: int = Field(ge=1)          # validation batches per loss, the same ones each time
+
+
+class SampleParams(_Strict):
+    every: int = Field(ge=1)            # steps between sample generations (and at the last step)
+    tokens: int = Field(ge=1)           # at most this many tokens per sample
+
+
+class TrainParams(_Strict):
+    """How every phase trains: the system (device, precision, memory, parallelism), the batch, the optimizer and
+    schedule, and the cadence of validation, samples, checkpoints and logging. How long a phase trains and where it
+    starts are its own section's (`pilot`, `full`, `sft`, `distill`; tasks/train/phases.py)."""
+    device: Literal["auto", "cpu", "cuda", "vulkan"]  # auto: cuda, then a hardware Vulkan GPU, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast (weights, optimizer fp32); auto: where native
+    weights: Literal["fp32", "bf16"] = "fp32"  # bf16: weights, grads and AdamW state in bf16 (half the memory)
     kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the norms and loss (CUDA);
     # chunked: the LM head + loss a chunk of rows at a time, never the batch's fp32 logits (any device)
-    lora: LoraParams | None = None      # null: every weight trains; set: LoRA adapters only, in the phases that
-    # continue from earlier weights (full from the pilot, sft, a pilot from model.init); others train every weight
+    compile: bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
+    # torch.compile the model: true in its default mode, or a mode by name (reduce-overhead: CUDA graphs)
     activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory, ~1/3 slower)
-    weights: Literal["fp32", "bf16"] = "fp32"  # bf16: weights, grads and AdamW state in bf16 (half the memory)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # across torchrun's processes: ddp replicates the model, fsdp (FSDP2)
     # shards weights, grads and AdamW state over them, with DCP checkpoints (tasks/train/parallel.py)
+    lora: LoraParams | None = None      # null: every weight trains; set: LoRA adapters only, in the phases that
+    # continue from trained weights (tasks/train/phases.py: full from the pilot, sft, a pilot from model.init)
+    batch_size: int = Field(ge=1)       # sequences per optimizer step, across all ranks and micro-steps
+    grad_accum: int = Field(ge=1)       # micro-steps per optimizer step
+    optimizer: OptimizerParams
+    schedule: ScheduleParams
+    checkpoint: CheckpointParams
+    validation: ValidationParams
+    sample: SampleParams
+    log_every: int = Field(ge=1)        # the GPU is read (loss, grad norm) once per this many steps; all recorded
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainParams:
+        if refused := self.refusal(self.device):
+            raise PydanticCustomError("combination", refused)
+        return self
+
+    def refusal(self, device: str) -> str | None:
+        """The first rule (`TRAIN_RULES`) this section breaks on `device` ("auto" at load time: the rules that need
+        the device it resolves to wait for the trainer, which asks again), as `key: why`; None: it breaks none."""
+        return next((f"{key}: {why}" for key, breaks, why in TRAIN_RULES if breaks(self, device)), None)
+
+
+_VULKAN = "the vulkan step trains the whole fp32 model in one compiled AdamW step (IREE); use train.device=cpu or cuda"
+
+# Combinations the trainer cannot run, checked once when params load and, for train.device=auto, once more by the
+# trainer on the device it picked: (the key to change, whether the section breaks it on a device, why).
+TRAIN_RULES: list[tuple[str, Callable[[TrainParams, str], bool], str]] = [
+    ("train.batch_size", lambda t, d: t.batch_size % t.grad_accum != 0,
+     "not divisible by train.grad_accum"),
+    ("train.kernels", lambda t, d: t.kernels == "triton" and d in ("cpu", "vulkan"),
+     "triton kernels run on CUDA, and train.device is not cuda; use train.kernels=torch"),
+    ("train.optimizer.name", lambda t, d: t.parallel == "fsdp" and t.optimizer.name == "muon",
+     "muon orthogonalizes whole matrices, and train.parallel=fsdp shards them by rows; use adamw"),
+    ("train.lora", lambda t, d: t.parallel == "fsdp" and t.lora is not None,
+     "LoRA adapters on a base that train.parallel=fsdp shards are not supported; use ddp (LoRA is small)"),
+    *((key, lambda t, d, breaks=breaks: d == "vulkan" and breaks(t), f"{what} on train.device=vulkan: {_VULKAN}")
+      for key, breaks, what in (
+          ("train.parallel", lambda t: t.parallel == "fsdp", "fsdp"),
+          ("train.precision", lambda t: t.precision == "bf16", "bf16"),
+          ("train.weights", lambda t: t.weights == "bf16", "bf16 weights"),
+          ("train.activation_checkpointing", lambda t: t.activation_checkpointing, "activation checkpointing"),
+          ("train.lora", lambda t: t.lora is not None, "LoRA"),
+          ("train.optimizer.name", lambda t: t.optimizer.name != "adamw", "an optimizer other than adamw"),
+          ("train.grad_accum", lambda t: t.grad_accum != 1, "grad_accum > 1"),
+          ("train.compile", lambda t: bool(t.compile), "torch.compile"))),
+]
+
+
+class PilotParams(_Strict):
+    """The pilot (tasks/train/phases.py): the short run the gate judges, from scratch or model.init's weights."""
+    steps: int = Field(ge=1)
+
+
+class FullParams(_Strict):
+    """The full run (tasks/train/phases.py), after the gate."""
+    steps: int = Field(ge=1)
+    init: Literal["pilot", "scratch"]   # pilot: from the pilot's final weights; scratch: as the pilot starts
 
 
 class SFTParams(_Strict):
@@ -277,7 +380,7 @@ class DistillParams(_Strict):
     the teacher's logits. Loss = alpha * CE(data) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
     enabled: bool                       # the flow and `dvc repro` run it after the full run
     teacher: Literal["pilot", "full", "sft"]  # whose latest checkpoint teaches (it must share the tokenizer)
-    student: ModelShape                 # the model section's overrides for the student, e.g. quant: ternary
+    student: ModelOverrides             # the model section's overrides for the student, e.g. quant: ternary
     init: Literal["teacher", "scratch"]  # teacher: start from the teacher's weights (QAT from a float model)
     steps: int = Field(ge=1)
     lr: float | None = Field(gt=0)      # peak learning rate; null: train.lr (same schedule and optimizer)
@@ -356,6 +459,8 @@ class Params(_Strict):
     shard: ShardConfig
     model: ModelParams
     train: TrainParams
+    pilot: PilotParams
+    full: FullParams
     gate: GateParams
     sft: SFTParams
     distill: DistillParams
@@ -363,6 +468,49 @@ class Params(_Strict):
     publish: PublishParams
     tracking: TrackingParams
     store: StoreParams = StoreParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        """A key that has moved (`MOVED`) is refused with its new place, in a file or an override alike."""
+        moved = [f"{old}: moved to {new}" for old, new in MOVED.items() if _found(data, old.split("."))]
+        if moved:
+            raise PydanticCustomError("moved", "; ".join(moved))
+        return data
+
+    @model_validator(mode="after")
+    def _student(self) -> Params:
+        """The distill student, the model section with distill.student's keys on top, is checked as one shape when
+        distillation is on (with model.init it is the checkpoint's: tasks/train/pretrained.py checks it)."""
+        if self.distill.enabled and not self.model.init:
+            try:
+                preset(self.model.preset, **{**self.model.overrides(), **self.distill.student.overrides()})
+            except FieldError as e:
+                raise PydanticCustomError("combination", f"distill.student.{e.field}: {e.why}") from None
+        return self
+
+
+# Keys of the flat train section of before (issue 26), and where each lives now.
+MOVED = {**{f"train.{key}": f"train.optimizer.{key}"
+            for key in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "muon_lr", "muon_momentum")},
+         "train.optimizer": "train.optimizer.name",  # a name where a section now is
+         "train.warmup_steps": "train.schedule.warmup_steps", "train.lr_min": "train.schedule.lr_min",
+         "train.pilot_steps": "pilot.steps", "train.full_steps": "full.steps", "train.full_init": "full.init",
+         "train.eval_every": "train.validation.every", "train.eval_batches": "train.validation.batches",
+         "train.sample_every": "train.sample.every", "train.sample_tokens": "train.sample.tokens",
+         "train.checkpoint_every": "train.checkpoint.every", "train.keep_checkpoints": "train.checkpoint.keep",
+         # ModelConfig's renamed fields (model/config.py), and the vocabulary, which is the tokenizer's
+         **{f"{s}.{old}": f"{s}.{new}" for s in ("model", "distill.student") for old, new in RENAMED.items()},
+         "model.vocab_size": "tokenizer.vocab_size"}
+
+
+def _found(data: Any, path: list[str]) -> bool:
+    """Whether `data` holds a value (not a section) at `path`."""
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return not isinstance(data, dict)
 
 
 def trained(params: Params, phase: str) -> str:
@@ -432,6 +580,8 @@ def _format(err: ValidationError) -> str:
             lines.append(f"{loc}: unknown key")
         elif e["type"] == "missing":
             lines.append(f"{loc}: missing")
+        elif e["type"] in ("moved", "combination"):  # the message names its keys
+            lines.append(e["msg"])
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return "; ".join(lines)

@@ -1,4 +1,4 @@
-"""Where each stage reads and writes, relative to a project root (the data contracts of DESIGN.md)."""
+"""Where each stage reads and writes, relative to a project root (README.md, "What each stage writes")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each stage reads and writes, relative to a project root (DESIGN.md, data contracts)."""
+    """The paths of a project rooted at `root`; what each holds is in README.md's "What each stage writes"."""
     root: Path = Path(".")
 
     @property

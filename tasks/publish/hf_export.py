@@ -1,13 +1,10 @@
 """Export a dense model as a Hugging Face checkpoint that `transformers` loads with no custom code.
 
-Our transformer is LLaMA's architecture under other parameter names: pre-norm RMSNorm, RoPE in the
-rotate-half layout HF uses (model/transformer.py `apply_rope` pairs x[i] with x[i + d/2]), GQA, SwiGLU
-with w1 = gate, w3 = up, w2 = down, no biases. So the export is a renaming (model/hf.py's NAMES, which the
-import reads the other way), never a permutation:
-`AutoModelForCausalLM.from_pretrained(dir)` gives our logits (tests/test_hf_export.py). A model with
-QK-norm is Qwen3's architecture instead (RMSNorm over head_dim on q and k before RoPE, as ours). MoE
-models are not exported: our experts drop tokens beyond a capacity, HF's MoE models do not, so the
-logits would differ.
+Why it is a renaming and never a permutation: our transformer is LLaMA's architecture under other names
+(pre-norm RMSNorm, RoPE in HF's rotate-half layout, GQA, SwiGLU with w1 = gate, w3 = up, w2 = down, no
+biases), and with QK-norm it is Qwen3's. model/hf.py's NAMES serves export and import;
+`AutoModelForCausalLM.from_pretrained(dir)` gives our logits (tests/publish/test_hf_export.py). MoE models
+are not exported: our experts drop tokens beyond a capacity, HF's do not.
 
     config.json              LlamaConfig / Qwen3Config (architectures, dtype float32, bos/eos ids)
     model.safetensors        HF parameter names
@@ -16,8 +13,7 @@ logits would differ.
     special_tokens_map.json
     generation_config.json   sampling defaults; every stop marker is an eos id
 
-The tokenizer files are written as plain JSON (not by transformers' save_pretrained), so older
-transformers versions read them too.
+The tokenizer files are plain JSON (not transformers' save_pretrained), so older transformers read them too.
 """
 from __future__ import annotations
 
@@ -60,7 +56,7 @@ def hf_config(model: Transformer, stop_ids: list[int]):
 
     c = model.config
     common = dict(vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_hidden,
-                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
+                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_heads,
                   head_dim=c.head_dim, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                   rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, hidden_act="silu",
                   attention_bias=False, bos_token_id=stop_ids[0], eos_token_id=stop_ids[0],

@@ -12,7 +12,7 @@ from chatpipe.model.config import ModelConfig
 from chatpipe.model.info import param_counts
 from chatpipe.tasks.common.config import Params, params_dict
 
-CARD_SECTIONS = ("model", "train", "eval", "publish")
+CARD_SECTIONS = ("model", "train", "pilot", "full", "eval", "publish")  # pilot, full: their steps and start
 
 
 def number(v, digits: int = 4) -> str:
@@ -36,10 +36,10 @@ def architecture(c: ModelConfig) -> str:
     counts = param_counts(c)
     moe = (f"; MoE: {c.moe.n_experts} experts, top-{c.moe.top_k}, every {c.moe.every} layer(s), "
            f"{millions(counts['active'])} active") if c.moe else ""
-    attention = "multi-head attention" if c.kv_heads == c.n_head else "grouped-query attention"
+    attention = "multi-head attention" if c.n_kv_heads == c.n_head else "grouped-query attention"
     return (f"Decoder-only transformer (LLaMA-style: RoPE, RMSNorm, SwiGLU, {attention}"
             f"{', QK-norm' if c.qk_norm else ''}): {c.n_layer} layers × {c.n_embd}, {c.n_head} heads / "
-            f"{c.kv_heads} KV heads (head_dim {c.head_dim}), SwiGLU hidden {c.ffn_hidden}, context "
+            f"{c.n_kv_heads} KV heads (head_dim {c.head_dim}), SwiGLU hidden {c.ffn_hidden}, context "
             f"{c.block_size} tokens, byte-level BPE vocabulary of {c.vocab_size:,}, "
             f"{'tied' if c.tie_embeddings else 'untied'} embeddings. **{millions(counts['total'])} parameters** "
             f"({millions(counts['embedding'])} in the token embedding){moe}.")

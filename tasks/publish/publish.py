@@ -1,24 +1,19 @@
 """`chatpipe publish`: the evaluated model leaves the pipeline, as a bundle others can trust.
 
-1. `dist/<publish.name>/` (tasks/common/bundle.py): the latest checkpoint of `eval.phase` — the one eval
-   measured — with its tokenizer, generation defaults, `eval.json`, `lineage.json` (tasks/publish/lineage.py),
-   a model card (tasks/publish/model_card.py) and checksums; written atomically.
+1. `dist/<publish.name>/` (tasks/common/bundle.py): the latest checkpoint of `eval.phase` (the one eval
+   measured), its tokenizer, generation defaults, `eval.json`, `lineage.json`, a model card and
+   checksums; written atomically.
 2. `hf/` inside it (tasks/publish/hf_export.py) when `publish.hf_export` and the model is dense.
-3. An upload to `gs://<gcs.bucket>/<gcs.prefix>/<name>/` (tasks/publish/gcs.py) when a bucket is set; the
-   `_PUBLISHED` marker goes last. `download` (re-exported here) brings one back for `chatpipe serve`.
-4. A new version of the registered model `publish.registry` (tasks/publish/registry.py), whose files are the
-   bundle logged as artifacts of this stage's MLflow run; `champion` moves only when eval meets
-   `publish.bars`.
+3. With a bucket set, an upload to `gs://<gcs.bucket>/<gcs.prefix>/<name>/`, the `_PUBLISHED` marker last
+   (tasks/publish/gcs.py; `download`, re-exported here, brings one back for `chatpipe serve`).
+4. A new version of the registered model `publish.registry` (tasks/publish/registry.py), its files logged
+   by this stage's MLflow run; `champion` moves only when eval meets `publish.bars`. So the stage opens
+   its MLflow run itself (the version needs the run before the metrics, which name the version, exist).
 
-This stage opens its MLflow run itself rather than through `stage.finish`: the model version needs the
-run (it holds the bundle) before the metrics, which name the version, exist.
-
-With distillation on, the student is published beside it the same way, as `dist/<name>-<quant>/`
-(e.g. chat-pipeline-ternary: 2-bit packed weights; no HF export), with its own eval section, the
-teacher in its lineage, its own GCS prefix and its own registered model `<registry>-<quant>`.
-
-The stage refuses to publish what it cannot vouch for: without metrics/eval.json, with an eval of a
-different checkpoint, or with a tokenizer the checkpoint was not trained with (tasks/common/bundle.py).
+- With distillation on, the student goes out the same way as `dist/<name>-<quant>/` (no HF export), with
+  its own eval section, GCS prefix and registered model `<registry>-<quant>`, the teacher in its lineage.
+- Refused: no metrics/eval.json, an eval of another checkpoint, or a tokenizer the checkpoint was not
+  trained with.
 """
 from __future__ import annotations
 

@@ -1,22 +1,17 @@
 """The artifact store: the directories another machine needs, put whole under a content key, fetched verified.
 
-A training phase dispatched to a GPU box elsewhere shares no disk with the flow: its inputs (tokenizer,
-shards, the checkpoint it starts from) and its outputs (each checkpoint as it is written, its metrics) travel
-through this store, and the flow and the worker pass each other only keys and URIs (flows/train_worker.py).
+Why: a training phase dispatched to a GPU box elsewhere shares no disk with the flow, so its inputs
+(tokenizer, shards, the checkpoint it starts from) and outputs (checkpoints, metrics) travel through this
+store, and the flow and the worker pass each other only keys and URIs (flows/train_worker.py).
 
-`store.uri` in params names it: a local directory (the default, `<workdir>/store`: nothing to set up, and a
-worker on the same machine reads it too) or `gs://bucket/prefix`. A stored directory is its files under
-`<uri>/<key>/` plus a marker `_COMPLETE` (JSON: every file's size and sha256), deleted before an upload and
-written last, as publishing a bundle does (tasks/publish/gcs.py), so an interrupted upload is never taken as
-present. `fetch` refuses a key without a marker, reuses a local copy whose files match the marker, else
-downloads into a temp directory renamed into place and checks every file's sha256; an object that is missing
-or does not match is fetched once more (a transfer can fail), then it is one InputError line naming it.
-
-Two backends, one job each (move bytes to and from `<root>/<name>`), in a registry by URI scheme: a new store
-(s3://) is a new class, not a branch. The GCS one reuses tasks/publish/gcs.py's client and its one-line errors
-(credentials from the environment only, never shown; the emulator through STORAGE_EMULATOR_HOST), rather than
-gcsfs: the checksums and the marker are ours either way, and the error handling already exists. gcsfs is used
-only where Prefect needs an fsspec filesystem: its result storage (`result_block`).
+- Where: `store.uri`, a local directory (default `<workdir>/store`) or `gs://bucket/prefix`.
+- Whole or absent: a directory is its files under `<uri>/<key>/` plus a marker `_COMPLETE` (every file's
+  size and sha256), deleted before an upload and written last, as tasks/publish/gcs.py does for bundles.
+- `fetch`: refuses a key without a marker, reuses a local copy that matches it, else downloads into a temp
+  directory renamed into place, checking every sha256; a missing or mismatched object is fetched once
+  more, then it is one InputError line.
+- Backends: a registry by URI scheme, each only moving bytes (a new store is a new class). The GCS one
+  reuses tasks/publish/gcs.py's client and one-line errors; gcsfs serves only Prefect's result storage.
 """
 from __future__ import annotations
 

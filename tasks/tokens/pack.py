@@ -1,19 +1,18 @@
 """Pack: conversations → the rows chat fine-tuning trains on (the `sft` phase), whole conversations per row.
 
-Supervised fine-tuning trains on rows of block_size tokens like pretraining, but each row holds whole
-conversations, packed best-fit (each into the fullest row that still has room), the rest of the row padded
-with <|endoftext|> at loss weight 0: no conversation is cut at a row's edge. A conversation longer than a
-row is split between exchanges (before a <|user|> marker, which stays as the end of the piece before it);
-an exchange longer than a row, before its <|assistant|> marker; a turn longer than a row is counted and
-skipped, never cropped. A piece with no supervised token (a user turn alone) is counted and dropped, so
-no row without a supervised token is written.
+Why: a conversation cut at a row's edge teaches answers without their question. So each row of block_size
+tokens holds whole conversations, packed best-fit (into the fullest row with room), padded with
+<|endoftext|> at weight 0.
 
-Weights: 1 on the assistant's text and the token that ends its turn (the supervised tokens), and
-`sft.prompt_loss_weight` on the rest of a conversation (0: the assistant only; 1: plain language
-modelling on the same rows); 0 on a piece's first token (an opening marker nothing in the row predicts)
-and on padding. The rows are written in the shard format (tasks/tokens/shard.py: tokens + loss_weight) to
-data/sft/{train,val}/ with a manifest, so the training reader reads them unchanged: its block i is row i
-plus the first token of row i + 1 as the last target, which weighs 0 (one pad token ends each shard).
+- Too long for a row: a conversation is split between exchanges (before a <|user|>, which ends the piece
+  before it), an exchange before its <|assistant|>; a turn longer than a row is counted and skipped, never
+  cropped. A piece with no supervised token is counted and dropped.
+- Weights: 1 on the assistant's text and the token ending its turn, `sft.prompt_loss_weight` on the rest of
+  the conversation (0: the assistant only; 1: plain language modelling), 0 on a piece's first token (an
+  opening marker nothing predicts) and on padding.
+- Output: the shard format (tasks/tokens/shard.py) in data/sft/{train,val}/ with a manifest, read unchanged
+  by the training reader (block i = row i plus row i + 1's first token as a last target of weight 0; one
+  pad token ends each shard).
 """
 from __future__ import annotations
 

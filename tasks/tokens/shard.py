@@ -1,17 +1,14 @@
 """Shard: documents → flat token streams in Arrow IPC files, the training data format.
 
-Each split (`train`, `val`, by document id) is a stream of token ids, every document followed by
-`<|endoftext|>`, cut into shards of `shard.shard_tokens` tokens: a uint16 `tokens` column (uint32 once the
-vocab passes 65,536) and a uint8 `loss_weight` column in a single record batch, so `tasks/tokens/reader.py`
-can memory-map both. Tokenizing runs on all cores inside `tokenizers` (Rust threads); the next batch is
-encoded while this one is written. `manifest.json` lists every shard with its sha256 and the tokenizer's hash.
-
-The loss weight is what supervised fine-tuning trains on: in a chat document (its source's kind says so,
-`CHAT_KINDS`) it is 1 on the assistant's text and on the marker that ends its turn (the next `<|user|>`, or
-the `<|endoftext|>` after the document) so the model learns to answer and to stop, and 0 on system and user
-text and on the markers that open a turn. Code and plain text are 1 throughout. The weights come from the
-token ids alone: the markers are single ids that ingest never lets into a turn's text, so the role of a
-token is the last marker before it (a few numpy passes per batch, no second tokenization).
+- Layout: per split (`train`, `val`, by document id), a stream of token ids, each document followed by
+  `<|endoftext|>`, cut into shards of `shard.shard_tokens`: a `tokens` column (uint16; uint32 past 65,536
+  ids) and a uint8 `loss_weight` column in one record batch, which tasks/tokens/reader.py memory-maps.
+  `manifest.json` lists each shard's sha256 and the tokenizer's hash.
+- Speed: tokenizing runs on all cores inside `tokenizers`; the next batch is encoded while this one is written.
+- Loss weights (what chat fine-tuning trains on): in a chat document (its source's kind, `CHAT_KINDS`) 1 on
+  the assistant's text and the marker that ends its turn (so the model learns to answer and to stop), 0 on
+  system and user text and on the markers that open a turn; 1 on code and plain text. Computed from the ids
+  alone: a token's role is the last marker before it (markers are single ids ingest keeps out of turn text).
 """
 from __future__ import annotations
 

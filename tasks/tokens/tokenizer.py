@@ -1,17 +1,13 @@
 """Tokenizer: a byte-level BPE trained with HF `tokenizers` on the ingested training documents, or a
 pretrained checkpoint's tokenizer adopted as it is (`tokenizer.from: hf:<dir or hub id>`).
 
-Byte-level means every string round-trips (`decode(encode(x)) == x`); the chat markers and
-`<|endoftext|>` are special tokens, so each is one id that is never split or merged. The held-out
-(validation) documents measure bytes per token for each source.
-
-An adopted tokenizer gets our four markers (tasks/chat/format.py SPECIAL_TOKENS) as special tokens where it
-lacks them, at the next free ids; which ones were added, and their ids, go to `chat_markers.json` beside
-tokenizer.json and to the metrics (the model's init gives their embedding rows the mean of the others,
-tasks/train/pretrained.py). We add our markers rather than map our roles onto the checkpoint's own chat template
-(Qwen's `<|im_start|>user`, Llama's headers): every stage speaks one format — ingest's grammar, the shard and
-pack stages' loss masks, the gate's and eval's turn checks, the server's prompts and stop markers — and a
-mapping would fork each of them per model family.
+- Byte-level: every string round-trips (`decode(encode(x)) == x`); the chat markers and `<|endoftext|>` are
+  special tokens, one id each, never split or merged. The held-out documents measure bytes per token per source.
+- Adopted: our four markers (tasks/chat/format.py SPECIAL_TOKENS) are added where it lacks them, at the next
+  free ids, recorded in `chat_markers.json` and the metrics (their embedding rows: tasks/train/pretrained.py).
+  Why add rather than map our roles onto the checkpoint's chat template: every stage speaks one format
+  (ingest's grammar, the loss masks, the gate's and eval's turn checks, the server's prompts and stops),
+  and a mapping would fork each of them per model family.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ p_T = softmax(teacher / T), q_T = softmax(student / T); T^2 keeps the KD gradien
 T (Hinton et al., 2015). With `top_k`, the teacher's distribution is cut to its k most likely tokens
 and renormalized; the student's log-probabilities stay over the whole vocabulary, so the term is the
 cross-entropy of the cut teacher against the student minus the cut teacher's entropy. The teacher runs
-in eval mode without gradients, in bf16 on CUDA. `tasks/train/loop.py` runs the loop; this module says what
-the phase trains, from what, and on which loss.
+in eval mode without gradients, in bf16 on CUDA. The trainer (tasks/train/trainer.py) runs the phase as its row
+in tasks/train/phases.py says; this module says what the student is, who teaches it and on which loss.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
-from chatpipe.tasks.common.config import Params, TrainParams, trained
+from chatpipe.tasks.common.config import Params, trained
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.train import checkpoint, pretrained
@@ -58,14 +58,6 @@ def student_config(params: Params, vocab_size: int) -> ModelConfig:
     return pretrained.model_config(params, vocab_size, params.distill.student.overrides(), key="distill.student")
 
 
-def recipe(params: Params) -> TrainParams:
-    """The training recipe of the phase: train's, with distill.lr as the peak learning rate when set."""
-    train, lr = params.train, params.distill.lr
-    if lr is None:
-        return train
-    return train.model_copy(update={"lr": lr, "lr_min": lr * train.lr_min / train.lr})  # the same floor ratio
-
-
 @dataclass
 class Teacher:
     model: Transformer
@@ -87,7 +79,7 @@ class Teacher:
 
     def init_student(self, student: Transformer) -> None:
         """Copy the teacher's weights into a student of the same shape (a ternary student included)."""
-        mine, theirs = student.config.to_dict(), dict(self.identity["model"])
+        mine, theirs = student.config.to_dict(), ModelConfig.from_dict(self.identity["model"]).to_dict()  # old keys too
         if diff := sorted(k for k in mine if k != "quant" and mine[k] != theirs.get(k)):
             raise ConfigError(f"params: distill.init=teacher needs the student's shape to be the teacher's; "
                               f"it differs in {', '.join(diff)} (use distill.init=scratch)")

@@ -35,30 +35,19 @@ from torch import nn
 
 from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
-from chatpipe.tasks.common.config import LoraParams, Params
+from chatpipe.tasks.common.config import LoraParams
 from chatpipe.tasks.common.errors import ConfigError, InputError
 
 ADAPTER = "default"  # peft's adapter name; checkpoints store the state dict without it
 
 
-def applies(phase: str, params: Params) -> bool:
-    """Whether train.lora applies to `phase`: the phases that continue from earlier weights (the full run from
-    the pilot or an import, sft from the full run, a pilot from an import); the others start from random
-    weights (or are a new student, distill) and train every weight."""
-    if params.train.lora is None:
-        return False
-    imported = params.model.init is not None
-    return {"pilot": imported, "full": imported or params.train.full_init == "pilot", "sft": True}.get(phase, False)
-
-
-def check(settings: LoraParams | None, config: ModelConfig, device: str) -> None:
-    """Refuse what LoRA is not built for, in one line."""
+def check(settings: LoraParams | None, config: ModelConfig) -> None:
+    """Refuse the model shapes LoRA is not built for, in one line (which phases it trains is their row's:
+    tasks/train/phases.py, `Phase.adapts`; what params alone decide is refused when they load)."""
     if settings is None:
         return
     why = ("the model is ternary (model.quant): its linears are quantized in training" if config.quant else
-           "the model has MoE layers: their experts are not nn.Linear" if config.moe else
-           "the vulkan step trains the whole model (IREE); use train.device=cpu or cuda" if device == "vulkan"
-           else None)
+           "the model has MoE layers: their experts are not nn.Linear" if config.moe else None)
     if why:
         raise ConfigError(f"params: train.lora: {why}")
 

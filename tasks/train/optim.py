@@ -3,8 +3,8 @@
 `adamw`: AdamW with weight decay on matrices only (embeddings and the head are matrices too; norms and
 any 1-D parameter are not decayed). `muon`: `torch.optim.Muon` for the 2-D hidden matrices of the
 blocks, AdamW for everything else (embeddings, head, norms, MoE expert banks, router), as in the Muon
-write-up. Both follow one schedule: linear warmup, then cosine decay to `lr_min`, applied as a multiplier
-of each group's peak rate.
+write-up. Both follow one schedule (`train.schedule`): linear warmup, then cosine decay to `lr_min`, applied
+as a multiplier of each group's peak rate.
 """
 from __future__ import annotations
 
@@ -28,24 +28,26 @@ def register(name: str):
 
 def lr_multiplier(step: int, cfg: TrainParams, total_steps: int) -> float:
     """Warmup over `warmup_steps` (step 0 gets 1/warmup), then cosine from 1 to lr_min/lr at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    floor = cfg.lr_min / cfg.lr
-    span = max(1, total_steps - 1 - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    warmup = cfg.schedule.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    floor = cfg.schedule.lr_min / cfg.optimizer.lr
+    span = max(1, total_steps - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _adamw(groups: list[dict], cfg: TrainParams) -> torch.optim.AdamW:
     """torch's fused AdamW (one kernel over all parameters, on CPU and CUDA): 5 ms a step against 18 ms for
     the default per-parameter loop at chat-7m on a 2-core CPU (docs/LOG.md)."""
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
+    o = cfg.optimizer
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=1e-8, fused=True)
 
 
 def _decay_groups(params: list[nn.Parameter], cfg: TrainParams) -> list[dict]:
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
-    return [g for g in ({"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
+    return [g for g in ({"params": decay, "weight_decay": cfg.optimizer.weight_decay, "name": "decay"},
                         {"params": rest, "weight_decay": 0.0, "name": "no_decay"}) if g["params"]]
 
 
@@ -74,8 +76,9 @@ def muon(model: nn.Module, cfg: TrainParams) -> list[torch.optim.Optimizer]:
     named, chosen = _unique(model), hidden_matrices(model)
     hidden = [p for _, p in named if id(p) in chosen]
     rest = [p for _, p in named if id(p) not in chosen]
-    optimizers = [torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                                   weight_decay=cfg.weight_decay)] if hidden else []
+    o = cfg.optimizer
+    optimizers = [torch.optim.Muon(hidden, lr=o.muon_lr, momentum=o.muon_momentum,
+                                   weight_decay=o.weight_decay)] if hidden else []
     return optimizers + [_adamw(_decay_groups(rest, cfg), cfg)]
 
 
@@ -83,7 +86,7 @@ class Optimizers:
     """Several optimizers stepped as one, with the schedule applied to every group's peak rate."""
 
     def __init__(self, model: nn.Module, cfg: TrainParams) -> None:
-        self.all = OPTIMIZERS[cfg.optimizer](model, cfg)
+        self.all = OPTIMIZERS[cfg.optimizer.name](model, cfg)
         for opt in self.all:
             for group in opt.param_groups:
                 group["peak_lr"] = group["lr"]

@@ -26,8 +26,9 @@ checkpoint resumes exactly at another number of ranks.
 
 Supported under fsdp: cpu and cuda; dense and MoE models (an MoE layer's expert banks are parameters of its
 block and shard with it, along the expert dimension); adamw; fp32 or bf16 weights; activation checkpointing;
-compile; any number of processes, one included. Refused with a line naming the param: vulkan, muon, LoRA,
-ternary (BitLinear) models — see `REFUSED`.
+compile; any number of processes, one included. Refused with a line naming the param: vulkan, muon and LoRA
+when params load (tasks/common/config.py: TRAIN_RULES), ternary (BitLinear) models once the model's shape is
+known (`check`: a preset or an import decides it).
 """
 from __future__ import annotations
 
@@ -46,17 +47,6 @@ from chatpipe.tasks.train import checkpoint
 from chatpipe.tasks.train.distributed import Ranks
 from chatpipe.tasks.train.optim import Optimizers
 
-# (the param, whether it is set, why fsdp cannot take it)
-REFUSED: list[tuple[str, Callable[[TrainParams, ModelConfig, str], bool], str]] = [
-    ("train.device", lambda cfg, m, device: device == "vulkan",
-     "the vulkan step trains the whole model on one device (IREE); use train.device=cpu or cuda"),
-    ("train.optimizer", lambda cfg, m, device: cfg.optimizer == "muon",
-     "muon orthogonalizes whole matrices, and fsdp shards them by rows; use train.optimizer=adamw"),
-    ("train.lora", lambda cfg, m, device: cfg.lora is not None,
-     "LoRA adapters on a sharded frozen base are not supported; use train.parallel=ddp (LoRA is small)"),
-    ("model.quant", lambda cfg, m, device: m.quant == "ternary",
-     "ternary BitLinear weights are not sharded; use train.parallel=ddp (or distill.student.quant: null)"),
-]
 
 
 def _ddp(model: nn.Module, cfg: TrainParams, ranks: Ranks, device: torch.device, dtype) -> nn.Module:
@@ -106,10 +96,9 @@ MODES = {
 }
 
 
-def check(cfg: TrainParams, mcfg: ModelConfig, device: str) -> None:
-    """Refuse what train.parallel=fsdp does not support, in one line naming the param."""
-    if cfg.parallel != "fsdp":
-        return
-    for param, applies, why in REFUSED:
-        if applies(cfg, mcfg, device):
-            raise ConfigError(f"params: {param}: not supported with train.parallel=fsdp: {why}")
+def check(cfg: TrainParams, mcfg: ModelConfig) -> None:
+    """Refuse the model shapes train.parallel=fsdp does not shard, in one line naming the param (what params alone
+    decide is refused when they load)."""
+    if cfg.parallel == "fsdp" and mcfg.quant == "ternary":
+        raise ConfigError("params: model.quant: not supported with train.parallel=fsdp: ternary BitLinear weights "
+                          "are not sharded; use train.parallel=ddp (or distill.student.quant: null)")

@@ -18,18 +18,13 @@ import torch
 
 from chatpipe.model.presets import preset
 from chatpipe.model.transformer import Transformer
-from chatpipe.model.config import ModelConfig, MoEConfig, ffn_hidden
+from chatpipe.model.config import FieldError, ModelConfig, MoEConfig, ffn_hidden
 from chatpipe.model.hf import load_weights, read_config, resolve
-from chatpipe.tasks.common.config import Params
+from chatpipe.tasks.common.config import INIT_FIELDS, Params
 from chatpipe.tasks.common.errors import ConfigError, InputError
 from chatpipe.tasks.common.hashing import sha256_file
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.tokens.artifact import chat_markers
-
-# Our shape keys the params may set, and the config.json field each must agree with.
-HF_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
-             "n_kv_heads": "num_key_value_heads", "qk_norm": "model_type", "tie_embeddings": "tie_word_embeddings"}
-
 
 def checkpoint_dir(spec: str) -> Path:
     try:
@@ -52,18 +47,14 @@ def imported_config(params: Params, vocab_size: int) -> ModelConfig:
         raise ConfigError(f"params: model.init: {spec} needs its own tokenizer: set tokenizer.from (e.g. to {spec}); "
                           f"a BPE trained here has other ids")
     theirs = _read(spec)
-    values = {"n_layer": theirs.n_layer, "n_embd": theirs.n_embd, "n_head": theirs.n_head,
-              "n_kv_heads": theirs.kv_heads, "qk_norm": theirs.qk_norm, "tie_embeddings": theirs.tie_embeddings}
-    for key, value in values.items():
-        if (mine := getattr(m, key)) is not None and mine != value:
+    for key, field in INIT_FIELDS.items():  # model.init takes no other shape key (tasks/common/config.py)
+        if (mine := getattr(m, key)) is not None and mine != (value := getattr(theirs, key)):
             raise ConfigError(f"params: model.{key}: {mine} contradicts {spec}, whose {key} is {value} "
-                              f"(config.json {HF_FIELDS[key]}); with model.init the shape is the checkpoint's")
+                              f"(config.json {field}); with model.init the shape is the checkpoint's")
     if m.ffn_mult is not None and (width := ffn_hidden(m.ffn_mult, theirs.n_embd, theirs.multiple_of)) != theirs.ffn_hidden:
         raise ConfigError(f"params: model.ffn_mult: {m.ffn_mult} gives an MLP width of {width}, {spec}'s is "
                           f"{theirs.ffn_hidden} (config.json intermediate_size); with model.init the shape is the checkpoint's")
-    if m.moe is not None:
-        raise ConfigError(f"params: model.moe: {spec} is a dense model; remove model.moe")
-    block = m.block_size or theirs.block_size
+    block = theirs.block_size if m.block_size is None else m.block_size
     if block > theirs.block_size:
         raise ConfigError(f"params: model.block_size: {block} is longer than {spec}'s context "
                           f"(config.json max_position_embeddings {theirs.block_size})")
@@ -78,8 +69,10 @@ def model_config(params: Params, vocab_size: int, student: dict | None = None, k
         if not params.model.init:
             return preset(params.model.preset, vocab_size=vocab_size, **{**params.model.overrides(), **student})
         if isinstance(student.get("moe"), dict):
-            student["moe"] = MoEConfig(**student["moe"])
+            student["moe"] = MoEConfig.from_dict(student["moe"])
         return dataclasses.replace(imported_config(params, vocab_size), **student)
+    except FieldError as e:
+        raise ConfigError(f"params: {key}.{e.field}: {e.why}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"params: {key}: {e}") from None
 

@@ -14,16 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from chatpipe.tasks.common.config import Params, TrainParams
 from chatpipe.tasks.train.distill import model_aux
-
-
-def recipe(params: Params) -> TrainParams:
-    """train's recipe with sft's peak learning rate (the same floor ratio) and warm-up."""
-    train, sft = params.train, params.sft
-    lr = sft.lr or train.lr
-    return train.model_copy(update={"lr": lr, "lr_min": lr * train.lr_min / train.lr,
-                                    "warmup_steps": sft.warmup_steps})
 
 
 def weighted(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -29,6 +29,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.integration
 def test_prepare_then_run_passes_the_self_check(tmp_path):
     carry, out = tmp_path / "carry", tmp_path / "results.json"
     prepared = bench("prepare", "--carry", str(carry), "--smoke")

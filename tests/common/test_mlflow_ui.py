@@ -17,6 +17,8 @@ from chatpipe.tasks.common.tracking import EXPERIMENT_KIND, MODEL_TRAINING, Run,
 
 STAGES = ("ingest", "pilot", "full")
 
+pytestmark = pytest.mark.integration  # `make test-quick` leaves it out
+
 
 def free_port() -> int:
     with socket.socket() as s:

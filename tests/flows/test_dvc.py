@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from chatpipe.tasks.common.config import PROJECT_ROOT, params_dict
@@ -13,6 +14,8 @@ from chatpipe.tasks.common.config import PROJECT_ROOT, params_dict
 from conftest import MICRO, clone_code, test_params
 
 BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.integration  # `make test-quick` leaves it out
 
 
 def run(cmd, cwd):

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chatpipe.tasks.pipeline import PIPELINE, UPSTREAM
 from conftest import MICRO, clone_code, make_project
 from conftest import TINY_OVERLAY as TINY
-
-EDGES = {"tokenizer": {"ingest"}, "shard": {"ingest", "tokenizer"}, "pack": {"ingest", "tokenizer"},
-         "pilot": {"shard"}, "gate": {"pilot"}, "full": {"gate", "shard"}, "sft": {"full", "pack"},
-         "distill": {"sft"}, "eval": {"sft", "distill"}, "publish": {"eval"}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,6 +61,19 @@ def mtimes(root, *paths):
     return {p: (root / p).stat().st_mtime_ns for p in paths}
 
 
+WATCHED = [stage.metrics for stage in PIPELINE.values()]  # metrics/<stage>.json, rewritten when the stage runs
+
+
+def downstream(start: str) -> list[str]:
+    """The metrics files of `start` and of every stage that reads what it writes, directly or not."""
+    reached = {start}
+    for name, ups in UPSTREAM.items():  # in table order: a stage's upstream comes before it
+        if reached & set(ups):
+            reached.add(name)
+    return [path for path, name in zip(WATCHED, PIPELINE) if name in reached]
+
+
+@pytest.mark.integration
 def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -80,13 +90,11 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     parent = client.get_run(summary["mlflow_run_id"])
     tags = parent.data.tags
     assert tags["chatpipe.flow_run_id"] and tags["chatpipe.git_commit"] and len(tags["chatpipe.tokenizer_sha256"]) == 64
-    assert parent.data.params["train.pilot_steps"] == "12"
-    assert {stage: consumed for stage, consumed in dag(tags["chatpipe.flow_run_id"]).items() if consumed} == EDGES
+    assert parent.data.params["pilot.steps"] == "12"
+    assert dag(tags["chatpipe.flow_run_id"]) == {stage: set(ups) for stage, ups in UPSTREAM.items()}  # the table's DAG
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["distill", "eval", "full", "gate", "ingest", "pack", "pilot",
-                                                         "publish", "publish chat-pipeline-ternary", "sft", "shard",
-                                                         "tokenizer"]
+    assert sorted(r.info.run_name for r in children) == sorted([*PIPELINE, "publish chat-pipeline-ternary"])
     assert summary["student_bundle"] == "dist/chat-pipeline-ternary" and summary["student_gap"]["bundle_size_ratio"] > 1
     assert "Teacher vs student" in (root / "reports" / "eval.md").read_text()
     evaluation = next(r for r in children if r.info.run_name == "eval").data.metrics
@@ -96,17 +104,16 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert "Health gate: PASSED" in (root / "reports" / parent.info.run_id / "report.md").read_text()
 
     # nothing changed: every stage is a cache hit, no file is rewritten
-    watched = ("metrics/ingest.json", "metrics/tokenizer.json", "metrics/pack.json", "metrics/shard.json",
-               "metrics/pilot.json", "metrics/gate.json", "metrics/full.json", "metrics/sft.json",
-               "metrics/distill.json", "metrics/eval.json", "metrics/publish.json")
-    before = mtimes(root, *watched)
+    before = mtimes(root, *WATCHED)
     again = chat_pipeline(overlays=[TINY], overrides=MICRO, workdir=str(root))
-    assert mtimes(root, *watched) == before and again["full_loss"] == summary["full_loss"]
+    assert mtimes(root, *WATCHED) == before and again["full_loss"] == summary["full_loss"]
 
-    # one param of the shard stage changed: shard and everything after it re-run, ingest and tokenizer don't
+    # one param of the shard stage changed: shard and what reads it, directly or not, re-run; ingest, tokenizer
+    # and pack (it reads no shards) don't
     chat_pipeline(overlays=[TINY], overrides=[*MICRO, "shard.shard_tokens=32768"], workdir=str(root))
-    after = mtimes(root, *watched)
-    assert [p for p in watched if after[p] != before[p]] == list(watched[3:])  # pack reads no shards
+    after = mtimes(root, *WATCHED)
+    assert [p for p in WATCHED if after[p] != before[p]] == downstream("shard")
+    assert "metrics/pack.json" not in downstream("shard") and "metrics/sft.json" in downstream("shard")
     assert list((root / "checkpoints").glob("pilot.replaced-*"))     # old checkpoints moved aside, not resumed
 
     # an output deleted by hand is rebuilt even though the key is cached
@@ -124,7 +131,7 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     where = subprocess.run([sys.executable, "-c", "from tasks.common.config import PROJECT_ROOT; print(PROJECT_ROOT)"],
                            cwd=clone, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where == str(clone)  # the clone's code is what runs
-    before, replaced = mtimes(root, *watched), len(list((root / "checkpoints").glob("pilot.replaced-*")))
+    before, replaced = mtimes(root, *WATCHED), len(list((root / "checkpoints").glob("pilot.replaced-*")))
     overrides = [arg for o in [*MICRO, "shard.shard_tokens=32768"] for arg in ("-S", o)]
     proc = subprocess.run([str(Path(sys.executable).parent / "chatpipe"), "run", "-C", str(root), "-p", TINY,
                            *overrides], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
@@ -132,11 +139,12 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path):
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out and "ERROR" not in out and "temporary server" not in out, out[-3000:]
     assert out.count("Finished in state") == 1  # the flow's; the tasks' own lines are their summaries
-    after = mtimes(root, *watched)
-    assert [p for p in watched if after[p] != before[p]] == list(watched[4:])
+    after = mtimes(root, *WATCHED)
+    assert [p for p in WATCHED if after[p] != before[p]] == downstream("pilot")  # every stage after the data ones
     assert len(list((root / "checkpoints").glob("pilot.replaced-*"))) == replaced + 1
 
 
+@pytest.mark.integration
 def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch):
     from chatpipe.flows.chat_pipeline import chat_pipeline
     from chatpipe.tasks.common.errors import GateFailed
@@ -152,18 +160,20 @@ def test_a_nan_pilot_is_judged_by_the_gate_and_not_retried(tmp_path, monkeypatch
     assert runs["pilot"].run_count == 1 and "full" not in runs   # a verdict on the inputs: not retried
 
 
+@pytest.mark.integration
 def test_a_refused_config_is_not_retried(tmp_path):
     from chatpipe.flows.chat_pipeline import chat_pipeline
     from chatpipe.tasks.common.errors import ConfigError
 
     root = make_project(tmp_path / "proj")
-    state = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.kernels=triton"], workdir=str(root),
-                          return_state=True)  # Triton kernels on a CPU run: refused before any step
+    state = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.kernels=triton", "train.device=auto"],
+                          workdir=str(root), return_state=True)  # auto is cpu here: refused when the pilot builds
     with pytest.raises(ConfigError, match="train.kernels: triton kernels run on CUDA"):
         state.result()
     assert task_runs(state.state_details.flow_run_id)["pilot"].run_count == 1
 
 
+@pytest.mark.integration
 def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
     from chatpipe.flows.chat_pipeline import chat_pipeline
 
@@ -172,7 +182,7 @@ def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monke
 
     root = make_project(tmp_path / "proj")
     break_training_forward(monkeypatch, 12 + 5, crash)  # the full run's step 5, after its checkpoint at 4
-    summary = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.checkpoint_every=2"], workdir=str(root))
+    summary = chat_pipeline(overlays=[TINY], overrides=[*MICRO, "train.checkpoint.every=2"], workdir=str(root))
     assert summary["checkpoint"].endswith("full/step-000006")
     full = json.loads((root / "metrics" / "full.json").read_text())
     assert full["resumed_at"] == 4 and full["steps"] == 6
@@ -182,12 +192,13 @@ def test_a_crash_is_retried_and_resumes_from_the_last_checkpoint(tmp_path, monke
     assert task_runs(flow_run_id)["full"].run_count == 2
 
 
+@pytest.mark.integration
 def test_gate_stops_a_diverging_run(tmp_path):
     from chatpipe.flows.chat_pipeline import chat_pipeline
     from chatpipe.tasks.common.errors import GateFailed
 
     root = make_project(tmp_path / "proj")
-    diverging = [*MICRO, "train.lr=3.0", "train.warmup_steps=1", "gate.max_loss=4.0"]
+    diverging = [*MICRO, "train.optimizer.lr=3.0", "train.schedule.warmup_steps=1", "gate.max_loss=4.0"]
     with pytest.raises(GateFailed, match="gate failed: .*metrics/gate.json"):
         chat_pipeline(overlays=[TINY], overrides=diverging, workdir=str(root))
     gate = json.loads((root / "metrics" / "gate.json").read_text())
@@ -195,6 +206,7 @@ def test_gate_stops_a_diverging_run(tmp_path):
     assert not (root / "metrics" / "full.json").exists() and not list((root / "checkpoints" / "full").glob("step-*"))
 
 
+@pytest.mark.integration
 def test_bad_params_fail_fast_and_busy_directory_is_refused(tmp_path):
     from chatpipe.flows.chat_pipeline import chat_pipeline
     from chatpipe.flows.request import Request

@@ -27,7 +27,7 @@ from conftest import BUCKET, MICRO, free_port, git_snapshot, linked
 
 BIN = Path(sys.executable).parent
 STORE = f"gs://{BUCKET}/store"
-OVERRIDES = [*MICRO, "sft.enabled=false", "distill.enabled=false", "train.pilot_steps=18", "train.keep_checkpoints=2",
+OVERRIDES = [*MICRO, "sft.enabled=false", "distill.enabled=false", "pilot.steps=18", "train.checkpoint.keep=2",
              f"store.uri={STORE}", f"publish.gcs.bucket={BUCKET}", "publish.registry=null"]
 
 
@@ -61,6 +61,7 @@ def test_worker_without_a_server_is_one_line(tmp_path):
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lost", ["marked", pytest.param("heartbeats", marks=pytest.mark.slow)])
 def test_flow_trains_on_a_worker_elsewhere_through_the_store(tmp_path, emulator, gcs_env, monkeypatch, lost):
     """`lost`: how the killed worker's run comes to an end. "heartbeats": for real, by the automation of

@@ -156,6 +156,7 @@ def own_server(bundle_path, tmp_path_factory):
     engine.close()
 
 
+@pytest.mark.integration
 def test_round_trip_through_the_projects_own_server(own_server, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(KEY_ENV, SECRET)

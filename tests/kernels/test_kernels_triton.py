@@ -47,6 +47,7 @@ K = SimpleNamespace(**{name: importlib.import_module(f"chatpipe.kernels.cuda.{na
 
 
 @pytest.mark.skipif(INTERPRETER, reason="this is the interpreter run")
+@pytest.mark.integration
 def test_interpreter_run():
     """Every test below on CPU tensors, in a child pytest whose triton interprets (< 60 s on 2 cores)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -58,7 +58,7 @@ def test_imported_model_computes_transformers_logits(tmp_path, kind, tied, shard
     assert (tmp_path / "model.safetensors.index.json").exists() == sharded
     ours = imported(tmp_path)
     c = ours.config
-    assert (c.qk_norm, c.tie_embeddings, c.kv_heads, c.ffn_hidden, c.block_size) == (kind == "qwen3", tied, 2, 96, 64)
+    assert (c.qk_norm, c.tie_embeddings, c.n_kv_heads, c.ffn_hidden, c.block_size) == (kind == "qwen3", tied, 2, 96, 64)
     assert c.head_dim == (32 if kind == "qwen3" else 16) and (ours.lm_head.weight is ours.tok_emb.weight) == tied
     assert param_counts(c)["total"] == sum(p.numel() for p in theirs.parameters())
     ids = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(1))
@@ -136,7 +136,7 @@ def test_weights_must_match_the_model_exactly(tmp_path):
 
 def test_names_go_both_ways():
     model = Transformer(ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_heads=2, block_size=64,
-                                    qk_norm=True, tie_embeddings=False, head_size=32, ffn_size=96))
+                                    qk_norm=True, tie_embeddings=False, head_dim=32, ffn_hidden=96))
     for name, _ in model.named_parameters():
         assert our_name(hf_name(name)) == name
     assert hf_name("blocks.11.mlp.w1.weight") == "model.layers.11.mlp.gate_proj.weight"

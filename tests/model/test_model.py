@@ -180,7 +180,7 @@ def test_moe_every_mixes_dense_and_moe_layers():
     assert [type(b.mlp).__name__ for b in model.blocks] == ["MLP", "MoE", "MLP", "MoE"]
 
 
-@pytest.mark.parametrize("kw", [{"n_kv_heads": 2, "qk_norm": True, "head_size": 16}, {"moe": MOE}])
+@pytest.mark.parametrize("kw", [{"n_kv_heads": 2, "qk_norm": True, "head_dim": 16}, {"moe": MOE}])
 def test_checkpointed_blocks_give_the_same_loss_and_gradients(kw):
     plain, ckpt = build(**kw), build(**kw).checkpoint_blocks()
     idx, tgt = tokens(), tokens(seed=2)
@@ -221,8 +221,8 @@ def test_loss_decreases_when_memorizing(kw):
     ({"n_kv_heads": 3}, "n_kv_heads"),
     ({"n_layer": 0}, "n_layer"),
     ({"moe": {"n_experts": 4}}, "moe"),
-    ({"head_size": 7}, "head_size"),                 # odd: RoPE rotates pairs
-    ({"ffn_size": 0}, "ffn_size"),
+    ({"head_dim": 7}, "head_dim"),                   # odd: RoPE rotates pairs
+    ({"ffn_hidden": 0}, "ffn_hidden"),
 ])
 def test_config_validation(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -249,18 +249,33 @@ def test_config_json_round_trip(name):
 
 
 def test_explicit_head_and_ffn_sizes():
-    cfg = tiny(n_embd=30, n_head=4, head_size=16, ffn_size=40)  # 4 x 16 = 64 != 30: fine when given
+    cfg = tiny(n_embd=30, n_head=4, head_dim=16, ffn_hidden=40)  # 4 x 16 = 64 != 30: fine when given
     assert (cfg.head_dim, cfg.ffn_hidden, tiny().head_dim, tiny().ffn_hidden) == (16, 40, 8, 96)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    old = {k: v for k, v in tiny().to_dict().items() if k not in ("head_size", "ffn_size")}  # older checkpoints
-    assert ModelConfig.from_dict(old) == tiny()
     attn = Transformer(cfg).blocks[0].attn
     assert (attn.wq.weight.shape, attn.wk.weight.shape, attn.wo.weight.shape) == ((64, 30), (64, 30), (30, 64))
+
+
+def test_widths_left_unset_are_resolved_once_under_their_own_names():
+    cfg = tiny()
+    assert (cfg.n_kv_heads, cfg.head_dim, cfg.ffn_hidden) == (4, 8, 96)  # n_head; 32 / 4; 2.667 x 32 -> 96
+    assert tiny(n_kv_heads=None) == tiny(n_kv_heads=4) and cfg.to_dict()["n_kv_heads"] == 4
+
+
+def test_a_checkpoints_config_json_of_before_the_renames_loads():
+    """model/config.py before head_dim and ffn_hidden were fields: head_size, ffn_size, and None for the widths."""
+    new = {k: v for k, v in tiny().to_dict().items() if k not in ("head_dim", "ffn_hidden")}
+    assert ModelConfig.from_dict({**new, "n_kv_heads": None, "head_size": None, "ffn_size": None}) == tiny()
+    assert ModelConfig.from_dict({**new, "n_kv_heads": 2, "head_size": 16, "ffn_size": 40}) == \
+        tiny(n_kv_heads=2, head_dim=16, ffn_hidden=40)
+    assert ModelConfig.from_dict(new) == tiny()  # and before they existed
 
 
 def test_preset_overrides_and_unknown_name():
     cfg = preset("chat-7m", vocab_size=2048, n_layer=2)
     assert (cfg.vocab_size, cfg.n_layer, cfg.n_embd) == (2048, 2, 256)
+    small = preset("chat-7m", n_embd=128, n_head=2)  # widths the preset left unset follow the overridden shape
+    assert (small.head_dim, small.ffn_hidden, small.n_kv_heads) == (64, 384, 2)
     with pytest.raises(ValueError, match="chat-7m.*nano-125m"):
         preset("gpt-5")
     with pytest.raises(ValueError, match="n_layers"):
@@ -277,7 +292,7 @@ def test_preset_overrides_and_unknown_name():
     tiny(n_kv_heads=2, qk_norm=True),
     tiny(tie_embeddings=False, ffn_mult=3.0),
     tiny(n_layer=3, moe=MoEConfig(n_experts=5, top_k=2, expert_ffn_mult=0.5, every=2)),
-    tiny(n_kv_heads=2, qk_norm=True, head_size=16, ffn_size=40, tie_embeddings=False),
+    tiny(n_kv_heads=2, qk_norm=True, head_dim=16, ffn_hidden=40, tie_embeddings=False),
 ], ids=["chat-7m", "qwen3-hybrid-mini", "gqa", "untied", "moe-every-2", "head-and-ffn-size"])
 def test_param_counts_match_instantiation(cfg):
     model = Transformer(cfg)
@@ -323,7 +338,7 @@ def test_flops_and_memory():
 
 def test_train_memory_options_by_hand():
     # V 64, d 32, 4 heads x 16 (q_d 64), 2 KV heads (kv_d 32), ffn 40, 2 layers, tied, no QK-norm.
-    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)
+    cfg = tiny(n_kv_heads=2, head_dim=16, ffn_hidden=40)
     # per layer: wq, wo 2 * 32 * 64 + wk, wv 2 * 32 * 32 = 6144; norms 64; MLP 3 * 32 * 40 = 3840 -> 10048
     assert param_counts(cfg)["total"] == 64 * 32 + 32 + 2 * 10048 == 22176
     assert flops_per_token(cfg, seq_len=8) == 6 * 22176 + 12 * 2 * 64 * 8  # tied: the head is a matmul; q_d 64
@@ -348,7 +363,7 @@ def test_train_memory_options_by_hand():
 
 
 def test_train_memory_per_gpu_under_ddp_and_fsdp_by_hand():
-    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)  # as above: 22,176 params, 10,048 a layer, 5,888 B a token
+    cfg = tiny(n_kv_heads=2, head_dim=16, ffn_hidden=40)  # as above: 22,176 params, 10,048 a layer, 5,888 B a token
     # 4 GPUs, batch 8 x 8: each GPU's activations are 2 sequences x 8 tokens x 5888 B
     ddp = train_memory(cfg, 8, 8, gpus=4)
     assert ddp == {"weights": 88704, "grads": 88704, "optimizer": 2 * 88704, "activations": 16 * 5888,
@@ -369,6 +384,6 @@ def test_train_memory_per_gpu_under_ddp_and_fsdp_by_hand():
 def test_lora_params_match_peft():
     from peft import LoraConfig, get_peft_model
 
-    cfg = tiny(n_kv_heads=2, head_size=16, ffn_size=40)
+    cfg = tiny(n_kv_heads=2, head_dim=16, ffn_hidden=40)
     model = get_peft_model(Transformer(cfg), LoraConfig(r=2, target_modules=list(LORA_TARGETS)))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == lora_params(cfg, 2)

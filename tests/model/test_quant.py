@@ -125,4 +125,4 @@ def test_ternary_models_are_refused_where_they_would_run_as_float():
     from chatpipe.tasks.publish.hf_export import unsupported
 
     model = Transformer(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16, quant="ternary")).eval()
-    assert "ternary" in unsupported(model)  # model/decode.py runs them (tests/test_serve.py's decoder tests)
+    assert "ternary" in unsupported(model)  # model/decode.py runs them (tests/serve/test_serve.py's decoder tests)

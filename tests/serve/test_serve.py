@@ -337,12 +337,13 @@ def test_one_slot_busy_then_freed_by_a_disconnect(endless):
             assert busy.status_code == 429 and time.monotonic() - start >= 0.3
             assert busy.json()["error"]["type"] == "rate_limit_error" and busy.headers["retry-after"] == "1"
             assert client.get(f"{url}/health").json()["active"] == 1
-        closed = time.monotonic()
+        # With one slot and a 0.3 s queue timeout, a 200 (not the 429 above) is the proof that closing the
+        # stream freed its slot at once: had it kept generating its 2,000 tokens, this request would be refused.
+        # (No wall-clock bound on top: it only measured how busy the machine was.)
         answered = client.post(f"{url}/v1/completions", json=quick)
-        took = time.monotonic() - closed
         health = client.get(f"{url}/health").json()
-    assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 5
-    assert took < 1.0, f"the second request waited {took:.2f} s: the closed stream kept generating"
+    assert answered.status_code == 200, f"{answered.status_code}: the closed stream kept its slot (kept generating)"
+    assert answered.json()["usage"]["completion_tokens"] == 5
     assert health["active"] == 0
 
 

@@ -65,7 +65,7 @@ def test_compiled_bf16_training_on_cuda(project, kernels, mode):
     from chatpipe.tasks.train import loop
 
     steps = ["train.device=cuda", f"train.compile={mode}", "train.precision=auto", f"train.kernels={kernels}",
-             "train.pilot_steps=40", "train.full_steps=10", "train.checkpoint_every=10", "train.eval_every=20"]
+             "pilot.steps=40", "full.steps=10", "train.checkpoint.every=10", "train.validation.every=20"]
     params = test_params(*TINY, *steps)
     with contextlib.chdir(project.root):
         pilot = loop.run(params, project, "pilot")

@@ -15,10 +15,10 @@ from conftest import TINY, linked, test_params
 
 # A teacher worth learning from: the TINY model trained 200 steps (val loss ~4.3 against ~5.3 for a
 # 100-step student), then students of 100 steps from scratch.
-TEACHER = [*TINY, "train.pilot_steps=200", "train.warmup_steps=10", "train.eval_every=200",
-           "train.sample_every=1000", "train.checkpoint_every=200", "train.eval_batches=8"]
+TEACHER = [*TINY, "pilot.steps=200", "train.schedule.warmup_steps=10", "train.validation.every=200",
+           "train.sample.every=1000", "train.checkpoint.every=200", "train.validation.batches=8"]
 STUDENT = [*TEACHER, "distill.enabled=true", "distill.teacher=pilot", "distill.steps=100", "distill.init=scratch",
-           "distill.temperature=1.0", "train.eval_every=100", "train.checkpoint_every=50"]
+           "distill.temperature=1.0", "train.validation.every=100", "train.checkpoint.every=50"]
 
 
 def test_kd_loss_is_the_formula():
@@ -66,6 +66,7 @@ def student(root, *extra):
         return loop.run(test_params(*STUDENT, *extra), Layout(root), "distill", replace_stale=True)
 
 
+@pytest.mark.integration
 def test_distillation_beats_the_same_student_without_it(teacher, tmp_path):
     """Equal steps, same data, same init: alpha 0.5 (with the teacher) against alpha 1 (data only)."""
     import mlflow
@@ -86,8 +87,8 @@ def test_distillation_beats_the_same_student_without_it(teacher, tmp_path):
 
 def test_ternary_student_from_the_teacher_resumes_and_records_its_teacher(teacher, tmp_path):
     ternary = ["distill.init=teacher", "distill.student.quant=ternary", "distill.steps=20",
-               "train.checkpoint_every=10", "train.eval_every=10"]
-    first = student(teacher, *ternary[:-2], "distill.steps=10", "train.checkpoint_every=10", "train.eval_every=10")
+               "train.checkpoint.every=10", "train.validation.every=10"]
+    first = student(teacher, *ternary[:-2], "distill.steps=10", "train.checkpoint.every=10", "train.validation.every=10")
     assert first.metrics["init"].endswith("pilot/step-000200") and first.metrics["model"]["quant"] == "ternary"
     resumed = student(teacher, *ternary)
     assert resumed.metrics["resumed_at"] == 10 and resumed.metrics["steps"] == 20
@@ -113,7 +114,7 @@ def test_a_ternary_model_trains_from_scratch_in_any_phase(built, tmp_path):
     layout, _, _ = built
     root = linked(tmp_path / "p", layout)
     with contextlib.chdir(root):
-        result = loop.run(test_params(*TINY, "model.quant=ternary", "train.pilot_steps=30"), Layout(root), "pilot")
+        result = loop.run(test_params(*TINY, "model.quant=ternary", "pilot.steps=30"), Layout(root), "pilot")
         with pytest.raises(ConfigError, match="quant.*moe"):
             loop.run(test_params(*TINY, "model.quant=ternary", "model.moe={n_experts: 2, top_k: 1}"), Layout(root))
     curve = (root / "metrics" / "pilot_curve.csv").read_text().splitlines()[1:]

@@ -22,8 +22,8 @@ from conftest import TEST_OVERRIDES, TINY, TINY_OVERLAY, linked, test_params
 
 CHATPIPE = str(Path(sys.executable).parent / "chatpipe")
 RESHARD = str(Path(__file__).with_name("fsdp_reshard.py"))
-FSDP = ["train.parallel=fsdp", "train.pilot_steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=2",
-        "train.eval_every=6", "train.sample_every=6"]
+FSDP = ["train.parallel=fsdp", "pilot.steps=6", "train.checkpoint.every=3", "train.checkpoint.keep=2",
+        "train.validation.every=6", "train.sample.every=6"]
 ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
 
 
@@ -93,6 +93,7 @@ def project(tmp_path, built):
     return linked(tmp_path / "project", built[0])
 
 
+@pytest.mark.integration
 def test_two_fsdp_processes_train_as_one_and_as_ddp_and_write_a_dcp_checkpoint(project, built):
     """2 fsdp ranks = 1 process with the same global batch (the losses, within float tolerance) = 2 ddp ranks (the
     weights too: AdamW turns the last bits of a near-zero gradient into a whole step, so 2 ranks' weights differ
@@ -121,19 +122,17 @@ def test_two_fsdp_processes_train_as_one_and_as_ddp_and_write_a_dcp_checkpoint(p
 
 
 @pytest.mark.parametrize("setting, param", [
-    (["train.optimizer=muon"], "train.optimizer"),
+    (["train.optimizer.name=muon"], "train.optimizer.name"),
     (["train.lora={rank: 4, alpha: 8, dropout: 0.0, targets: [wq]}"], "train.lora"),
 ])
 def test_what_fsdp_cannot_train_is_refused_in_one_line(setting, param):
-    dense = preset("chat-7m")
-    with pytest.raises(ConfigError, match=rf"^params: {param}: not supported with train.parallel=fsdp: [^\n]+$"):
-        parallel.check(test_params(*TINY, "train.parallel=fsdp", *setting).train, dense, "cpu")
-    with pytest.raises(ConfigError, match=r"^params: train.device: not supported with train.parallel=fsdp"):
-        parallel.check(test_params(*TINY, "train.parallel=fsdp").train, dense, "vulkan")
-    with pytest.raises(ConfigError, match=r"^params: model.quant: not supported"):
-        parallel.check(test_params(*TINY, "train.parallel=fsdp").train, preset("chat-7m", quant="ternary"),
-                       "cpu")
-    parallel.check(test_params(*TINY, *setting).train, dense, "vulkan")  # ddp: not fsdp's call
+    with pytest.raises(ConfigError, match=rf"^params: {param}: [^\n]*train.parallel=fsdp[^\n]+$"):
+        test_params(*TINY, "train.parallel=fsdp", *setting)  # refused when params load
+    with pytest.raises(ConfigError, match=r"^params: train.parallel: fsdp on train.device=vulkan: [^\n]+$"):
+        test_params(*TINY, "train.parallel=fsdp", "train.device=vulkan")
+    with pytest.raises(ConfigError, match=r"^params: model.quant: not supported"):  # once the shape is known
+        parallel.check(test_params(*TINY, "train.parallel=fsdp").train, preset("chat-7m", quant="ternary"))
+    parallel.check(test_params(*TINY, *setting).train, preset("chat-7m"))  # ddp: not fsdp's call
 
 
 @pytest.mark.slow
@@ -161,7 +160,7 @@ def test_checkpoints_reshard_2_to_1_and_1_to_2(project, built, tmp_path):
 def test_sigkill_of_the_fsdp_job_then_resume_gives_the_same_losses(project, built):
     """Bit for bit: both ranks killed mid-run (SIGKILL to the whole torchrun job) and restarted equal a run that
     was never killed."""
-    steps = ["train.pilot_steps=12", "train.eval_every=12", "train.sample_every=12"]
+    steps = ["pilot.steps=12", "train.validation.every=12", "train.sample.every=12"]
     other = linked(project.parent / "uninterrupted", built[0])
     train(other, 2, *steps)
     job = train(project, 2, *steps, wait=False)

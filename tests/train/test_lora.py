@@ -21,6 +21,7 @@ from chatpipe.tasks.publish import lineage
 from chatpipe.tasks.tokens.reader import TokenReader
 from chatpipe.tasks.train import checkpoint, loop, lora, pretrained
 from chatpipe.tasks.train.optim import Optimizers, hidden_matrices
+from chatpipe.tasks.train.phases import PHASES
 from tests.train import test_pretrained
 from tests.train.test_train import cli_train, curve
 
@@ -45,7 +46,7 @@ def test_only_the_adapters_train_and_the_base_stays_bit_identical(built):
     model = Transformer(preset("chat-7m", vocab_size=vocab, n_layer=2, n_embd=64, n_head=4, block_size=64))
     start = {name: t.clone() for name, t in model.state_dict().items()}
     lora.attach(model, SETTINGS)
-    optimizers = Optimizers(model, test_params(*TINY, *LORA, "train.lr=2e-2").train)
+    optimizers = Optimizers(model, test_params(*TINY, *LORA, "train.optimizer.lr=2e-2").train)
     held = {id(p) for opt in optimizers.all for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert {n for n, p in named.items() if id(p) in held} == {n for n in named if ".lora_" in n}
@@ -90,7 +91,7 @@ def test_added_marker_rows_train_beside_the_adapters_and_merge_into_the_plain_mo
     assert tokens == {f"{m}.token_adapter.trainable_tokens_delta.default" for m in ("tok_emb",) + ((), ("lm_head",))[not tied]}
     assert not tokens & {n for n, p in named.items() if id(p) in hidden_matrices(model)}  # AdamW's, not Muon's
 
-    optimizers = Optimizers(model, test_params(*TINY, *LORA, "train.lr=2e-2").train)
+    optimizers = Optimizers(model, test_params(*TINY, *LORA, "train.optimizer.lr=2e-2").train)
     x = torch.randint(0, 300, (4, 33))
     x[:, 1::4], x[:, 2::4], x[:, 3::8] = 10, 11, 12
     for _ in range(5):
@@ -151,10 +152,11 @@ def test_a_lora_full_run_saves_adapters_and_everything_downstream_gets_the_merge
         checkpoint.latest_model(project / "checkpoints" / "full")
 
 
+@pytest.mark.integration
 def test_lora_resumes_bit_exact_after_sigkill(project, built, trained):
     other = linked(project.parent / "uninterrupted", built[0])
     shutil.copytree(trained[0].checkpoints / "pilot", other / "checkpoints" / "pilot")
-    full = ["train.full_steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2", *LORA,
+    full = ["full.steps=20", "train.checkpoint.every=3", "train.checkpoint.keep=2", *LORA,
             "train.lora.dropout=0.1"]  # dropout: the RNG's position must resume too
     cli_train(other, *full, phase="full")
     proc = cli_train(project, *full, phase="full", wait=False)
@@ -169,8 +171,8 @@ def test_lora_resumes_bit_exact_after_sigkill(project, built, trained):
 def test_memory_options_train_and_resume_exactly(tmp_path, built, option):
     """A few steps, then the same run resumed from its step-4 checkpoint (as after a kill there) gives the
     same per-step losses; activation checkpointing computes what the plain run does."""
-    params = test_params(*TINY, "train.pilot_steps=8", "train.checkpoint_every=4", "train.eval_every=8",
-                         "train.sample_every=8", option)
+    params = test_params(*TINY, "pilot.steps=8", "train.checkpoint.every=4", "train.validation.every=8",
+                         "train.sample.every=8", option)
     root = linked(tmp_path / "p", built[0])
     first = loop.run(params, Layout(root), "pilot")
     losses = curve(root, "pilot")
@@ -190,23 +192,24 @@ def test_memory_options_train_and_resume_exactly(tmp_path, built, option):
         assert next(checkpoint.latest_model(path.parent)[0].parameters()).dtype == torch.float32  # downstream: fp32
     else:
         plain = linked(tmp_path / "plain", built[0])
-        loop.run(test_params(*TINY, "train.pilot_steps=8", "train.checkpoint_every=4", "train.eval_every=8",
-                             "train.sample_every=8"), Layout(plain), "pilot")
+        loop.run(test_params(*TINY, "pilot.steps=8", "train.checkpoint.every=4", "train.validation.every=8",
+                             "train.sample.every=8"), Layout(plain), "pilot")
         assert [float(r[1]) for r in losses] == pytest.approx(
             [float(r[1]) for r in curve(plain, "pilot")], rel=1e-5)
 
 
 def test_lora_applies_to_phases_that_start_from_weights_and_refuses_what_it_cannot_adapt():
     params = test_params(*LORA)
-    assert [p for p in loop.PHASES if lora.applies(p, params)] == ["full", "sft"]
-    assert not lora.applies("full", test_params(*LORA, "train.full_init=scratch"))
-    assert not lora.applies("full", test_params())
+    assert [name for name, p in PHASES.items() if p.adapts(params)] == ["full", "sft"]
+    assert not PHASES["full"].adapts(test_params(*LORA, "full.init=scratch"))
+    assert not PHASES["full"].adapts(test_params())
     settings = params.train.lora
-    for shape, device, why in ((["model.quant=ternary"], "cpu", "ternary"), ([], "vulkan", "vulkan"),
-                               (["model.moe.n_experts=4", "model.moe.top_k=1"], "cpu", "MoE")):
+    for shape, why in ((["model.quant=ternary"], "ternary"), (["model.moe.n_experts=4", "model.moe.top_k=1"], "MoE")):
         mcfg = pretrained.model_config(test_params(*shape), 512)
         with pytest.raises(ConfigError, match=f"params: train.lora: .*{why}"):
-            lora.check(settings, mcfg, device)
+            lora.check(settings, mcfg)
+    with pytest.raises(ConfigError, match=r"^params: train.lora: LoRA on train.device=vulkan: [^\n]+$"):
+        test_params(*LORA, "train.device=vulkan")  # refused when params load
 
 
 imported_checkpoint = test_pretrained.checkpoint  # a fixture: hf:<dir> of a tiny random Qwen3 (its module's)
@@ -220,8 +223,8 @@ def test_a_lora_pilot_adapts_an_import_and_everything_downstream_gets_it_merged(
     root = tmp_path / "proj"
     (root / "data").mkdir(parents=True)
     (root / "data" / "documents").symlink_to(built[0].documents.resolve())
-    params = test_pretrained.params(spec, "train.precision=fp32", "train.pilot_steps=4", "train.checkpoint_every=2",
-                                    "train.eval_every=4", "train.sample_every=4", *LORA)
+    params = test_pretrained.params(spec, "train.precision=fp32", "pilot.steps=4", "train.checkpoint.every=2",
+                                    "train.validation.every=4", "train.sample.every=4", *LORA)
     with contextlib.chdir(root):
         for stage in ("tokenizer", "shard"):
             assert PIPELINE[stage](params, Layout(root)).ok

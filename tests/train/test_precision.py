@@ -23,8 +23,8 @@ def test_auto_takes_bf16_only_where_it_is_native():
     assert precision(PLAIN, "auto") == (None, "fp32 (no native bf16 on cpu)")
     assert precision(NATIVE, "fp32") == (None, "fp32 (requested)")
     assert precision(PLAIN, "bf16")[0] == torch.bfloat16  # asked for: given, and said to be slow here
-    with pytest.raises(ConfigError, match="train.precision: vulkan trains in fp32 only"):
-        precision(DEVICES["vulkan"], "bf16")
+    with pytest.raises(ConfigError, match=r"^params: train.precision: bf16 on train.device=vulkan: "):
+        test_params("train.device=vulkan", "train.precision=bf16")  # refused when params load
     assert precision(DEVICES["vulkan"], "auto")[0] is None
 
 
@@ -38,7 +38,7 @@ def test_a_bf16_pilot_tracks_the_fp32_one(tmp_path, built):
     runs = {}
     for name in ("fp32", "bf16"):
         root = linked(tmp_path / name, built[0])
-        result = loop.run(test_params(*TINY, "train.pilot_steps=30", f"train.precision={name}"), Layout(root), "pilot")
+        result = loop.run(test_params(*TINY, "pilot.steps=30", f"train.precision={name}"), Layout(root), "pilot")
         assert name in result.metrics["device"]
         runs[name] = losses(root)
         weights = torch.load(root / "checkpoints" / "pilot" / "step-000030" / "optimizer.pt", weights_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 from chatpipe.model.presets import preset
@@ -12,7 +13,7 @@ from chatpipe.tasks.tokens.reader import require_supervised
 from chatpipe.tasks.train import sft
 from chatpipe.tasks.train.backends.offload import StepContext
 from chatpipe.tasks.train.distributed import Ranks
-from chatpipe.tasks.train.loop import forward_backward
+from chatpipe.tasks.train.step import forward_backward
 from tests.conftest import test_params
 
 
@@ -33,7 +34,7 @@ def step_gradients(model, batches, accum: int, objective=sft.weighted):
     model.zero_grad()
     cfg = test_params().train.model_copy(update={"grad_accum": accum})
     context = StepContext(model, model, None, objective, cfg, Batches(batches), Ranks(), torch.device("cpu"),
-                          contextlib.nullcontext, distilling=False, weighted=True)
+                          contextlib.nullcontext, weighted=True)
     loss, _ = forward_backward(context)
     return loss.item(), [p.grad.clone() for p in model.parameters()]
 
@@ -103,11 +104,12 @@ def test_the_sft_phase_starts_from_the_full_model(built, trained, tmp_path):
     assert off.ok and "skipped" in off.summary
 
 
+@pytest.mark.integration
 def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
     from tests.conftest import kill_when
     from tests.train.test_train import cli_train, curve
 
-    steps = ["sft.enabled=true", "sft.steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2"]
+    steps = ["sft.enabled=true", "sft.steps=20", "train.checkpoint.every=3", "train.checkpoint.keep=2"]
 
     def train(root, wait=True):
         return cli_train(root, *steps, wait=wait, phase="sft")
@@ -120,6 +122,7 @@ def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
     assert curve(killed, "sft") == curve(other, "sft")  # same strings: same float bits
 
 
+@pytest.mark.integration
 def test_sft_data_parallel_matches_one_process(built, trained, tmp_path):
     """torchrun with 2 gloo ranks = 1 process with the same global batch = 2 accumulation steps: the loss is
     normalised by the supervised weight of the whole step, across ranks too."""
@@ -131,7 +134,7 @@ def test_sft_data_parallel_matches_one_process(built, trained, tmp_path):
 
     from tests.train.test_train import CHATPIPE, TINY_CLI, TINY_OVERLAY, curve
 
-    steps = ["sft.enabled=true", "sft.steps=6", "train.checkpoint_every=6", "train.eval_every=6"]
+    steps = ["sft.enabled=true", "sft.steps=6", "train.checkpoint.every=6", "train.validation.every=6"]
 
     def train(root, *extra, launcher=()):
         args = [*launcher, CHATPIPE, "train", "--phase", "sft", "-C", str(root), "-p", TINY_OVERLAY]

@@ -15,6 +15,7 @@ from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.train import checkpoint, loop, resume
 from chatpipe.tasks.train.optim import Optimizers, lr_multiplier
+from chatpipe.tasks.train.pretrained import model_config
 
 from conftest import TINY, TINY_OVERLAY, kill_when, linked, test_params
 
@@ -51,7 +52,7 @@ TINY_CLI = [*TEST_OVERRIDES, *TINY]
 
 
 def test_lr_schedule():
-    cfg = test_params("train.warmup_steps=10", "train.lr=1e-3", "train.lr_min=1e-4").train
+    cfg = test_params("train.schedule.warmup_steps=10", "train.optimizer.lr=1e-3", "train.schedule.lr_min=1e-4").train
     assert lr_multiplier(0, cfg, 110) == pytest.approx(0.1)
     assert lr_multiplier(9, cfg, 110) == pytest.approx(1.0)
     assert lr_multiplier(10, cfg, 110) == pytest.approx(1.0)        # cosine starts at the peak
@@ -68,7 +69,7 @@ def _tiny_model(**kw):
 @pytest.mark.parametrize("tied", [True, False])
 def test_adamw_groups_decay_matrices_only(tied):
     model = _tiny_model(tie_embeddings=tied)
-    (opt,) = Optimizers(model, test_params("train.optimizer=adamw").train).all
+    (opt,) = Optimizers(model, test_params("train.optimizer.name=adamw").train).all
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -78,7 +79,7 @@ def test_adamw_groups_decay_matrices_only(tied):
 
 def test_muon_takes_hidden_matrices_adamw_the_rest():
     model = _tiny_model()
-    muon, adamw = Optimizers(model, test_params("train.optimizer=muon").train).all
+    muon, adamw = Optimizers(model, test_params("train.optimizer.name=muon").train).all
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
     embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding)).weight
@@ -104,7 +105,7 @@ def test_train_writes_checkpoints_metrics_and_mlflow(project):
     from mlflow.tracking import MlflowClient
     client = MlflowClient(m["tracking_uri"])
     run = client.get_run(m["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.params["train.optimizer"] == "adamw"
+    assert run.info.status == "FINISHED" and run.data.params["train.optimizer.name"] == "adamw"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 13))
     assert {x.step for x in client.get_metric_history(run.info.run_id, "val_loss")} == {6, 12}
     assert "samples/pilot-step-000012.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
@@ -117,7 +118,7 @@ def test_full_phase_starts_from_the_pilot(project, built):
     assert full.metrics["init"].endswith("pilot/step-000012")
     pilot_last = float(curve(project, "pilot")[-1][1])
     assert float(curve(project, "full")[0][1]) < pilot_last + 0.5     # not back at the random-init loss
-    with pytest.raises(Exception, match="train.full_init=scratch"):
+    with pytest.raises(Exception, match="full.init=scratch"):
         loop.run(params, Layout(linked(project.parent / "elsewhere", built[0])), "full")
 
 
@@ -145,12 +146,12 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(project, monkeypatch):
 
 
 def test_checkpoint_from_other_inputs_is_refused_or_replaced(project):
-    loop.run(test_params(*TINY, "train.pilot_steps=4"), Layout(project), "pilot")
-    longer = loop.run(test_params(*TINY, "train.pilot_steps=6"), Layout(project), "pilot")
+    loop.run(test_params(*TINY, "pilot.steps=4"), Layout(project), "pilot")
+    longer = loop.run(test_params(*TINY, "pilot.steps=6"), Layout(project), "pilot")
     assert longer.metrics["resumed_at"] == 4                         # more steps, same inputs: resume
-    changed = test_params(*TINY, "train.pilot_steps=8", "model.n_layer=3", "train.lr=1e-3")
+    changed = test_params(*TINY, "pilot.steps=8", "model.n_layer=3", "train.optimizer.lr=1e-3")
     with pytest.raises(ConfigError, match=r"step-000006: trained with different inputs: model \(n_layer\); "
-                                          r"recipe \(lr\)\. Re-run with --replace-stale"):
+                                          r"recipe \(optimizer\.lr\)\. Re-run with --replace-stale"):
         loop.run(changed, Layout(project), "pilot")
     fresh = loop.run(changed, Layout(project), "pilot", replace_stale=True)
     assert fresh.metrics["resumed_at"] is None and fresh.metrics["steps"] == 8
@@ -159,18 +160,19 @@ def test_checkpoint_from_other_inputs_is_refused_or_replaced(project):
 
 def test_checkpoint_from_other_code_is_refused(project, monkeypatch):
     """Code is an input: a run of the edited training step does not resume the old step's checkpoint."""
-    loop.run(test_params(*TINY, "train.pilot_steps=4"), Layout(project), "pilot")
+    loop.run(test_params(*TINY, "pilot.steps=4"), Layout(project), "pilot")
     monkeypatch.setattr(resume, "code_hash", lambda folders, root: "another version of tasks/train")
     with pytest.raises(ConfigError, match=r"step-000004: trained with different inputs: code\. Re-run"):
-        loop.run(test_params(*TINY, "train.pilot_steps=6"), Layout(project), "pilot")
+        loop.run(test_params(*TINY, "pilot.steps=6"), Layout(project), "pilot")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_sigkill_then_resume_gives_the_same_losses(project, built, precision):
     """Bit for bit, in each precision: a run killed with SIGKILL mid-run and restarted equals one that was never
     killed."""
     other = linked(project.parent / "uninterrupted", built[0])
-    steps = ["train.pilot_steps=20", "train.checkpoint_every=3", "train.keep_checkpoints=2",
+    steps = ["pilot.steps=20", "train.checkpoint.every=3", "train.checkpoint.keep=2",
              f"train.precision={precision}"]
     cli_train(other, *steps)
 
@@ -185,9 +187,10 @@ def test_sigkill_then_resume_gives_the_same_losses(project, built, precision):
     assert precision in meta["device"]
 
 
+@pytest.mark.integration
 def test_data_parallel_matches_single_process(project, built):
     """torchrun with 2 gloo ranks = 1 process with the same global batch (and = 2 accumulation steps)."""
-    steps = ["train.pilot_steps=6", "train.checkpoint_every=6", "train.eval_every=6", "train.sample_every=6"]
+    steps = ["pilot.steps=6", "train.checkpoint.every=6", "train.validation.every=6", "train.sample.every=6"]
     single, accum = linked(project.parent / "single", built[0]), linked(project.parent / "accum", built[0])
     cli_train(single, *steps)
     cli_train(accum, *steps, "train.grad_accum=2")
@@ -206,10 +209,10 @@ def test_data_parallel_matches_single_process(project, built):
 
 
 def test_tied_embeddings_survive_a_checkpoint(project):
-    params = test_params(*TINY, "model.tie_embeddings=true", "train.pilot_steps=4")
+    params = test_params(*TINY, "model.tie_embeddings=true", "pilot.steps=4")
     loop.run(params, Layout(project), "pilot")
     path = checkpoint.latest(project / "checkpoints" / "pilot")
-    model = Transformer(loop.model_config(params, json.loads((project / "data/shards/manifest.json").read_text())["vocab_size"]))
+    model = Transformer(model_config(params, json.loads((project / "data/shards/manifest.json").read_text())["vocab_size"]))
     checkpoint.load_weights(model, path)
     assert model.lm_head.weight is model.tok_emb.weight
     assert not torch.equal(model.tok_emb.weight, Transformer(model.config).tok_emb.weight)   # really loaded
@@ -225,8 +228,8 @@ def test_model_info_cli():
 @pytest.mark.slow
 def test_compiled_training_matches_eager(project, built):
     eager = linked(project.parent / "eager", built[0])
-    loop.run(test_params(*TINY, "train.pilot_steps=4"), Layout(eager), "pilot")
-    loop.run(test_params(*TINY, "train.pilot_steps=4", "train.compile=true"), Layout(project), "pilot")
+    loop.run(test_params(*TINY, "pilot.steps=4"), Layout(eager), "pilot")
+    loop.run(test_params(*TINY, "pilot.steps=4", "train.compile=true"), Layout(project), "pilot")
     a = [float(r[1]) for r in curve(eager)]
     b = [float(r[1]) for r in curve(project)]
     assert b == pytest.approx(a, rel=1e-3)
@@ -238,4 +241,8 @@ def test_triton_kernels_are_refused_off_cuda(built, tmp_path):
     layout, _, _ = built
     root = linked(tmp_path / "p", layout)
     with contextlib.chdir(root), pytest.raises(ConfigError, match="train.kernels: triton kernels run on CUDA"):
-        loop.run(test_params(*TINY, "train.kernels=triton"), Layout(root), "pilot")
+        loop.run(test_params(*TINY, "train.kernels=triton"), Layout(root), "pilot")  # when params load
+    if not torch.cuda.is_available():  # auto: when the trainer is built on the device it picked, before any step
+        with contextlib.chdir(root), pytest.raises(ConfigError, match="^params: train.kernels: triton kernels run"):
+            loop.run(test_params(*TINY, "train.kernels=triton", "train.device=auto"), Layout(root), "pilot")
+        assert not (root / "checkpoints" / "pilot").exists()

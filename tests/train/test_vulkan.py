@@ -49,7 +49,7 @@ def lr_at(step: int) -> float:
 
 
 def cpu_reference(model: Transformer, steps: int):
-    """The CPU loop's math (tasks/train/loop.py + tasks/train/optim.py): decay on >= 2-D params, clip, AdamW."""
+    """The CPU loop's math (tasks/train/step.py + tasks/train/optim.py): decay on >= 2-D params, clip, AdamW."""
     ref = Transformer(CFG)
     ref.load_state_dict(model.state_dict())
     params = list(ref.parameters())
@@ -110,6 +110,7 @@ def test_device_discovery():
     print(f"\nVulkan device: {name}")
 
 
+@pytest.mark.integration
 def test_training_matches_cpu_adamw(trained):
     losses, ref_losses = trained["losses"], trained["ref_losses"]
     assert losses[-1] < losses[0] - 0.5, losses  # it learns
@@ -125,6 +126,7 @@ def test_training_matches_cpu_adamw(trained):
     assert trained["state"]["optimizer"]["step"] == STEPS
 
 
+@pytest.mark.integration
 def test_state_dict_loads_into_cpu_transformer(trained, tmp_path):
     from safetensors.torch import load_model, save_model
 
@@ -142,6 +144,7 @@ def test_state_dict_loads_into_cpu_transformer(trained, tmp_path):
     assert set(state["optimizer"]["exp_avg"]) == {n for n, _ in cpu.named_parameters()}
 
 
+@pytest.mark.integration
 def test_resume_continues_identically(built, trained):
     model, trainer = built
     trainer.load_state(trained["state"])
@@ -158,6 +161,7 @@ def test_resume_continues_identically(built, trained):
         assert torch.equal(a["optimizer"]["exp_avg_sq"][k], b["optimizer"]["exp_avg_sq"][k]), k
 
 
+@pytest.mark.integration
 def test_self_check_passes(built):
     model, trainer = built
     before = trainer.state_dict()
@@ -168,6 +172,7 @@ def test_self_check_passes(built):
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
 
 
+@pytest.mark.integration
 def test_self_check_refuses_a_wrong_lr(built, monkeypatch):
     model, trainer = built
     reference = trainer.reference_steps
@@ -176,6 +181,7 @@ def test_self_check_refuses_a_wrong_lr(built, monkeypatch):
         trainer.self_check(model, *batch(99))
 
 
+@pytest.mark.integration
 def test_self_check_refuses_a_corrupted_step(built, monkeypatch):
     """The compiled step fed m where v goes (what aliased make_fx inputs did in the notes)."""
     model, trainer = built
@@ -191,6 +197,7 @@ def test_self_check_refuses_a_corrupted_step(built, monkeypatch):
     print(f"\nrefusal: {err.value}")
 
 
+@pytest.mark.integration
 def test_step_rejects_a_wrong_shape(built):
     _, trainer = built
     x, y = batch(0)
@@ -208,6 +215,7 @@ def test_step_rejects_a_wrong_shape(built):
 BIG, BIG_BATCH = ModelConfig(vocab_size=1152, n_layer=3, n_embd=64, n_head=4, block_size=32, qk_norm=True), 32
 
 
+@pytest.mark.integration
 def test_self_check_passes_past_iree_and_lavapipe_limits(tmp_path, monkeypatch):
     monkeypatch.setattr(vs, "CACHE_DIR", tmp_path)
     torch.manual_seed(0)

@@ -1,26 +1,18 @@
 """Deterministic generator of small, tested Python functions (synthetic code data).
 
-The code seed of the model is trained on synthetic code: every sample is one small
-function with a docstring (``Sample.code``, the text that is kept) plus assert-based
-tests (``Sample.tests``).  Every sample is executed in ``tasks.common.sandbox`` and kept only
-if its tests pass, so the expected values in the tests are computed here, by a
-reference implementation known to the generator and evaluated on the test inputs at
-generation time -- never by running the generated code.  A generated function that
-is wrong therefore fails its tests.
+Why: the model's code seed trains on small functions with a docstring (`Sample.code`, the text kept) and
+assert-based tests (`Sample.tests`). Each sample is kept only if its tests pass in tasks.common.sandbox,
+and the tests' expected values come from a reference implementation evaluated at generation time, never
+from the generated code, so a wrong function fails.
 
-Samples are varied on purpose (function, parameter and local names, constants,
-operations, implementation style -- loop, comprehension, builtin, recursion --
-annotations, docstring wording and layout) so that near-duplicate removal (MinHash,
-Jaccard 0.8 over 5-token shingles) keeps most of them.  The same ``(n, seed,
-families)`` always yields the same samples (``random.Random`` seeded per sample from
-a string, independent of PYTHONHASHSEED).
-
-Layout: ``draft`` holds ``Sample``, ``FAMILIES`` and the shared machinery (the ``_Draft``
-an op returns, the ``_op`` registry, rendering, vocabularies); each family has a module
-of its own -- ``arithmetic``, ``strings``, ``lists``, ``dicts``, ``recursion``, ``sorting``,
-``maths`` (the ``"math"`` family) and ``conditionals`` -- whose ops register on import.
-Ops are picked by index, so reordering, adding or removing ops in a module changes that
-family's samples for every seed.
+- Variety on purpose (names, constants, operations, loop / comprehension / builtin / recursion style,
+  annotations, docstring wording), so near-duplicate removal keeps most samples.
+- Determinism: the same `(n, seed, families)` gives the same samples (`random.Random` seeded per sample
+  from a string, independent of PYTHONHASHSEED). Ops are picked by index, so editing a family's ops
+  changes that family's samples for every seed.
+- Layout: `draft` holds `Sample`, `FAMILIES` and the shared machinery (`_Draft`, the `_op` registry,
+  rendering, vocabularies); one module per family (`arithmetic`, `strings`, `lists`, `dicts`,
+  `recursion`, `sorting`, `maths` = the "math" family, `conditionals`), whose ops register on import.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Each entry says whether it is usable here (and if not, why), how to get a `torch.device`, whether it
 computes bf16 natively (then `train.precision: auto` trains in bf16 autocast there), whether its optimizer
-step runs outside torch (`offload`: the factory of that step,
-tasks/train/backends/offload.py; None for CPU and CUDA, where the loop does the step itself) and (for
-MFU) the peak dense bf16 FLOP/s of known parts. `auto` takes cuda, then vulkan, then cpu, and says what
+step runs outside torch (`offload`: the factory of that step, tasks/train/backends/offload.py; None for CPU and
+CUDA, where the trainer's torch step does it, tasks/train/step.py) and (for MFU) the peak dense bf16 FLOP/s of
+known parts. `auto` takes cuda, then vulkan, then cpu, and says what
 it passed over and why (a software Vulkan renderer such as lavapipe is passed over: it works, but slower
 than the CPU path). A later backend is one more entry.
 """
@@ -18,7 +18,7 @@ import torch
 from chatpipe.tasks.common.errors import ConfigError
 
 if TYPE_CHECKING:
-    from chatpipe.tasks.train.backends.offload import OffloadedStep, StepContext
+    from chatpipe.tasks.train.backends.offload import Step, StepContext
 
 # Peak dense bf16 tensor-core FLOP/s, from the vendors' data sheets (SXM parts).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -30,7 +30,7 @@ class Device:
     status: Callable[[], str | None]  # None: usable here; else why not ("no CUDA GPU", ...)
     bf16: Callable[[], str | None]    # what makes bf16 native here ("AVX-512 BF16"), None: not (fp32 is faster)
     # builds the optimizer step where it runs outside torch autograd (Vulkan); None: the loop does it in torch
-    offload: Callable[[StepContext], OffloadedStep] | None = None
+    offload: Callable[[StepContext], Step] | None = None
     tensors: str | None = None        # where the model's torch tensors live (None: on the device itself)
     auto: Callable[[], str | None] = lambda: None  # why `auto` passes it over though it works (None: it doesn't)
 
@@ -70,7 +70,7 @@ def _cpu_bf16() -> str | None:
     return "AVX-512 BF16" if torch.cpu._is_avx512_bf16_supported() else None
 
 
-def _vulkan_step(context: StepContext) -> OffloadedStep:
+def _vulkan_step(context: StepContext) -> Step:
     """One IREE-compiled step with weights and AdamW state on the GPU (tasks/train/backends/vulkan.py)."""
     from chatpipe.tasks.train.backends import vulkan as vulkan_step
 
@@ -103,10 +103,9 @@ def pick(requested: str) -> tuple[Device, str]:
 
 def precision(device: Device, requested: str) -> tuple[torch.dtype | None, str]:
     """The autocast dtype to train in (None: fp32) and why: `auto` takes bf16 where the device computes it
-    natively. Weights and optimizer state stay fp32 either way. Vulkan's compiled step is fp32 only."""
+    natively. Weights and optimizer state stay fp32 either way (Vulkan's compiled step is fp32 only: bf16 there
+    is refused with the other combinations, tasks/common/config.py: TRAIN_RULES)."""
     native = device.bf16()
-    if requested == "bf16" and device.offload:
-        raise ConfigError(f"params: train.precision: {device.name} trains in fp32 only; use fp32 or auto")
     if requested == "bf16" or (requested == "auto" and native):
         return torch.bfloat16, f"bf16 autocast ({native or 'requested; not native here, slower than fp32'})"
     return None, "fp32" + (" (requested)" if requested == "fp32" else f" (no native bf16 on {device.name})")

@@ -34,7 +34,7 @@ Workarounds, all required on iree 3.13 + lavapipe (each seen failing without it;
   - Lavapipe ends a shader invocation's loops after 65535 iterations in all (gallivm's
     LP_MAX_TGSI_LOOP_ITERATIONS), silently, and IREE (baseline target: no subgroups) runs a full reduction
     or an accumulating scatter as one invocation looping over everything. Two ops hit that from chat-7m's
-    sizes on (grad norm 3-26% low where measured; the self-check refused): a > 65535-element gradient's norm (only its
+    sizes on (the grad norm came out low, docs/LOG.md; the self-check refused): a > 65535-element gradient's norm (only its
     first 65535 elements were summed) and the embedding's gradient (a scatter-add of every token's row:
     1024 tokens x 64 wide already lost rows). So `_sum_of_squares` sums NORM_CHUNK elements per row, then
     the rows' sums; and `_embedding_dense_backward` is a one-hot matmul. Both are also far more parallel
@@ -45,7 +45,7 @@ Workarounds, all required on iree 3.13 + lavapipe (each seen failing without it;
 
 `VulkanTrainer.self_check` runs one step on both Vulkan and eager torch CPU and refuses (TrainingError)
 on a mismatch, so a miscompile cannot silently train garbage. `VulkanStep` (at the end) plugs the trainer
-into the training loop as its offloaded step (tasks/train/backends/offload.py).
+into the trainer as its step (tasks/train/backends/offload.py).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ CACHE_DIR = Path(tempfile.gettempdir()) / "chatpipe-iree-cache"
 NORM_CHUNK = 1024    # elements per sum in the grad norm (lavapipe ends a shader's loops at 65535 iterations)
 NORM_FAN_IN = 16     # per-tensor sums added per dispatch (IREE: <= 32 bindings per dispatch)
 
-# self_check tolerances. Measured on lavapipe (tests/test_vulkan.py): loss <= 2.3e-7, grad norm <= 7.1e-7,
+# self_check tolerances. Measured on lavapipe (tests/train/test_vulkan.py): loss <= 2.3e-7, grad norm <= 7.1e-7,
 # weights <= 2.4e-3 x lr, so >= 20x headroom; a wrong lr or m/v wiring is off by ~lr or more.
 LOSS_TOL = 1e-4        # relative
 GRAD_NORM_TOL = 1e-3   # relative
@@ -511,25 +511,24 @@ class VulkanTrainer:
 
 
 class VulkanStep:
-    """The training loop's step on Vulkan (`OffloadedStep`): weights and AdamW state live on the device
-    between syncs. Refuses, in one line, what the compiled step cannot run, and self-checks before the
-    first step."""
+    """The trainer's step on Vulkan (`Step`, tasks/train/backends/offload.py): weights and AdamW state live on the
+    device between syncs. Refuses, in one line, what only the live run shows the compiled step cannot run (what
+    params alone decide is refused when they load: tasks/common/config.py, TRAIN_RULES; which phases it may
+    train is their row's: tasks/train/phases.py), and self-checks before the first step."""
 
     def __init__(self, context: StepContext) -> None:
         model, cfg, reader = context.model, context.cfg, context.reader
         unsupported = [why for bad, why in (
-            (context.distilling, "the distill phase (the teacher runs in torch)"),
-            (context.weighted, "the sft phase (per-token loss weights)"),
-            (cfg.optimizer != "adamw", f"optimizer {cfg.optimizer} (the compiled step is AdamW)"),
-            (cfg.grad_accum != 1, "grad_accum > 1"), (context.ranks.world != 1, "torchrun (several processes)"),
-            (cfg.compile, "train.compile"), (model.config.quant is not None, f"quant {model.config.quant}"),
+            (context.ranks.world != 1, "torchrun (several processes)"),
+            (model.config.quant is not None, f"quant {model.config.quant}"),
             (model.config.moe is not None, "MoE layers")) if bad]
         if unsupported:
             raise ConfigError(f"params: train.device: vulkan does not support {', '.join(unsupported)}; "
                               "use cpu or cuda for this run")
         self.model, self.optimizers, self.cfg, self.reader = model, context.optimizers, cfg, reader
-        self.trainer = VulkanTrainer(model, batch_size=reader.batch_size, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                     eps=1e-8, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        o = cfg.optimizer
+        self.trainer = VulkanTrainer(model, batch_size=reader.batch_size, lr=o.lr, betas=(o.beta1, o.beta2),
+                                     eps=1e-8, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
         position = reader.state_dict()
         x, y = reader.next_batch()  # the check's batch; the reader goes back, the run sees the same data
         reader.load_state_dict(position)
@@ -541,7 +540,7 @@ class VulkanStep:
     def step(self, multiplier: float) -> tuple[float, float, dict]:
         x, y = self.reader.next_batch()
         try:
-            loss, grad_norm = self.trainer.step(x, y, lr=self.cfg.lr * multiplier)
+            loss, grad_norm = self.trainer.step(x, y, lr=self.cfg.optimizer.lr * multiplier)
         except TrainingError:
             return math.nan, math.nan, {}
         return loss, grad_norm, {}
