@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chatpipe.kernels import ternary_cpu  # noqa: E402
-from chatpipe.model.presets import preset
-from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.model.decode import Decoder  # noqa: E402
+from chatpipe.model.presets import preset
 from chatpipe.model.ternary_linear import held_bytes  # noqa: E402
+from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.tasks.common import bundle  # noqa: E402
 from chatpipe.tasks.evals.evaluate import decode_times  # noqa: E402
 

@@ -9,10 +9,10 @@ name either. An installed wheel holds them inside this package (pyproject.toml m
 (the editable install, or PYTHONPATH=<a checkout>) they sit beside this folder, and the lines below make
 each one this package's subpackage, pointing at that checkout's folder.
 """
+import sys
 from importlib.machinery import ModuleSpec
 from importlib.util import module_from_spec
 from pathlib import Path
-import sys
 
 FOLDERS = ("flows", "tasks", "model", "kernels", "serve")
 

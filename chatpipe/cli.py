@@ -15,11 +15,11 @@ from typing import Annotated, Callable, Optional
 import typer
 import yaml
 
-from chatpipe.tasks.pipeline import PIPELINE, Stage
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import load_params, params_dict
 from chatpipe.tasks.common.errors import ChatpipeError, StageFailed
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.pipeline import PIPELINE, Stage
 from chatpipe.tasks.train.phases import PHASES as TRAINING_PHASES
 
 # What the pipeline does not need from its libraries, off unless the user sets it: Prefect's server telemetry

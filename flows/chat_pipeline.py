@@ -25,9 +25,9 @@ from prefect.cache_policies import CacheKeyFnPolicy
 
 from chatpipe.flows import report, stages
 from chatpipe.flows.request import Request
-from chatpipe.tasks.pipeline import PIPELINE, UPSTREAM
 from chatpipe.tasks.common.errors import ChatpipeError
 from chatpipe.tasks.common.stage import StageResult
+from chatpipe.tasks.pipeline import PIPELINE, UPSTREAM
 
 
 def crashed(task, task_run, state) -> bool:

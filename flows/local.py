@@ -58,23 +58,20 @@ def _prefect(*args: str, env: dict, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
-def _healthy(url: str) -> bool:
+def _status(url: str, timeout: float = 2) -> int | None:
+    """The HTTP status of the server's /health, a refusal included (a server that wants a key, as Prefect Cloud
+    may, is up); None: nothing answers."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def _answers(url: str) -> bool:
-    """Something answers HTTP there; a refusal counts (a server that wants a key, as Prefect Cloud may, is up)."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=3):
-            return True
-    except urllib.error.HTTPError:
-        return True
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def _healthy(url: str) -> bool:
+    return _status(url) == 200
 
 
 def api_url() -> tuple[str | None, str, str]:
@@ -98,7 +95,7 @@ def use_server() -> str | None:
     url, source, unset = api_url()
     if url is None:
         return None
-    if not _answers(url):
+    if _status(url, timeout=3) is None:
         port = urllib.parse.urlsplit(url).port
         start = "`chatpipe up" + ("`" if port in (None, 4200) else f" --port {port}`")
         raise ChatpipeError(f"no Prefect server answers at {url} ({source}): start it with {start}, or {unset} "
@@ -147,7 +144,7 @@ def worker(pool: str, workdir: Path) -> None:
     if not url:
         raise ChatpipeError("PREFECT_API_URL is not set: export the flow's Prefect server, e.g. "
                             "PREFECT_API_URL=http://<server>:4200/api")
-    if not _answers(url):
+    if _status(url, timeout=3) is None:
         raise ChatpipeError(f"the Prefect server at {url} does not answer (is it up and reachable from here?)")
     env = os.environ | {"PREFECT_API_URL": url, "CHATPIPE_WORKDIR": str(Path(workdir).resolve())}
     exe = str(Path(sys.executable).parent / "prefect")

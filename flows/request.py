@@ -11,11 +11,11 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.common.config import Params, load_params
 from chatpipe.tasks.common.errors import ChatpipeError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.common.stage import StageResult
+from chatpipe.tasks.pipeline import PIPELINE
 
 
 @dataclass(frozen=True)

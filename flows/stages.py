@@ -13,9 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from chatpipe.tasks.pipeline import Stage
 from chatpipe.tasks.common.config import PROJECT_ROOT, Params, params_dict
 from chatpipe.tasks.common.hashing import code_hash, hash_tree
+from chatpipe.tasks.pipeline import Stage
 from chatpipe.tasks.publish.store import Store
 
 

@@ -39,12 +39,12 @@ from prefect import flow, get_run_logger
 
 from chatpipe.flows import lost_runs
 from chatpipe.flows.request import Request
-from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import PROJECT_ROOT, params_dict
 from chatpipe.tasks.common.errors import ChatpipeError
 from chatpipe.tasks.common.hashing import code_hash
 from chatpipe.tasks.common.stage import StageResult
+from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.publish.store import Store
 from chatpipe.tasks.train import checkpoint
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from chatpipe.dvc import render
-from chatpipe.tasks.pipeline import PIPELINE, SCHEMA, UPSTREAM, upstream
 from chatpipe.tasks.common.config import PROJECT_ROOT
+from chatpipe.tasks.pipeline import PIPELINE, SCHEMA, UPSTREAM, upstream
 
 FOLDERS = ("chatpipe", "flows", "tasks", "model", "kernels", "serve")  # all imported as chatpipe.<folder>
 CLI = ("chatpipe.cli", "chatpipe.dvc")

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.model.config import ModelConfig  # noqa: E402
+from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.tasks.common.config import load_params  # noqa: E402
 from chatpipe.tasks.train import lora, trainer  # noqa: E402
 from chatpipe.tasks.train.optim import Optimizers  # noqa: E402

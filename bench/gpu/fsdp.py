@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from finetune import each_mode, measure  # noqa: E402  (bench/gpu, this script's folder)
 
-from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.model.presets import preset  # noqa: E402
+from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.tasks.common.config import load_params  # noqa: E402
 from chatpipe.tasks.train import parallel  # noqa: E402
 from chatpipe.tasks.train.distributed import Ranks  # noqa: E402

@@ -36,10 +36,10 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
 from chatpipe.model.quant import packed_state_dict
 from chatpipe.model.ternary_linear import load_ternary
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.errors import InputError

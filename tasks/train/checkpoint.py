@@ -33,8 +33,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.errors import InputError
 from chatpipe.tasks.common.hashing import sha256_file

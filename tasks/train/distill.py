@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import Params, trained
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout

@@ -33,8 +33,8 @@ from peft.utils.other import TrainableTokensWrapper, _set_trainable
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import LoraParams
 from chatpipe.tasks.common.errors import ConfigError, InputError
 

@@ -48,7 +48,6 @@ from chatpipe.tasks.train.distributed import Ranks
 from chatpipe.tasks.train.optim import Optimizers
 
 
-
 def _ddp(model: nn.Module, cfg: TrainParams, ranks: Ranks, device: torch.device, dtype) -> nn.Module:
     """DistributedDataParallel when there is more than one process, then torch.compile over the whole."""
     wrapped = model if ranks.world == 1 else nn.parallel.DistributedDataParallel(

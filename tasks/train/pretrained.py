@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
-from chatpipe.model.presets import preset
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import FieldError, ModelConfig, MoEConfig, ffn_hidden
 from chatpipe.model.hf import load_weights, read_config, resolve
+from chatpipe.model.presets import preset
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import INIT_FIELDS, Params
 from chatpipe.tasks.common.errors import ConfigError, InputError
 from chatpipe.tasks.common.hashing import sha256_file
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.tokens.artifact import chat_markers
+
 
 def checkpoint_dir(spec: str) -> Path:
     try:

@@ -28,13 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
-from chatpipe.tasks.pipeline import PIPELINE
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import PROJECT_ROOT, Params, TrainParams
 from chatpipe.tasks.common.errors import ConfigError, InputError
 from chatpipe.tasks.common.hashing import code_hash
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.tokens.artifact import chat_markers
 from chatpipe.tasks.tokens.reader import TokenReader
 from chatpipe.tasks.train import checkpoint, distill, lora, pretrained

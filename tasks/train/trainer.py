@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -185,7 +186,7 @@ class Trainer:
                 on_checkpoint(saved)
         self.ranks.barrier()
 
-    @property
+    @cached_property
     def flops(self) -> float:
         return flops_per_token(self.mcfg, self.mcfg.block_size)
 

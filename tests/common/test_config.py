@@ -69,7 +69,7 @@ def test_the_model_section_is_model_configs_fields():
     """The params schema is generated from model/config.py's dataclasses: the same keys, the same MoE defaults."""
     import dataclasses
 
-    from chatpipe.model.config import MoEConfig, ModelConfig
+    from chatpipe.model.config import ModelConfig, MoEConfig
     from chatpipe.tasks.common.config import ModelOverrides, ModelParams, MoEParams
 
     fields = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]  # vocab: the tokenizer's

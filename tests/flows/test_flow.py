@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatpipe.tasks.pipeline import PIPELINE, UPSTREAM
+
 from conftest import MICRO, clone_code, make_project
 from conftest import TINY_OVERLAY as TINY
 

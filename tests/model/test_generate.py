@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.config import ModelConfig, MoEConfig
 from chatpipe.model.generate import generate
 from chatpipe.model.transformer import KVCache, Transformer
 

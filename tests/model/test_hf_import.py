@@ -14,9 +14,9 @@ from tokenizers.models import WordLevel
 from typer.testing import CliRunner
 
 from chatpipe.model.config import ModelConfig
+from chatpipe.model.hf import NAMES, hf_name, load_weights, our_name, read_config, resolve
 from chatpipe.model.info import param_counts
 from chatpipe.model.transformer import Transformer
-from chatpipe.model.hf import NAMES, hf_name, load_weights, our_name, read_config, resolve
 from chatpipe.tasks.chat.format import SPECIAL_TOKENS
 
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -10,12 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatpipe.model.config import MoEConfig, ModelConfig
-from chatpipe.model.info import describe, flops_per_token, param_counts, train_memory
+from chatpipe.model.config import ModelConfig, MoEConfig
+from chatpipe.model.info import LORA_TARGETS, describe, flops_per_token, lora_params, param_counts, train_memory
+from chatpipe.model.moe import MoE
 from chatpipe.model.presets import PRESETS, preset
 from chatpipe.model.transformer import Transformer
-from chatpipe.model.info import LORA_TARGETS, lora_params
-from chatpipe.model.moe import MoE
 
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=32, multiple_of=16)
 MOE = MoEConfig(n_experts=4, top_k=2)

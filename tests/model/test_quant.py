@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from chatpipe.kernels.ternary_codes import unpack_ternary
-from chatpipe.model.config import MoEConfig, ModelConfig
-from chatpipe.model.transformer import Transformer
+from chatpipe.model.config import ModelConfig, MoEConfig
 from chatpipe.model.quant import (
     BitLinear,
     pack_ternary,
@@ -12,6 +11,7 @@ from chatpipe.model.quant import (
     quantize_activations,
     ternary_weight,
 )
+from chatpipe.model.transformer import Transformer
 
 BLOCK_LINEARS = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.w1", "mlp.w2", "mlp.w3")
 

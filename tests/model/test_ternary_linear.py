@@ -13,10 +13,10 @@ from chatpipe.kernels import ternary_cpu
 from chatpipe.kernels.ternary_codes import pack_codes, packed_rows
 from chatpipe.kernels.ternary_matmul import kernel_for
 from chatpipe.model.config import ModelConfig
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.decode import Decoder
 from chatpipe.model.quant import BitLinear, packed_state_dict, quantize_activations
 from chatpipe.model.ternary_linear import TernaryLinear, held_bytes, load_ternary
+from chatpipe.model.transformer import Transformer
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_c = pytest.mark.skipif(ternary_cpu.library() is None, reason="no C compiler: the torch fallback runs")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig, MoEConfig
 from chatpipe.model.generate import generate
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat import format as chat_format
 from chatpipe.tasks.chat.format import STOP_MARKERS, Turn
 from chatpipe.tasks.publish import hf_export

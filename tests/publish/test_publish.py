@@ -8,8 +8,8 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig, MoEConfig
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.common.errors import InputError
 from chatpipe.tasks.common.layout import Layout

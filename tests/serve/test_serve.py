@@ -23,10 +23,10 @@ import httpx
 import pytest
 import torch
 
-from chatpipe.model.config import MoEConfig, ModelConfig
+from chatpipe.model.config import ModelConfig, MoEConfig
+from chatpipe.model.decode import Decoder
 from chatpipe.model.generate import generate
 from chatpipe.model.transformer import KVCache, Transformer
-from chatpipe.model.decode import Decoder
 from chatpipe.serve.app import create_app
 from chatpipe.serve.auth import Keys
 from chatpipe.serve.engine import Engine, Finish

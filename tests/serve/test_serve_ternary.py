@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from chatpipe.kernels.ternary_codes import packed_rows
-from chatpipe.model.generate import generate
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.decode import Decoder
+from chatpipe.model.generate import generate
 from chatpipe.model.quant import BitLinear, pack_ternary
 from chatpipe.model.ternary_linear import TernaryLinear, held_bytes
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import Turn, prompt
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.train import checkpoint

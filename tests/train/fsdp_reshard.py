@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from chatpipe.model.transformer import Transformer
 from chatpipe.model.config import ModelConfig
+from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
 from chatpipe.tasks.train import checkpoint, parallel
 from chatpipe.tasks.train.distributed import Ranks

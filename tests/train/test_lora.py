@@ -13,10 +13,10 @@ from safetensors import safe_open
 
 from chatpipe.model.presets import preset
 from chatpipe.model.transformer import Transformer
-from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.publish import lineage
 from chatpipe.tasks.tokens.reader import TokenReader
 from chatpipe.tasks.train import checkpoint, loop, lora, pretrained

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from chatpipe.model.transformer import Transformer
-from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.chat.format import EOT
 from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.tokens.reader import TokenReader
 from chatpipe.tasks.train import pretrained
 from tests.conftest import MICRO, TINY_OVERLAY
