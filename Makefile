@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c requirements.lock torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,vulkan,cuda,gcs]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,vulkan,cuda,gcs,pretrained]'
 	touch $(STAMP)
 
 # The /chat page is tested in a real headless Chromium: Debian's package (a test tool cannot download one).
