@@ -303,7 +303,8 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
 
 @app.command("model-info")
 def model_info(preset: Annotated[str, typer.Argument(
-                   help="A preset name (e.g. chat-7m), or hf:<dir or org/name>: a Llama/Qwen3 checkpoint.")],
+                   help="A preset name (e.g. chat-7m), or a checkpoint: hf:<dir or org/name> (Llama/Qwen3) or "
+                        "gguf:<file or short name> (Llama).")],
                weights: Annotated[str, typer.Option(help="Training weights: fp32, or bf16 (bf16 weights, "
                                                          "grads and AdamW moments, as train.weights: bf16).")] = "fp32",
                activation_checkpointing: Annotated[bool, typer.Option(
@@ -317,14 +318,15 @@ def model_info(preset: Annotated[str, typer.Argument(
                parallel: Annotated[str, typer.Option(help="ddp (each GPU holds the whole model and optimizer) or "
                                                           "fsdp (sharded over the GPUs), as train.parallel.")] = "ddp",
                debug: DebugOpt = False) -> None:
-    """Parameters (total/active), FLOPs per token and per-GPU training memory of a model preset or HF checkpoint."""
+    """Parameters (total/active), FLOPs per token and per-GPU training memory of a model preset or checkpoint."""
     def go():
+        from chatpipe.model import checkpoints
         from chatpipe.model.info import describe
         from chatpipe.model.presets import PRESETS
         from chatpipe.tasks.common.errors import ConfigError, InputError
 
-        if not preset.startswith("hf:") and preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, or hf:<dir or org/name>")
+        if not checkpoints.prefix(preset) and preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, or {checkpoints.USAGE}")
         if weights not in ("fp32", "bf16"):
             raise ConfigError(f"--weights must be fp32 or bf16, got {weights!r}")
         if parallel not in ("ddp", "fsdp"):
@@ -336,7 +338,7 @@ def model_info(preset: Annotated[str, typer.Argument(
         try:
             typer.echo(describe(preset, batch_size, weights=weights, activation_checkpointing=activation_checkpointing,
                                 lora_rank=lora_rank, seq_len=seq_len, gpus=gpus, parallel=parallel))
-        except ValueError as e:  # model/hf.py: the checkpoint cannot be read, or is not one we can run
+        except ValueError as e:  # model/hf.py, model/gguf.py: the checkpoint cannot be read, or is not one we run
             raise InputError(str(e)) from None
     _call(go, debug)
 

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints of LlamaForCausalLM and Qwen3ForCausalLM, read into our Transformer.
 
 Why this exists: to start from a pretrained model instead of random weights (`model.init: hf:<dir or id>`)
-and to size one (`chatpipe model-info hf:<dir>`). Our transformer is LLaMA's architecture under other
+and to size one (`chatpipe model-info hf:<dir>`); model/checkpoints.py picks this module for `hf:` and
+model/gguf.py for `gguf:` files, both with the same functions. Our transformer is LLaMA's architecture under other
 parameter names (tasks/publish/hf_export.py writes the same checkpoints), so an import is a renaming: one
 table, NAMES, serves both directions. Qwen3 is LLaMA plus QK-norm and an explicit head_dim (Qwen3-0.6B:
 1024 wide, 16 heads of 128), which ModelConfig carries as head_dim.
@@ -10,7 +11,8 @@ Anything whose computation we do not reproduce is refused in one line naming the
 scaling (Llama 3.1+'s "llama3", YaRN, ...), biases, activations other than SiLU, sliding-window layers,
 quantized weights, other architectures. Only safetensors are read (one file or sharded with an index).
 The config is read as plain JSON: this module needs no transformers, only safetensors (and huggingface_hub
-for hub ids).
+for hub ids). The tokenizer is its tokenizer.json, with the chat template and special tokens of
+tokenizer_config.json (or chat_template.jinja).
 """
 from __future__ import annotations
 
@@ -45,7 +47,16 @@ _INDEX = re.compile(r"(?<=\.)\d+(?=\.)")
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}  # model_type -> the one we read
 _DEFAULT_CONTEXT = {"llama": 2048, "qwen3": 32768}  # transformers' defaults, for a config.json without one
-_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]  # config, weights, tokenizer; no .bin/.gguf
+_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]  # config, weights, tokenizer and
+# its chat template; no .bin/.gguf
+USAGE = "hf:<dir or org/name>"
+# Our ModelConfig field -> where the checkpoint says it (model.init's shape keys: tasks/common/config.py INIT_FIELDS).
+FIELDS = {key: f"config.json {field}" for key, field in {
+    "n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "ffn_hidden": "intermediate_size",
+    "block_size": "max_position_embeddings", "qk_norm": "model_type", "tie_embeddings": "tie_word_embeddings",
+    "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps"}.items()}
+SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")  # the special tokens read_tokenizer names
 
 
 def _rename(name: str, table: dict[str, str]) -> str | None:
@@ -92,6 +103,12 @@ def resolve(spec: str) -> Path:
     except RepositoryNotFoundError:
         raise ValueError(f"{spec}: no such model on the hub (or it is private or gated: log in with `hf auth login`)") \
             from None
+
+
+def files(path: Path) -> list[Path]:
+    """What the import is made of (its identity, hashed by tasks/train/pretrained.py): config.json and the
+    safetensors files."""
+    return [Path(path) / "config.json", *sorted(Path(path).glob("*.safetensors"))]
 
 
 # ---------------------------------------------------------------- config.json -> ModelConfig
@@ -157,6 +174,15 @@ def _listed(names, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def check_complete(path: Path, missing: list[str], unexpected: list[str]) -> None:
+    """A load is strict: the checkpoint's names the model needs but did not get, and those it has no place for,
+    in one line (a few of each)."""
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model: "
+                         + "; ".join(f"{what} {_listed(names)}" for what, names in
+                                     (("missing", missing), ("unexpected", unexpected)) if names))
+
+
 @torch.no_grad()
 def load_weights(model: Transformer, path: Path) -> None:
     """Copy the checkpoint's tensors in `path` into `model` (converted to each parameter's dtype and device).
@@ -186,8 +212,37 @@ def load_weights(model: Transformer, path: Path) -> None:
                                      f"{tuple(p.shape)} for {ours}")
                 p.copy_(tensor)
                 missing.discard(ours)
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model: "
-                         + "; ".join(f"{what} {_listed(names)}" for what, names in
-                                     (("missing", [hf_name(n) for n in missing]), ("unexpected", unexpected))
-                                     if names))
+    check_complete(path, [hf_name(n) for n in missing], unexpected)
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+def _json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
+def read_tokenizer(path: Path):
+    """(tokenizers.Tokenizer, info) of the checkpoint in `path`: its tokenizer.json; info holds the
+    chat_template (chat_template.jinja beside it, as transformers 5 writes, else tokenizer_config.json's, else
+    None), the SPECIAL tokens' strings (tokenizer_config.json's, a string or an AddedToken dict; None where
+    unset) and `file`, what was read."""
+    from tokenizers import Tokenizer
+
+    file, config = Path(path) / "tokenizer.json", _json(Path(path) / "tokenizer_config.json")
+    if not file.is_file():
+        raise ValueError(f"{file}: not found (transformers' fast tokenizer file)")
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ValueError(f"{file}: not a tokenizers file ({(str(e).splitlines() or ['unreadable'])[0]})") from None
+    template = config.get("chat_template")
+    if (jinja := Path(path) / "chat_template.jinja").is_file():
+        template = jinja.read_text()
+    elif isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    special = {name: value.get("content") if isinstance(value, dict) else value
+               for name, value in ((name, config.get(name)) for name in SPECIAL)}
+    return tok, {"chat_template": template, **special, "file": file}

@@ -178,14 +178,15 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
     """A small table: shape, params total/active, FLOPs/token, training memory per GPU at batch_size x seq_len
     (default block_size) over `gpus` GPUs, ddp or fsdp.
 
-    `name_or_cfg`: a preset name, "hf:<dir or id>" (model/hf.py reads its config.json) or a ModelConfig."""
-    from .hf import read_config, resolve
+    `name_or_cfg`: a preset name, a checkpoint ("hf:<dir or id>", "gguf:<file or short name>": model/checkpoints.py
+    reads its config) or a ModelConfig."""
+    from . import checkpoints
     from .presets import preset
     if isinstance(name_or_cfg, ModelConfig):
         name, c = "custom", name_or_cfg
     else:
         name = name_or_cfg
-        c = read_config(resolve(name)) if name.startswith("hf:") else preset(name)
+        c = checkpoints.read_config(name) if checkpoints.prefix(name) else preset(name)
     p, T = param_counts(c), seq_len or c.block_size
     m = train_memory(c, batch_size, T, optimizer=optimizer, weights=weights,
                      activation_checkpointing=activation_checkpointing, lora_rank=lora_rank, gpus=gpus,

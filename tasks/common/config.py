@@ -165,7 +165,9 @@ class IngestConfig(_Strict):
 
 # ---------------------------------------------------------------- tokenizer, shards
 
-HF_SPEC = r"^hf:\S+$"  # hf:<local dir> or hf:<org/name> (model/hf.py resolves it)
+# A pretrained checkpoint: hf:<local dir or org/name> or gguf:<file or short name>, model/checkpoints.py's FORMATS
+# (not imported here: it imports torch, and loading params must not; tests/model/test_gguf.py checks they agree).
+CHECKPOINT_SPEC = r"^(hf|gguf):\S+$"
 
 
 class TokenizerConfig(_Strict):
@@ -173,8 +175,8 @@ class TokenizerConfig(_Strict):
     vocab_size: int = Field(ge=256 + len(SPECIAL_TOKENS) + 1, le=1 << 20)  # the BPE's size (unused with `from`)
     min_frequency: int = Field(ge=1)
     max_train_chars: int | None = Field(ge=1)  # cap on training text; null = all train documents
-    from_: str | None = Field(default=None, alias="from", pattern=HF_SPEC)  # null: train a BPE; "hf:<...>": adopt
-    # that checkpoint's tokenizer.json, our chat markers added (tasks/tokens/tokenizer.py)
+    from_: str | None = Field(default=None, alias="from", pattern=CHECKPOINT_SPEC)  # null: train a BPE; "hf:<...>"
+    # or "gguf:<...>": adopt that checkpoint's tokenizer, our chat markers added (tasks/tokens/tokenizer.py)
 
 
 class ShardConfig(_Strict):
@@ -214,21 +216,21 @@ ModelOverrides = _from_dataclass(
     ModelConfig, "ModelOverrides", "Overrides of a preset's fields (ModelConfig's but vocab_size, the tokenizer's): "
     "a key left out keeps the preset's value.", base=_Overrides, optional=True, skip=("vocab_size",), moe=MoEParams)
 
-# With model.init the shape is the checkpoint's: a key set here must agree with the config.json field named
-# (tasks/train/pretrained.py); ffn_mult must give its intermediate_size, block_size (the context trained at) must
-# not exceed its max_position_embeddings, and quant applies over it. Any other key (moe, multiple_of) is refused.
-INIT_FIELDS = {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
-               "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "ffn_hidden": "intermediate_size",
-               "qk_norm": "model_type", "tie_embeddings": "tie_word_embeddings", "rope_theta": "rope_theta",
-               "norm_eps": "rms_norm_eps"}
+# With model.init the shape is the checkpoint's: a key set here must agree with the checkpoint (tasks/train/
+# pretrained.py names the field it read: each format's FIELDS, model/hf.py, model/gguf.py); ffn_mult must give its
+# MLP width, block_size (the context trained at) must not exceed its context, and quant applies over it. Any other
+# key (moe, multiple_of) is refused.
+INIT_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_heads", "head_dim", "ffn_hidden", "qk_norm", "tie_embeddings",
+               "rope_theta", "norm_eps")
 INIT_KEYS = {*INIT_FIELDS, "ffn_mult", "block_size", "quant"}
 
 
 class ModelParams(ModelOverrides):
     """A preset from `model/presets.py`; any other key overrides that preset's field. With `init`, the shape is
-    the checkpoint's (config.json) and the preset is not used (INIT_FIELDS)."""
+    the checkpoint's (its config.json or GGUF metadata) and the preset is not used (INIT_FIELDS)."""
     preset: str
-    init: str | None = Field(default=None, pattern=HF_SPEC)  # null: random init; "hf:<dir or hub id>": its weights
+    init: str | None = Field(default=None, pattern=CHECKPOINT_SPEC)  # null: random init; "hf:<dir or hub id>" or
+    # "gguf:<file or short name>": its weights
 
     @model_validator(mode="after")
     def _shape(self) -> ModelParams:
@@ -237,8 +239,7 @@ class ModelParams(ModelOverrides):
         try:
             preset(self.preset, **({} if self.init else self.overrides()))  # with init: only a known name
             if self.init and (extra := sorted(self.overrides().keys() - INIT_KEYS)):
-                raise FieldError(extra[0], f"not used with model.init: the shape is {self.init}'s config.json; "
-                                           "remove it")
+                raise FieldError(extra[0], f"not used with model.init: the shape is {self.init}'s; remove it")
             if self.init:  # the keys applied over the import, on a minimal shape
                 ModelConfig(**{"vocab_size": 1, "n_layer": 1, "n_embd": 2, "n_head": 1, "block_size": 1,
                                **self.model_dump(include={"block_size", "quant"}, exclude_none=True)})

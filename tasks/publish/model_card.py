@@ -75,7 +75,7 @@ def lineage_section(lin: dict) -> str:
     out.append(f"Weights: `{tr['checkpoint']}` ({tr['phase']} phase, step {number(tr['step'])}); "
                f"training data sha256 `{tr['data_sha256']}`.\n")
     if lo := tr.get("lora"):
-        base = lo["base"].get("checkpoint") or lo["base"].get("hf")
+        base = lo["base"].get("checkpoint") or lo["base"].get("hf") or lo["base"].get("gguf")  # model.init's spec
         out.append(f"LoRA: rank {lo['rank']} adapters on {', '.join(lo['targets'])}, trained on `{base}` with "
                    "every other weight frozen, merged into these weights.\n")
     out.append(table(("phase", "steps", "final train loss", "final val loss", "seconds"),

@@ -76,21 +76,29 @@ def bytes_per_token(tok: Tokenizer, documents: Path, val_fraction: float) -> dic
     return out
 
 
-def adopt(spec: str) -> tuple[Tokenizer, dict]:
-    """A checkpoint's tokenizer.json with our special tokens added where it has no id for them; what was added."""
-    from chatpipe.model.hf import resolve
+def adopt(spec: str, add_markers: bool = True) -> tuple[Tokenizer, dict]:
+    """A checkpoint's tokenizer (hf: its tokenizer.json, gguf: transformers' conversion of the file's; model/
+    checkpoints.py), with our special tokens added where it has no id for them unless `add_markers` is False;
+    the record: from, source_sha256 (of the file read), added ({token: id}), chat_template (or None) and special
+    (its bos/eos/pad/unk_token strings, None where unset)."""
+    from chatpipe.model import checkpoints
+    from chatpipe.model.hf import SPECIAL
 
     try:
-        path = resolve(spec) / "tokenizer.json"
+        checkpoints.resolve(spec)
     except ValueError as e:
         raise ConfigError(f"params: tokenizer.from: {e}") from None
-    if not path.is_file():
-        raise InputError(f"{path}: no tokenizer.json for tokenizer.from={spec} (transformers' fast tokenizer file)")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok, info = checkpoints.read_tokenizer(spec)
+    except ValueError as e:
+        raise InputError(f"tokenizer.from={spec}: {e}") from None
     had = {t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None}
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    return tok, {"from": spec, "source_sha256": sha256_file(path),
-                 "added": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS if t not in had}}
+    if add_markers:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tok, {"from": spec, "source_sha256": sha256_file(info["file"]),
+                 "added": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS if add_markers and t not in had},
+                 "chat_template": info["chat_template"],
+                 "special": {name: info[name] for name in SPECIAL}}
 
 
 def train(params: Params, layout: Layout) -> tuple[Tokenizer, int]:

@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from chatpipe.model.checkpoints import FORMATS
+from chatpipe.model.checkpoints import prefix as spec_format
 from chatpipe.model.config import ModelConfig
 from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common import atomic
@@ -139,22 +141,23 @@ def read_state(path: Path) -> dict:
 def base_identity(init: str, checkpoints: Path, rows: list[int] | None = None, token_rows: list[int] = ()) -> dict:
     """What a LoRA run records as the base it adapts: the checkpoint it started from (relative to the checkpoints
     directory, with the sha256 of its checksums.json, which hashes every file of it), or model.init's import
-    (its spec, its files' hashes and the rows set to the mean: tasks/train/pretrained.py rebuilds it from them);
-    and the rows it trains beside the adapters, which merging needs (absent when none, as before they trained)."""
+    (its spec under its format's prefix, "hf" or "gguf", its files' hashes and the rows set to the mean:
+    tasks/train/pretrained.py rebuilds it from them); and the rows it trains beside the adapters, which merging
+    needs (absent when none, as before they trained)."""
     tokens = {"token_rows": sorted(token_rows)} if token_rows else {}
-    if init.startswith("hf:"):
-        return {"hf": init, "files": pretrained.identity(init), "rows": rows or [], **tokens}
+    if fmt := spec_format(str(init)):
+        return {fmt: init, "files": pretrained.identity(init), "rows": rows or [], **tokens}
     return {"checkpoint": str(Path(init).resolve().relative_to(Path(checkpoints).resolve())),
             "sha256": sha256_file(Path(init) / "checksums.json"), **tokens}
 
 
 def _load_base(model: nn.Module, path: Path, base: dict) -> None:
     """The base of LoRA checkpoint `path` into `model`, refused if it is gone or no longer what it was."""
-    if "hf" in base:
-        if pretrained.identity(base["hf"]) != base["files"]:
-            raise InputError(f"{path} holds LoRA adapters of {base['hf']}, whose files changed; restore them, "
+    if spec := next((base[fmt] for fmt in FORMATS if fmt in base), None):
+        if pretrained.identity(spec) != base["files"]:
+            raise InputError(f"{path} holds LoRA adapters of {spec}, whose files changed; restore them, "
                              "or retrain this phase")
-        pretrained.load(model, base["hf"], base["rows"])
+        pretrained.load(model, spec, base["rows"])
         return
     where = path.parent.parent / base["checkpoint"]
     if not (where / "checksums.json").exists() or sha256_file(where / "checksums.json") != base["sha256"]:

@@ -1,13 +1,15 @@
-"""`model.init: hf:<dir or hub id>`: a run that starts from a pretrained Llama/Qwen3 checkpoint.
+"""`model.init: hf:<dir or hub id>` or `gguf:<file or short name>`: a run that starts from a pretrained
+Llama/Qwen3 checkpoint (model/checkpoints.py reads either format: model/hf.py, model/gguf.py).
 
 Why a module: an import decides three things together, and they must agree — the shape (the checkpoint's
-config.json, read by model/hf.py, never the preset; a shape key the params set must say the same; block_size is
-the context trained at, at most the checkpoint's max_position_embeddings), the vocabulary (the adopted
+config.json or GGUF metadata, never the preset; a shape key the params set must say the same; block_size is
+the context trained at, at most the checkpoint's context), the vocabulary (the adopted
 tokenizer's, tasks/tokens/tokenizer.py, with our chat markers added: the model grows rows when the markers lie
-beyond the checkpoint's vocab_size) and the weights (model/hf.py's load_weights, then the rows of every added
+beyond the checkpoint's vocab_size) and the weights (its format's load_weights, then the rows of every added
 marker set to the mean of the checkpoint's other rows: a marker inside a padded vocabulary, such as Qwen3's
 151,936 rows for 151,669 ids, has a row that was never trained either). The import's identity (the sha256 of
-config.json and of each weights file) is one of a run's inputs, so a changed checkpoint is not resumed.
+each file it is made of: config.json and the safetensors, or the GGUF file) is one of a run's inputs, so a
+changed checkpoint is not resumed.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from chatpipe.model import checkpoints
 from chatpipe.model.config import FieldError, ModelConfig, MoEConfig, ffn_hidden
-from chatpipe.model.hf import load_weights, read_config, resolve
 from chatpipe.model.presets import preset
 from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.config import INIT_FIELDS, Params
@@ -28,15 +30,17 @@ from chatpipe.tasks.tokens.artifact import chat_markers
 
 
 def checkpoint_dir(spec: str) -> Path:
+    """The local directory or file model.init names."""
     try:
-        return resolve(spec)
+        return checkpoints.resolve(spec)
     except ValueError as e:
         raise ConfigError(f"params: model.init: {e}") from None
 
 
 def _read(spec: str) -> ModelConfig:
+    checkpoint_dir(spec)
     try:
-        return read_config(checkpoint_dir(spec))
+        return checkpoints.read_config(spec)
     except ValueError as e:
         raise ConfigError(f"params: model.init: {e}") from None
 
@@ -47,18 +51,18 @@ def imported_config(params: Params, vocab_size: int) -> ModelConfig:
     if params.tokenizer.from_ is None:
         raise ConfigError(f"params: model.init: {spec} needs its own tokenizer: set tokenizer.from (e.g. to {spec}); "
                           f"a BPE trained here has other ids")
-    theirs = _read(spec)
-    for key, field in INIT_FIELDS.items():  # model.init takes no other shape key (tasks/common/config.py)
+    theirs, fields = _read(spec), checkpoints.fields(spec)
+    for key in INIT_FIELDS:  # model.init takes no other shape key (tasks/common/config.py)
         if (mine := getattr(m, key)) is not None and mine != (value := getattr(theirs, key)):
             raise ConfigError(f"params: model.{key}: {mine} contradicts {spec}, whose {key} is {value} "
-                              f"(config.json {field}); with model.init the shape is the checkpoint's")
+                              f"({fields[key]}); with model.init the shape is the checkpoint's")
     if m.ffn_mult is not None and (width := ffn_hidden(m.ffn_mult, theirs.n_embd, theirs.multiple_of)) != theirs.ffn_hidden:
         raise ConfigError(f"params: model.ffn_mult: {m.ffn_mult} gives an MLP width of {width}, {spec}'s is "
-                          f"{theirs.ffn_hidden} (config.json intermediate_size); with model.init the shape is the checkpoint's")
+                          f"{theirs.ffn_hidden} ({fields['ffn_hidden']}); with model.init the shape is the checkpoint's")
     block = theirs.block_size if m.block_size is None else m.block_size
     if block > theirs.block_size:
         raise ConfigError(f"params: model.block_size: {block} is longer than {spec}'s context "
-                          f"(config.json max_position_embeddings {theirs.block_size})")
+                          f"({fields['block_size']} {theirs.block_size})")
     return dataclasses.replace(theirs, vocab_size=max(theirs.vocab_size, vocab_size), block_size=block, quant=m.quant)
 
 
@@ -79,9 +83,10 @@ def model_config(params: Params, vocab_size: int, student: dict | None = None, k
 
 
 def identity(spec: str) -> dict[str, str]:
-    """What the import is, by content: the sha256 of config.json and of each safetensors file (not the path)."""
-    path = checkpoint_dir(spec)
-    return {f.name: sha256_file(f) for f in (path / "config.json", *sorted(path.glob("*.safetensors")))}
+    """What the import is, by content: the sha256 of each file it is made of (config.json and each safetensors
+    file, or the GGUF file), by file name (not the path)."""
+    checkpoint_dir(spec)
+    return {f.name: sha256_file(f) for f in checkpoints.files(spec)}
 
 
 def init(model: Transformer, params: Params, layout: Layout) -> list[int]:
@@ -102,13 +107,13 @@ def load(model: Transformer, spec: str, rows: list[int]) -> None:
     """The checkpoint's weights into `model` (whose vocabulary may be larger), then `rows` of the embedding and
     of an untied LM head set to the mean of the checkpoint's other rows. Deterministic: the same call gives the
     same weights (what a run started from can be rebuilt from `spec` and `rows`)."""
-    path, n = checkpoint_dir(spec), _read(spec).vocab_size
+    n = _read(spec).vocab_size
     try:
         if model.config.vocab_size == n:
-            load_weights(model, path)
+            checkpoints.load_weights(model, spec)
         else:  # the checkpoint's rows, then ours beyond them
             base = Transformer(dataclasses.replace(model.config, vocab_size=n))
-            load_weights(base, path)
+            checkpoints.load_weights(base, spec)
             theirs = dict(base.named_parameters())
             for name, p in model.named_parameters():
                 (p[:n] if name in ("tok_emb.weight", "lm_head.weight") else p).copy_(theirs[name])

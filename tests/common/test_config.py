@@ -92,7 +92,7 @@ def test_the_model_section_is_model_configs_fields():
     (["distill.student.ffn_size=64"], "distill.student.ffn_size: moved to distill.student.ffn_hidden"),
     (["model.vocab_size=512"], "model.vocab_size: moved to tokenizer.vocab_size"),
     (["model.init=hf:/models/x", "model.moe={n_experts: 2, top_k: 1}"],
-     "model.moe: not used with model.init: the shape is hf:/models/x's config.json"),
+     "model.moe: not used with model.init: the shape is hf:/models/x's; remove it"),
     (["model.init=hf:/models/x", "model.block_size=0"], "model.block_size: must be >= 1, got 0"),
     (["distill.enabled=true", "model.moe={n_experts: 2, top_k: 1}"],  # the student (quant: ternary) on a MoE model
      "distill.student.quant: 'ternary' is not supported with moe"),

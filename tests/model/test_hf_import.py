@@ -191,3 +191,29 @@ def test_model_info_cli_reads_a_checkpoint(tmp_path):
     edit_config(tmp_path, rope_scaling={"rope_type": "yarn"})
     bad = CliRunner().invoke(app, ["model-info", f"hf:{tmp_path}"])
     assert bad.exit_code == 2 and "rope_scaling" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_tokenizer_with_its_chat_template_and_special_tokens(tmp_path):
+    from chatpipe.model.hf import read_tokenizer
+
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not found \(transformers' fast tokenizer file\)$"):
+        read_tokenizer(tmp_path)
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", "hello"])}
+    Tokenizer(WordLevel(vocab, unk_token="<unk>")).save(str(tmp_path / "tokenizer.json"))
+    tok, info = read_tokenizer(tmp_path)  # no tokenizer_config.json: nothing named
+    assert tok.token_to_id("hello") == 3 and info == {"chat_template": None, "bos_token": None, "eos_token": None,
+                                                      "pad_token": None, "unk_token": None,
+                                                      "file": tmp_path / "tokenizer.json"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({  # transformers 4: AddedToken dicts, template inside
+        "bos_token": {"content": "<s>", "special": True}, "eos_token": "</s>", "unk_token": "<unk>",
+        "chat_template": "{{ messages }}"}))
+    info = read_tokenizer(tmp_path)[1]
+    assert (info["chat_template"], info["bos_token"], info["eos_token"], info["pad_token"], info["unk_token"]) == \
+        ("{{ messages }}", "<s>", "</s>", None, "<unk>")
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")  # transformers 5:
+    # its own file, which wins
+    assert read_tokenizer(tmp_path)[1]["chat_template"] == "{% for m in messages %}{{ m.content }}{% endfor %}"
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not a tokenizers file \(") as e:
+        read_tokenizer(tmp_path)
+    assert "\n" not in str(e.value)
