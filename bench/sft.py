@@ -50,9 +50,9 @@ def arm_project(work: Path, project: Path, name: str) -> Path:
 
 
 def score(params, layout: Layout, phase: str) -> dict:
-    model, state, tokenizer, device = load_model(params, layout, phase)
-    val = validation(model, tokenizer, layout.documents, params.shard.val_fraction, None, device)
-    chats = chat(model, tokenizer, params.eval.chat_max_tokens, params.seed)
+    model, state, fmt, device = load_model(params, layout, phase)
+    val = validation(model, fmt, layout.documents, params.shard.val_fraction, None, device)
+    chats = chat(model, fmt, params.eval.chat_max_tokens, params.seed)
     chat_sources = {s: v for s, v in val["per_source"].items() if "assistant_bpb" in v}
     return {"step": state["step"], "assistant_bpb": val["overall"]["assistant_bpb"],
             "chat_bpb": {s: v["bpb"] for s, v in chat_sources.items()}, "overall_bpb": val["overall"]["bpb"],

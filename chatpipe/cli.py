@@ -230,7 +230,8 @@ def down(debug: DebugOpt = False) -> None:
 
 
 ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="A model bundle: a directory (dist/<name>) or gs://bucket/prefix/<name>.")]
+    "--model", "-m", help="A model bundle: a directory (dist/<name>) or gs://bucket/prefix/<name>; or a pretrained "
+                          "checkpoint as it is: gguf:<file or short name> (gguf:smollm2-135m-instruct) or hf:<dir>.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
 
 

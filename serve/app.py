@@ -139,7 +139,8 @@ def create_app(engine: Engine, keys: Keys | None = None, max_prompt_tokens: int 
     async def chat_completions(body: ChatRequest, request: Request):
         sampling = served(body)
         turns = prompts.conversation([m.plain() for m in body.messages])
-        ids = prompts.chat_ids(engine.encode, turns, sampling.max_tokens, context, max_prompt_tokens)
+        ids = prompts.chat_ids(engine.bundle.chat, engine.encode, turns, sampling.max_tokens, context,
+                               max_prompt_tokens)
         return await answer(CHAT, body, ids, sampling, request)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])

@@ -40,7 +40,8 @@ def chat(engine: Engine, sampling: Sampling, lines: TextIO, out: TextIO, err: Te
         try:
             if problem := validate_prompt(turns):
                 raise APIError(400, f"cannot send that: {problem}")
-            ids = prompts.chat_ids(engine.encode, turns, sampling.max_tokens, engine.context, engine.context - 1)
+            ids = prompts.chat_ids(engine.bundle.chat, engine.encode, turns, sampling.max_tokens, engine.context,
+                                   engine.context - 1)
         except APIError as e:
             err.write(f"{e.message}\n")
             continue

@@ -108,7 +108,7 @@ PIPELINE: dict[str, Stage] = {s.name: s for s in (
     Stage(name="tokenizer", run="chatpipe.tasks.tokens.tokenizer:run",
           help="Train the byte-level BPE tokenizer (or adopt tokenizer.from's) → artifacts/tokenizer/ and "
                "metrics/tokenizer.json.",
-          params=("tokenizer", "shard.val_fraction", "model.block_size"),
+          params=("tokenizer", "chat", "shard.val_fraction", "model.block_size"),
           code=("tasks/tokens", "model", "kernels", *SHARED),
           inputs=("data/documents",), outputs=(Output("artifacts/tokenizer"),)),
     Stage(name="shard", run="chatpipe.tasks.tokens.shard:run",

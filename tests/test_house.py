@@ -169,7 +169,9 @@ def test_layers_point_down():
 
 def test_shared_packages_import_no_stage():
     assert violations("chatpipe.tasks.common", STAGE_PACKAGES) == []
-    assert violations("chatpipe.tasks.chat", ("chatpipe.tasks.common", *STAGE_PACKAGES)) == []  # chat imports nothing but itself
+    # chat imports nothing but itself, and the errors a user can cause (tasks/common/errors.py imports nothing)
+    assert [v for v in violations("chatpipe.tasks.chat", ("chatpipe.tasks.common", *STAGE_PACKAGES))
+            if not v.endswith(" → chatpipe.tasks.common.errors")] == []
 
 
 def test_stages_import_only_upstream():

@@ -36,7 +36,7 @@ def main() -> None:
     loaded = bundle.load(args.bundle)
     layout = Layout(args.project.resolve())
     state = {"path": str(args.bundle), "step": args.step}
-    metrics, _ = measure(loaded.model, state, loaded.tokenizer, params, layout, torch.device("cpu"))
+    metrics, _ = measure(loaded.model, state, loaded.chat, params, layout, torch.device("cpu"))
     args.out.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     he = metrics["humaneval"] or {}
     print(f"val loss {metrics['val_loss']:.3f}, {metrics['val_bpb']:.3f} bits/byte over {metrics['val_tokens']:,} tokens; "

@@ -6,16 +6,16 @@ a stop marker before its token limit, is not empty and holds no turn marker (`tu
 """
 from __future__ import annotations
 
-from chatpipe.tasks.chat.format import STOP_MARKERS, TURN_MARKERS, Turn, prompt
+from chatpipe.tasks.chat.format import STOP_MARKERS, TURN_MARKERS, Turn
 
 DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "max_new_tokens": 128,
                       "stop": list(STOP_MARKERS)}  # a bundle's generation_config.json unless publish says otherwise
 
-# The training loop's samples (judged by the gate) — and the first three of eval's chat prompts.
-SAMPLE_PROMPTS = ("<|user|> Hi! How are you doing today?\n<|assistant|>",
-                  "<|user|> What do you like to do on the weekend?\n<|assistant|>",
-                  "<|user|> Can you recommend a good book?\n<|assistant|>")
-CHAT_PROMPTS = (*SAMPLE_PROMPTS, *(prompt(turns) for turns in (
+# The training loop's samples (judged by the gate) — and the first three of eval's chat prompts; each is rendered
+# in the run's chat format (tasks/chat/formats.py).
+SAMPLE_PROMPTS = tuple((Turn("user", text),) for text in (
+    "Hi! How are you doing today?", "What do you like to do on the weekend?", "Can you recommend a good book?"))
+CHAT_PROMPTS = (*SAMPLE_PROMPTS, *(
     (Turn("user", "What is your favorite food?"),),
     (Turn("user", "Where did you grow up?"),),
     (Turn("user", "I just adopted a puppy!"),),
@@ -27,21 +27,21 @@ CHAT_PROMPTS = (*SAMPLE_PROMPTS, *(prompt(turns) for turns in (
      Turn("user", "Do you like music?")),
     (Turn("user", "I'm feeling tired today."), Turn("assistant", "Sorry to hear that. Did you sleep well?"),
      Turn("user", "Not really, I stayed up late.")),
-)))
+))
 
 
-def turn_problem(sample) -> str | None:
+def turn_problem(sample, markers: tuple[str, ...] = TURN_MARKERS) -> str | None:
     """Why a generated answer does not follow the turn structure, or None if it does (gate and eval).
 
     `sample` is {"completion": text, "stopped": True if generation ended on a stop marker before the
-    token limit}; a clean answer stopped on its own, is not empty and holds no turn marker.
+    token limit}; a clean answer stopped on its own, is not empty and holds none of the chat format's `markers`.
     """
     if not isinstance(sample, dict) or sample.get("stopped") is not True:
         return "never stopped"
     completion = str(sample.get("completion") or "")
     if not completion.strip():
         return "empty"
-    for marker in TURN_MARKERS:
+    for marker in markers:
         if marker in completion:
             return f"contains {marker}"
     return None

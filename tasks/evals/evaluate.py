@@ -5,7 +5,7 @@ beside it) is measured four ways:
 
 1. Validation loss, perplexity and bits per byte, overall and per source, on the validation documents
    (the document-id split the shards and the tokenizer use), joined as the shards join them (each
-   document followed by <|endoftext|>, one before the first) in block_size windows. Bits per byte =
+   document followed by the chat format's separator, one before the first) in block_size windows. Bits per byte =
    NLL / ln 2 / UTF-8 bytes: comparable across tokenizers. `eval.val_max_tokens` caps each source.
 2. Chat: one seeded generation per CHAT_PROMPTS entry; the turn rate is the share that end the turn
    cleanly (tasks/train/gate.py `turn_problem`).
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
 from chatpipe.model.decode import Decoder
 from chatpipe.model.transformer import Transformer
-from chatpipe.tasks.chat.format import EOT
-from chatpipe.tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION, turn_problem
+from chatpipe.tasks.chat import formats
+from chatpipe.tasks.chat.formats import Encoded
+from chatpipe.tasks.chat.turns import CHAT_PROMPTS, DEFAULT_GENERATION
 from chatpipe.tasks.common import atomic, bundle
 from chatpipe.tasks.common.config import Params, params_dict, trained
 from chatpipe.tasks.common.documents import load_manifest, val_rows
@@ -58,44 +58,42 @@ WINDOW_TOKENS = 16384  # tokens per validation batch (windows of block_size)
 
 @dataclass
 class SourceStream:
-    """One source's validation documents as the shards lay them out: <eot> doc <eot> doc <eot> ...
+    """One source's validation documents as the shards lay them out: <sep> doc <sep> doc <sep> ...
 
-    A chat source's stream also marks what the assistant says (tasks/tokens/shard.py's loss weights: its
-    text and the marker that ends its turn) and counts the bytes of the assistant's text, for
-    assistant-turn bits per byte: the NLL of those tokens over those bytes."""
+    A chat source's stream also marks what the assistant says (the chat format's loss weights: its answers
+    and what ends them) and counts the bytes of the answers' text, for assistant-turn bits per byte: the NLL
+    of those tokens over those bytes."""
     tokens: list[int]
-    chat: Chat | None = None
+    chat: bool = False
     bytes: int = 0
     documents: int = 0
-    supervised: list[bool] = field(default_factory=lambda: [False])  # the leading <eot> is never a target
+    supervised: list[bool] = field(default_factory=lambda: [False])  # the leading separator is never a target
     answer_bytes: int = 0
 
     @property
     def targets(self) -> int:
-        """Tokens predicted: all but the leading <eot>."""
+        """Tokens predicted: all but the leading separator."""
         return len(self.tokens) - 1
 
-    def add(self, text: str, encoding, eot: int, cap: int | None) -> None:
-        ids = [*encoding.ids, eot]
+    def add(self, doc: Encoded, special: np.ndarray, cap: int | None) -> None:
+        ids, text = doc.ids.tolist(), doc.text
         room = len(ids) if cap is None else min(len(ids), cap - self.targets)
         if room <= 0:
             return
         self.tokens += ids[:room]
-        kept = text[:encoding.offsets[room - 1][1]] if room < len(encoding.ids) else text
+        kept = text[:doc.offsets[room - 1][1]] if room < len(ids) - 1 else text
         self.bytes += len(kept.encode("utf-8"))
         self.documents += 1
         if self.chat:
-            weights = self.chat.weights(np.array(ids[:room])).astype(bool)
+            weights = doc.weights[:room].astype(bool)
             self.supervised += weights.tolist()
-            self.answer_bytes += sum(len(text[a:b].encode("utf-8")) for (a, b), i, w in
-                                     zip(encoding.offsets[:room], ids, weights) if w and i not in self.chat.markers)
+            self.answer_bytes += sum(len(text[a:b].encode("utf-8")) for (a, b), w, plain in
+                                     zip(doc.offsets[:room], weights, ~np.isin(ids[:room], special)) if w and plain)
 
 
-def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenizer,
-                       max_tokens: int | None) -> dict[str, SourceStream]:
-    """Each source's validation documents, tokenized and joined, up to `max_tokens` predicted tokens."""
-    eot = tokenizer.token_to_id(EOT)
-    chats = Chat(tokenizer, {name: source["kind"] for name, source in load_manifest(documents)["sources"].items()})
+def validation_streams(documents: Path, val_fraction: float, format, max_tokens: int | None) -> dict[str, SourceStream]:
+    """Each source's validation documents in the run's chat format, joined, up to `max_tokens` predicted tokens."""
+    chats = Chat(format, {name: source["kind"] for name, source in load_manifest(documents)["sources"].items()})
     streams: dict[str, SourceStream] = {}
 
     def full(source: str) -> bool:
@@ -103,10 +101,9 @@ def validation_streams(documents: Path, val_fraction: float, tokenizer: Tokenize
 
     for rows in val_rows(documents, val_fraction):
         rows = [(src, text) for src, text in rows if not full(src)]
-        encodings = tokenizer.encode_batch([text for _, text in rows], add_special_tokens=False)
-        for (src, text), encoding in zip(rows, encodings):
-            chat = chats if chats.is_chat(src, None) else None
-            streams.setdefault(src, SourceStream([eot], chat)).add(text, encoding, eot, max_tokens)
+        chat = [chats.is_chat(src, None) for src, _ in rows]
+        for (src, _), is_chat, doc in zip(rows, chat, format.encode([text for _, text in rows], chat, offsets=True)):
+            streams.setdefault(src, SourceStream([format.eot], is_chat)).add(doc, format.special_ids, max_tokens)
     if not streams:
         raise InputError(f"{documents}: no validation documents (shard.val_fraction={val_fraction}); "
                          "ingest more documents or raise shard.val_fraction")
@@ -145,12 +142,12 @@ def _scores(nll: float, tokens: int, n_bytes: int) -> dict:
             "bpb": round(nll / math.log(2) / n_bytes, 5), "tokens": tokens, "bytes": n_bytes}
 
 
-def validation(model: Transformer, tokenizer: Tokenizer, documents: Path, val_fraction: float,
+def validation(model: Transformer, format, documents: Path, val_fraction: float,
                max_tokens: int | None, device: torch.device) -> dict:
     """{"overall": scores, "per_source": {source: scores + documents}}; scores = loss, ppl, bpb, tokens, bytes."""
     model.eval()
     per_source, nll_sum, answers = {}, 0.0, [0.0, 0]
-    for src, stream in validation_streams(documents, val_fraction, tokenizer, max_tokens).items():
+    for src, stream in validation_streams(documents, val_fraction, format, max_tokens).items():
         nll, answer_nll = stream_nll(model, stream.tokens, device, stream.supervised if stream.chat else None)
         nll_sum += nll
         per_source[src] = {**_scores(nll, stream.targets, stream.bytes), "documents": stream.documents}
@@ -165,12 +162,12 @@ def validation(model: Transformer, tokenizer: Tokenizer, documents: Path, val_fr
 
 # ---------------------------------------------------------------- chat
 
-def chat(model: Transformer, tokenizer: Tokenizer, max_tokens: int, seed: int) -> list[dict]:
-    """One generation per chat prompt with the bundle's default sampling; each judged by turn_problem."""
+def chat(model: Transformer, fmt, max_tokens: int, seed: int) -> list[dict]:
+    """One generation per chat prompt, in the chat format `fmt`, with the bundle's default sampling; each judged
+    by turn_problem (its `problem`)."""
     g = DEFAULT_GENERATION
-    return [{**sample, "problem": turn_problem(sample)}
-            for sample in samples(model, tokenizer, max_tokens, seed, CHAT_PROMPTS, temperature=g["temperature"],
-                                  top_k=g["top_k"], top_p=g["top_p"])]
+    return samples(model, fmt, max_tokens, seed, CHAT_PROMPTS, temperature=g["temperature"], top_k=g["top_k"],
+                   top_p=g["top_p"])
 
 
 # ---------------------------------------------------------------- the report
@@ -232,13 +229,13 @@ def _jsonl(records: list[dict]) -> bytes:
 
 # ---------------------------------------------------------------- the stage
 
-def load_model(params: Params, layout: Layout, phase: str | None = None
-               ) -> tuple[Transformer, dict, Tokenizer, torch.device]:
-    """The latest checkpoint of `phase` (default eval.phase) and the tokenizer it was trained with."""
+def load_model(params: Params, layout: Layout, phase: str | None = None) -> tuple[Transformer, dict, object, torch.device]:
+    """The latest checkpoint of `phase` (default eval.phase) and the chat format (with the tokenizer) it was
+    trained with."""
     device = devices.pick(params.train.device)[0].torch_device()
     model, state = checkpoint.latest_model(layout.checkpoints / (phase or trained(params, params.eval.phase)), device,
                                           layout.tokenizer)
-    return model, state, load_tokenizer(layout.tokenizer), device
+    return model, state, formats.load(layout.tokenizer, load_tokenizer(layout.tokenizer)), device
 
 
 def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
@@ -250,10 +247,10 @@ def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
         return total, (out / "model.safetensors").stat().st_size
 
 
-def generation_speeds(models: list[Transformer], tokenizer: Tokenizer, rounds: int = 7) -> list[float]:
+def generation_speeds(models: list[Transformer], fmt, rounds: int = 7) -> list[float]:
     """Greedy tokens/s of the server's decoder (model/decode.py) for each model, from the first chat prompt
     to the end of the shortest context, no stop (`decode_speeds`)."""
-    prompt = tokenizer.encode(CHAT_PROMPTS[0], add_special_tokens=False).ids
+    prompt = fmt.tokenizer.encode(fmt.prompt(CHAT_PROMPTS[0]), add_special_tokens=False).ids
     n = min(model.config.block_size for model in models) - len(prompt)
     return [round(n / statistics.median(t), 1) for t in decode_times(models, prompt, n, rounds)]
 
@@ -273,17 +270,18 @@ def decode_times(models: list[Transformer], prompt: list[int], n: int, rounds: i
     return [t[1:] for t in times]
 
 
-def measure(model: Transformer, state: dict, tokenizer: Tokenizer, params: Params, layout: Layout,
+def measure(model: Transformer, state: dict, fmt, params: Params, layout: Layout,
             device: torch.device) -> tuple[dict, humaneval.HumanEvalRun | None]:
-    """Every measure of one model: its eval.json section, and the HumanEval result (None when disabled)."""
+    """Every measure of one model (in the chat format `fmt`): its eval.json section, and the HumanEval result
+    (None when disabled)."""
     cfg, timer = params.eval, Timer()
     part = Timer()
-    val = validation(model, tokenizer, layout.documents, params.shard.val_fraction, cfg.val_max_tokens, device)
+    val = validation(model, fmt, layout.documents, params.shard.val_fraction, cfg.val_max_tokens, device)
     timings = {"validation": part.seconds}
     part = Timer()
-    samples = chat(model, tokenizer, cfg.chat_max_tokens, params.seed)
+    samples = chat(model, fmt, cfg.chat_max_tokens, params.seed)
     timings["chat"] = part.seconds
-    he = humaneval.evaluate(model, tokenizer, cfg.humaneval, params.seed) if cfg.humaneval.enabled else None
+    he = humaneval.evaluate(model, fmt, cfg.humaneval, params.seed) if cfg.humaneval.enabled else None
     if he:
         timings["humaneval generation"] = he.metrics["generation_seconds"]
         timings["humaneval execution"] = he.metrics["execution_seconds"]
@@ -323,20 +321,20 @@ def _summary(m: dict) -> str:
 
 def run(params: Params, layout: Layout = Layout()) -> StageResult:
     cfg, timer = params.eval, Timer()
-    model, state, tokenizer, device = load_model(params, layout)
+    model, state, fmt, device = load_model(params, layout)
     if cfg.humaneval.enabled:
         humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
-    metrics, he = measure(model, state, tokenizer, params, layout, device)
+    metrics, he = measure(model, state, fmt, params, layout, device)
     metrics = {**metrics, "phase": trained(params, cfg.phase), "student": None, "comparison": None}
     reports = layout.root / "reports"
     outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
     student_he, models = None, [model]
     if params.distill.enabled:
         student, student_state, _, _ = load_model(params, layout, "distill")
-        metrics["student"], student_he = measure(student, student_state, tokenizer, params, layout, device)
+        metrics["student"], student_he = measure(student, student_state, fmt, params, layout, device)
         models.append(student)
     part = Timer()
-    for m, speed in zip((metrics, metrics["student"]), generation_speeds(models, tokenizer)):
+    for m, speed in zip((metrics, metrics["student"]), generation_speeds(models, fmt)):
         m["generation_tokens_per_s"] = speed
     metrics["timings"]["generation speed"] = part.seconds
     if metrics["student"]:

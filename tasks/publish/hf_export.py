@@ -9,7 +9,8 @@ are not exported: our experts drop tokens beyond a capacity, HF's do not.
     config.json              LlamaConfig / Qwen3Config (architectures, dtype float32, bos/eos ids)
     model.safetensors        HF parameter names
     tokenizer.json           our BPE tokenizer, unchanged
-    tokenizer_config.json    PreTrainedTokenizerFast, eos <|endoftext|>, a chat_template for our format
+    tokenizer_config.json    PreTrainedTokenizerFast, the chat format's special tokens and chat_template (ours,
+                             or the pretrained model's own: tasks/chat/formats.py)
     special_tokens_map.json
     generation_config.json   sampling defaults; every stop marker is an eos id
 
@@ -25,9 +26,10 @@ from safetensors.torch import save_file
 
 from chatpipe.model.hf import hf_name
 from chatpipe.model.transformer import Transformer
-from chatpipe.tasks.chat.format import CHAT_TEMPLATE, EOT, HF_SPECIAL_TOKENS
-from chatpipe.tasks.chat.turns import DEFAULT_GENERATION
+from chatpipe.tasks.chat import formats
+from chatpipe.tasks.chat.format import HF_SPECIAL_TOKENS
 from chatpipe.tasks.common import atomic
+from chatpipe.tasks.common.bundle import generation_config
 
 
 def unsupported(model: Transformer) -> str | None:
@@ -51,7 +53,7 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return {hf_name(k): v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def hf_config(model: Transformer, stop_ids: list[int]):
+def hf_config(model: Transformer, stop_ids: list[int], bos_id: int):
     from transformers import LlamaConfig, Qwen3Config
 
     c = model.config
@@ -59,19 +61,20 @@ def hf_config(model: Transformer, stop_ids: list[int]):
                   num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_heads,
                   head_dim=c.head_dim, max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                   rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings, hidden_act="silu",
-                  attention_bias=False, bos_token_id=stop_ids[0], eos_token_id=stop_ids[0],
+                  attention_bias=False, bos_token_id=bos_id, eos_token_id=stop_ids[0],
                   pad_token_id=stop_ids[0], architectures=[architecture(model)], dtype="float32")
     if c.qk_norm:
         return Qwen3Config(**common, use_sliding_window=False)
     return LlamaConfig(**common, mlp_bias=False)
 
 
-def write_tokenizer(tokenizer_dir: Path, out: Path, max_length: int) -> None:
+def write_tokenizer(tokenizer_dir: Path, chat, out: Path, max_length: int) -> None:
+    special = HF_SPECIAL_TOKENS if chat.name == "ours" else chat.special
     shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out / "tokenizer.json")
     atomic.write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", **HF_SPECIAL_TOKENS, "chat_template": CHAT_TEMPLATE,
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "chat_template": chat.template,
         "model_max_length": max_length, "clean_up_tokenization_spaces": False})
-    atomic.write_json(out / "special_tokens_map.json", HF_SPECIAL_TOKENS)
+    atomic.write_json(out / "special_tokens_map.json", special)
 
 
 def export(model: Transformer, tokenizer_dir: Path, out_dir: Path, generation: dict | None = None) -> Path:
@@ -82,14 +85,16 @@ def export(model: Transformer, tokenizer_dir: Path, out_dir: Path, generation: d
     if why := unsupported(model):
         raise ValueError(f"cannot export to transformers: {why}")
     tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
-    gen = {**DEFAULT_GENERATION, **(generation or {})}
-    stop_ids = [i for t in (EOT, *gen["stop"]) if (i := tokenizer.token_to_id(t)) is not None]
-    stop_ids = list(dict.fromkeys(stop_ids))  # <|endoftext|> first: it is the bos/eos/pad id
+    chat = formats.load(tokenizer_dir, tokenizer)
+    gen = generation_config(chat, generation)
+    stop_ids = [i for t in (chat.special["eos_token"], *gen["stop"]) if (i := tokenizer.token_to_id(t)) is not None]
+    stop_ids = list(dict.fromkeys(stop_ids))  # the eos first: with ours, <|endoftext|> is the bos/eos/pad id
+    bos_id = tokenizer.token_to_id(chat.special.get("bos_token") or chat.special["eos_token"])
     with atomic.atomic_dir(Path(out_dir)) as tmp:
-        hf_config(model, stop_ids).save_pretrained(tmp)
+        hf_config(model, stop_ids, bos_id).save_pretrained(tmp)
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        write_tokenizer(tokenizer_dir, tmp, model.config.block_size)
-        GenerationConfig(bos_token_id=stop_ids[0], eos_token_id=stop_ids, pad_token_id=stop_ids[0],
+        write_tokenizer(tokenizer_dir, chat, tmp, model.config.block_size)
+        GenerationConfig(bos_token_id=bos_id, eos_token_id=stop_ids, pad_token_id=stop_ids[0],
                          do_sample=True, temperature=gen["temperature"], top_p=gen["top_p"],
                          top_k=gen["top_k"], max_new_tokens=gen["max_new_tokens"]).save_pretrained(tmp)
     return Path(out_dir)

@@ -6,11 +6,13 @@ whose caches hold their code, must not re-run when the model's code changes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from chatpipe.tasks.chat.formats import FILE as FORMAT_FILE
 from chatpipe.tasks.common.errors import InputError
 from chatpipe.tasks.common.hashing import sha256_file
 
@@ -25,7 +27,12 @@ def load(tokenizer_dir: Path) -> Tokenizer:
 
 
 def file_hash(tokenizer_dir: Path) -> str:
-    return sha256_file(Path(tokenizer_dir) / "tokenizer.json")
+    """The tokenizer's identity: its tokenizer.json and the chat format recorded beside it."""
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", FORMAT_FILE):
+        if (Path(tokenizer_dir) / name).exists():
+            sha256_file(Path(tokenizer_dir) / name, h)
+    return h.hexdigest()
 
 
 def chat_markers(tokenizer_dir: Path) -> dict | None:

@@ -1,15 +1,15 @@
 """Pack: conversations → the rows chat fine-tuning trains on (the `sft` phase), whole conversations per row.
 
 Why: a conversation cut at a row's edge teaches answers without their question. So each row of block_size
-tokens holds whole conversations, packed best-fit (into the fullest row with room), padded with
-<|endoftext|> at weight 0.
+tokens holds whole conversations in the run's chat format (tasks/chat/formats.py), packed best-fit (into the
+fullest row with room), padded with the format's separator at weight 0.
 
-- Too long for a row: a conversation is split between exchanges (before a <|user|>, which ends the piece
-  before it), an exchange before its <|assistant|>; a turn longer than a row is counted and skipped, never
+- Too long for a row: a conversation is split between exchanges (where a user turn starts; its first token
+  also ends the piece before it), an exchange where its assistant turn starts; a turn longer than a row is counted and skipped, never
   cropped. A piece with no supervised token is counted and dropped.
 - Weights: 1 on the assistant's text and the token ending its turn, `sft.prompt_loss_weight` on the rest of
-  the conversation (0: the assistant only; 1: plain language modelling), 0 on a piece's first token (an
-  opening marker nothing predicts) and on padding.
+  the conversation (0: the assistant only; 1: plain language modelling), 0 on a piece's first token (a turn's
+  opening, which nothing in the row predicts) and on padding.
 - Output: the shard format (tasks/tokens/shard.py) in data/sft/{train,val}/ with a manifest, read unchanged
   by the training reader (block i = row i plus row i + 1's first token as a last target of weight 0; one
   pad token ends each shard).
@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from chatpipe.tasks.chat.format import EOT
+from chatpipe.tasks.chat import formats
+from chatpipe.tasks.chat.formats import Encoded
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import Params, params_dict
 from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
@@ -34,7 +37,7 @@ from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.common.stage import StageResult, Timer, finish
 from chatpipe.tasks.tokens.artifact import file_hash, load
 from chatpipe.tasks.tokens.reader import SHARD_FORMAT
-from chatpipe.tasks.tokens.shard import Chat, write_shard
+from chatpipe.tasks.tokens.shard import write_shard
 
 SPLITS = ("train", "val")
 
@@ -55,27 +58,26 @@ class Packed:
         return [table[c] for c in self.codes]
 
 
-def _cuts(tokens: np.ndarray, marker: int, start: int, end: int) -> list[int]:
-    """start, every position of `marker` strictly inside (start, end), end."""
-    inside = np.flatnonzero(tokens[start + 1:end] == marker) + start + 1
-    return [start, *inside.tolist(), end]
+def _cuts(at: np.ndarray, start: int, end: int) -> list[int]:
+    """start, every position of `at` strictly inside (start, end), end."""
+    return [start, *at[(at > start) & (at < end)].tolist(), end]
 
 
-def pieces(tokens: np.ndarray, row: int, user: int, assistant: int, counts: Counter) -> list[tuple[int, int]]:
-    """[a, b) ranges of one conversation, each at most `row` tokens, consecutive ones sharing the marker
-    between them (the end of one turn, the start of the next)."""
+def pieces(tokens: np.ndarray, row: int, starts: dict[str, np.ndarray], counts: Counter) -> list[tuple[int, int]]:
+    """[a, b) ranges of one conversation, each at most `row` tokens, consecutive ones sharing the token
+    between them (the first of the next turn); `starts`: where each user and assistant turn starts."""
     n = len(tokens)
     if n <= row:
         return [(0, n)]
     counts["conversations split"] += 1
     units: list[tuple[int, int] | None] = []  # None: a skipped turn breaks the chain
-    exchanges = _cuts(tokens, user, 0, n - 1)
+    exchanges = _cuts(starts["user"], 0, n - 1)
     for a, b in itertools.pairwise(exchanges):
         b = b + 1  # through the next marker (or the final <|endoftext|>)
         if b - a <= row:
             units.append((a, b))
             continue
-        turns = _cuts(tokens, assistant, a, b - 1)
+        turns = _cuts(starts["assistant"], a, b - 1)
         for c, d in itertools.pairwise(turns):
             d = d + 1
             if d - c <= row:
@@ -96,13 +98,13 @@ def pieces(tokens: np.ndarray, row: int, user: int, assistant: int, counts: Coun
     return out
 
 
-def pack(conversations: list[tuple[np.ndarray, np.ndarray]], row: int, pad: int, user: int,
-         assistant: int) -> Packed:
-    """Conversations (tokens, supervised: bool per token) → rows. Best-fit decreasing: the longest piece
-    first, each into the row with the least room that fits it."""
+def pack(conversations: list[Encoded], row: int, pad: int) -> Packed:
+    """Conversations (tokens, weights, turn starts) → rows. Best-fit decreasing: the longest piece first, each
+    into the row with the least room that fits it."""
     result, items = Packed(), []
-    for tokens, supervised in conversations:
-        for a, b in pieces(tokens, row, user, assistant, result.counts):
+    for doc in conversations:
+        tokens, supervised = doc.ids, doc.weights > 0
+        for a, b in pieces(tokens, row, doc.starts, result.counts):
             codes = np.where(supervised[a:b], SUPERVISED, PROMPT).astype(np.uint8)
             codes[0] = PAD  # an opening marker: nothing before it in the row predicts it
             if not (codes == SUPERVISED).any():
@@ -131,22 +133,18 @@ def pack(conversations: list[tuple[np.ndarray, np.ndarray]], row: int, pad: int,
     return result
 
 
-def conversations(layout: Layout, params: Params, tok) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(tokens + <|endoftext|>, supervised) of every document of sft.sources, by split."""
+def conversations(layout: Layout, params: Params, chat: formats.Ours | formats.Template) -> dict[str, list[Encoded]]:
+    """Every document of sft.sources in the run's chat format (separator last, weights, turn starts), by split."""
     known = load_manifest(layout.documents)["sources"]
     if missing := [s for s in params.sft.sources if s not in known]:
         raise ConfigError(f"params: sft.sources: no documents from {', '.join(map(repr, missing))} "
                           f"(sources with documents: {', '.join(sorted(known)) or 'none'})")
-    chat, eot = Chat(tok, {name: source["kind"] for name, source in known.items()}), tok.token_to_id(EOT)
     out: dict[str, list] = {s: [] for s in SPLITS}
     for batch in iter_batches(layout.documents):
-        rows = [(d, t) for d, src, t in zip(*(batch.column(c).to_pylist() for c in ("id", "source", "text")))
-                if src in params.sft.sources]
-        encodings = tok.encode_batch_fast([t for _, t in rows], add_special_tokens=False)
-        for (doc_id, _), enc in zip(rows, encodings):
-            tokens = np.array([*enc.ids, eot], dtype=np.int64)
-            out["val" if is_val(doc_id, params.shard.val_fraction) else "train"].append(
-                (tokens, chat.weights(tokens) > 0))
+        batch = batch.filter(pc.is_in(batch.column("source"), pa.array(params.sft.sources)))
+        texts = batch.column("text").to_pylist()
+        for doc_id, doc in zip(batch.column("id").to_pylist(), chat.encode(texts, [True] * len(texts))):
+            out["val" if is_val(doc_id, params.shard.val_fraction) else "train"].append(doc)
     return out
 
 
@@ -173,13 +171,14 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
             atomic.write_json(tmp / "manifest.json", {"stage": "pack", "enabled": False})
         return finish(layout, "pack", "pack: skipped (sft.enabled is false)", {"enabled": False}, [layout.sft])
     tok = load(layout.tokenizer)
-    pad, user, assistant = (tok.token_to_id(m) for m in (EOT, "<|user|>", "<|assistant|>"))
+    chat = formats.load(layout.tokenizer, tok)
+    pad = chat.eot
     dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
-    by_split = conversations(layout, params, tok)
+    by_split = conversations(layout, params, chat)
     splits, counts = {}, Counter()
     with atomic.atomic_dir(layout.sft) as tmp:
         for split, convs in by_split.items():
-            packed = pack(convs, row, pad, user, assistant)
+            packed = pack(convs, row, pad)
             if not packed.tokens:
                 raise InputError(f"{layout.documents}: no conversation of sft.sources ({', '.join(cfg.sources)}) "
                                  f"in the {split} split to fine-tune on")

@@ -1,14 +1,14 @@
 """Shard: documents → flat token streams in Arrow IPC files, the training data format.
 
 - Layout: per split (`train`, `val`, by document id), a stream of token ids, each document followed by
-  `<|endoftext|>`, cut into shards of `shard.shard_tokens`: a `tokens` column (uint16; uint32 past 65,536
+  the separator, cut into shards of `shard.shard_tokens`: a `tokens` column (uint16; uint32 past 65,536
   ids) and a uint8 `loss_weight` column in one record batch, which tasks/tokens/reader.py memory-maps.
   `manifest.json` lists each shard's sha256 and the tokenizer's hash.
 - Speed: tokenizing runs on all cores inside `tokenizers`; the next batch is encoded while this one is written.
-- Loss weights (what chat fine-tuning trains on): in a chat document (its source's kind, `CHAT_KINDS`) 1 on
-  the assistant's text and the marker that ends its turn (so the model learns to answer and to stop), 0 on
-  system and user text and on the markers that open a turn; 1 on code and plain text. Computed from the ids
-  alone: a token's role is the last marker before it (markers are single ids ingest keeps out of turn text).
+- Loss weights (what chat fine-tuning trains on): a chat document (its source's kind, `CHAT_KINDS`) is
+  rendered and weighed by the run's chat format (tasks/chat/formats.py): 1 on the assistant's answers and
+  what ends them (so the model learns to answer and to stop), 0 on system and user turns; 1 on code and
+  plain text. Each document is followed by the format's separator (`<|endoftext|>` where the tokenizer has it).
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from chatpipe.tasks.chat.format import CHAT_KINDS, EOT, MARKERS
+from chatpipe.tasks.chat import formats
+from chatpipe.tasks.chat.format import CHAT_KINDS
+from chatpipe.tasks.chat.formats import Encoded
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import Params, params_dict
 from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, load_manifest
@@ -34,21 +36,6 @@ from chatpipe.tasks.tokens.artifact import file_hash, load
 from chatpipe.tasks.tokens.reader import COLUMNS, SHARD_FORMAT
 
 SPLITS = ("train", "val")
-
-
-def loss_weights(ids: np.ndarray, chat: np.ndarray, assistant: int, markers: np.ndarray) -> np.ndarray:
-    """Per-token loss weights (uint8) of a stream of documents, each followed by <|endoftext|>.
-
-    `chat[t]` says whether token t belongs to a chat document (its closing <|endoftext|> included);
-    `markers` are the ids of every turn marker and <|endoftext|>. In chat, a token's role is the last
-    marker at or before it; a text token weighs 1 in an assistant turn, a marker weighs 1 when it closes
-    an assistant turn (so `<|assistant|>` itself, and markers after user or system text, weigh 0).
-    """
-    is_marker = np.isin(ids, markers)
-    last = np.maximum.accumulate(np.where(is_marker, np.arange(len(ids)), -1))
-    in_answer = (last >= 0) & (ids[np.maximum(last, 0)] == assistant)  # role of token t is the assistant's
-    closes_answer = np.concatenate([[False], in_answer[:-1]])           # ... of token t-1
-    return np.where(chat, np.where(is_marker, closes_answer, in_answer), True).astype(np.uint8)
 
 
 class ShardWriter:
@@ -99,17 +86,17 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     if cfg.threads:
         os.environ["RAYON_NUM_THREADS"] = str(cfg.threads)  # read when tokenizers starts its pool
     tok = load(layout.tokenizer)
-    eot = tok.token_to_id(EOT)
+    kinds = {name: s["kind"] for name, s in load_manifest(layout.documents)["sources"].items()}
+    chat = Chat(formats.load(layout.tokenizer, tok), kinds)
+    eot = chat.format.eot
     dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
 
     def encode(batch: pa.RecordBatch):
-        texts = batch.column("text").to_pylist()
-        return batch, texts, tok.encode_batch_fast(texts, add_special_tokens=False)
+        return batch, chat.encode(batch)
 
-    kinds = {name: s["kind"] for name, s in load_manifest(layout.documents)["sources"].items()}
     columns = ("id", "source", "text", "meta") if "hf" in kinds.values() else ("id", "source", "text")
     with atomic.atomic_dir(layout.shards) as tmp:
-        streams = Streams(tmp, dtype, cfg.shard_tokens, eot, cfg.val_fraction, Chat(tok, kinds))
+        streams = Streams(tmp, dtype, cfg.shard_tokens, eot, cfg.val_fraction, chat)
         bar = tqdm(total=load_manifest(layout.documents)["totals"]["documents"], desc="shard: tokenizing",
                    unit="doc", leave=False, mininterval=1.0)
         with bar, ThreadPoolExecutor(1) as pool:  # encode batch i+1 (GIL released) while writing batch i
@@ -143,39 +130,30 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
 
 
 class Chat:
-    """Which documents are conversations (by their source's kind), and the marker ids their weights need."""
+    """Which documents are conversations (by their source's kind), encoded in the run's chat format."""
 
-    def __init__(self, tok, kinds: dict[str, str]) -> None:
-        self.kinds = kinds
-        ids = {m: tok.token_to_id(m) for m in (*MARKERS, EOT)}
-        if None in ids.values():
-            raise InputError(f"the tokenizer lacks the chat markers {[m for m, i in ids.items() if i is None]}; "
-                             f"rerun `chatpipe tokenizer`")
-        self.assistant = ids["<|assistant|>"]
-        self.markers = np.array(list(ids.values()))
-        self.openers = np.array([ids["<|system|>"], ids["<|user|>"]])
-
-    def weights(self, tokens: np.ndarray) -> np.ndarray:
-        """The loss weights of one conversation's tokens (uint8)."""
-        return loss_weights(tokens, np.ones(len(tokens), dtype=bool), self.assistant, self.markers)
+    def __init__(self, format, kinds: dict[str, str]) -> None:
+        self.format, self.kinds = format, kinds
 
     def is_chat(self, source: str, meta: str | None) -> bool:
         kind = self.kinds[source]
         return kind in CHAT_KINDS or (kind == "hf" and "turns" in json.loads(meta or "{}"))
 
-    def check(self, tokens: np.ndarray, weights: np.ndarray, lengths: np.ndarray, docs: list) -> None:
-        """Every conversation opens with a turn and its closing <|endoftext|> is supervised (it ends on
-        an answer): the model must learn to stop. `docs` is (source, id, chat, length) per document."""
-        ends = np.cumsum(lengths) - 1
-        broken = (weights[ends] == 0) | ~np.isin(tokens[ends - lengths + 1], self.openers)
-        for (source, did, chat, _), bad in zip(docs, broken.tolist()):
-            if chat and bad:
-                raise InputError(f"document {did} of source {source!r} (kind {self.kinds[source]}) is not a "
-                                 f"conversation ending in an assistant turn; rerun `chatpipe ingest`")
+    def encode(self, batch: pa.RecordBatch, offsets: bool = False) -> list[Encoded]:
+        """A batch of documents as the model sees them: ids (separator last), loss weights."""
+        metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * batch.num_rows
+        chat = [self.is_chat(src, meta) for src, meta in zip(batch.column("source").to_pylist(), metas)]
+        return self.format.encode(batch.column("text").to_pylist(), chat, offsets)
+
+    def check(self, source: str, did: str, doc: Encoded, chat: bool) -> None:
+        """A conversation opens with a turn and ends on a supervised answer: the model must learn to stop."""
+        if chat and not self.format.ends_on_answer(doc):
+            raise InputError(f"document {did} of source {source!r} (kind {self.kinds[source]}) is not a "
+                             f"conversation ending in an assistant turn; rerun `chatpipe ingest`")
 
 
 class Streams:
-    """Routes each encoded document (+ <|endoftext|>) and its loss weights to its split's writer, counting."""
+    """Routes each encoded document (separator last) and its loss weights to its split's writer, counting."""
 
     def __init__(self, directory: Path, dtype: np.dtype, shard_tokens: int, eot: int, val_fraction: float,
                  chat: Chat):
@@ -184,30 +162,24 @@ class Streams:
         self.counts: dict[tuple[str, str], Counter] = {}
         self.chat_tokens = Counter()
 
-    def add(self, batch: pa.RecordBatch, texts: list[str], encodings: list) -> None:
-        flat: dict[str, list[int]] = {s: [] for s in SPLITS}
-        docs: dict[str, list[tuple[str, str, bool, int]]] = {s: [] for s in SPLITS}  # source, id, chat, length
+    def add(self, batch: pa.RecordBatch, encoded: list[Encoded]) -> None:
+        tokens: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        weights: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * batch.num_rows
-        for did, src, text, enc, meta in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist(),
-                                             texts, encodings, metas):
+        for did, src, text, doc, meta in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist(),
+                                             batch.column("text").to_pylist(), encoded, metas):
             split = "val" if is_val(did, self.val_fraction) else "train"
-            ids = enc.ids
-            flat[split] += ids
-            flat[split].append(self.eot)
-            docs[split].append((src, did, self.chat.is_chat(src, meta), len(ids) + 1))
+            chat = self.chat.is_chat(src, meta)
+            self.chat.check(src, did, doc, chat)
+            tokens[split].append(doc.ids)
+            weights[split].append(doc.weights)
+            self.chat_tokens[split] += len(doc.ids) if chat else 0
             self.counts.setdefault((src, split), Counter()).update(
-                documents=1, tokens=len(ids) + 1, bytes=len(text.encode("utf-8")))
-        for split, ids in flat.items():
-            if ids:
-                self._add(split, np.array(ids, dtype=self.dtype), docs[split])
-
-    def _add(self, split: str, tokens: np.ndarray, docs: list[tuple[str, str, bool, int]]) -> None:
-        lengths = np.array([n for *_, n in docs])  # not cut at <|endoftext|>: code may hold one in its text
-        chat = np.repeat(np.array([c for _, _, c, _ in docs]), lengths)
-        weights = loss_weights(tokens, chat, self.chat.assistant, self.chat.markers)
-        self.chat.check(tokens, weights, lengths, docs)
-        self.chat_tokens[split] += int(np.count_nonzero(chat))
-        self.writers[split].add(tokens, weights)
+                documents=1, tokens=len(doc.ids), bytes=len(text.encode("utf-8")))
+        for split in SPLITS:
+            if tokens[split]:
+                self.writers[split].add(np.concatenate(tokens[split]).astype(self.dtype),
+                                        np.concatenate(weights[split]).astype(np.uint8))
 
     def close(self, documents: Path) -> dict:
         for w in self.writers.values():

@@ -22,6 +22,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from tqdm import tqdm
 
 from chatpipe.tasks.chat.format import HF_SPECIAL_TOKENS, SPECIAL_TOKENS
+from chatpipe.tasks.chat.formats import FILE as FORMAT_FILE
+from chatpipe.tasks.chat.formats import template_record
 from chatpipe.tasks.common import atomic
 from chatpipe.tasks.common.config import Params, params_dict
 from chatpipe.tasks.common.documents import fingerprint, is_val, iter_batches, val_rows
@@ -121,9 +123,11 @@ def train(params: Params, layout: Layout) -> tuple[Tokenizer, int]:
 def run(params: Params, layout: Layout = Layout()) -> StageResult:
     cfg, timer = params.tokenizer, Timer()
     if cfg.from_:
-        (tok, markers), n = adopt(cfg.from_), 0
+        (tok, markers), n = adopt(cfg.from_, add_markers=params.chat.format == "ours"), 0
     else:
         (tok, n), markers = train(params, layout), None
+    chat = (template_record(markers["chat_template"], markers["special"], tok, cfg.from_)
+            if params.chat.format == "model" else {"format": "ours"})
     heldout = bytes_per_token(tok, layout.documents, params.shard.val_fraction)
     if lossy := sorted(src for src, s in heldout.items() if not s["round_trip"]):
         if not markers:
@@ -132,20 +136,26 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
                     cfg.from_, ", ".join(lossy))
     with atomic.atomic_dir(layout.tokenizer) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
+        atomic.write_json(tmp / FORMAT_FILE, chat)
         atomic.write_json(tmp / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast", **HF_SPECIAL_TOKENS, "clean_up_tokenization_spaces": False,
-            "model_max_length": params.model.block_size})
+            "tokenizer_class": "PreTrainedTokenizerFast", **(chat.get("special") or HF_SPECIAL_TOKENS),
+            **({"chat_template": chat["chat_template"]} if "chat_template" in chat else {}),
+            "clean_up_tokenization_spaces": False, "model_max_length": params.model.block_size})
         if markers:
             atomic.write_json(tmp / MARKERS_FILE, markers)
     sha = file_hash(layout.tokenizer)
     metrics = {"vocab_size": tok.get_vocab_size(), "requested_vocab_size": None if markers else cfg.vocab_size,
                "training_documents": n, "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
+               "chat_format": chat["format"],
                **({"from": markers["from"], "added_tokens": markers["added"]} if markers else {}),
                "heldout": heldout, "sha256": sha, "documents_fingerprint": fingerprint(layout.documents),
                "seconds": timer.seconds}
     bpt = ", ".join(f"{s} {v['bytes_per_token']:.2f}" for s, v in heldout.items())
-    what = (f"{cfg.from_}'s, {tok.get_vocab_size():,} tokens ({len(markers['added'])} chat markers added)"
-            if markers else f"byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents")
+    what = f"byte-level BPE, {tok.get_vocab_size():,} tokens from {n:,} documents"
+    if markers:
+        what = f"{cfg.from_}'s, {tok.get_vocab_size():,} tokens, " + (
+            f"{len(markers['added'])} chat markers added" if chat["format"] == "ours"
+            else f"its own chat template (an answer ends on {chat['end_of_turn']})")
     summary = (f"tokenizer: {what}; held-out bytes/token: {bpt or 'n/a'} → "
                f"{os.path.relpath(layout.tokenizer)}/tokenizer.json [{timer.seconds:.1f}s]")
     return finish(layout, "tokenizer", summary, metrics, [layout.tokenizer],

@@ -251,7 +251,7 @@ def check_still_improving(run: Pilot, gate: GateParams) -> Check:
 def check_turn_structure(run: Pilot, gate: GateParams) -> Check:
     if not run.samples:
         return Check("turn_structure", None, gate.min_turn_rate, False, "no samples in the metrics file")
-    problems = [p for p in map(turn_problem, run.samples) if p]
+    problems = [p for s in run.samples if (p := s["problem"] if "problem" in s else turn_problem(s))]
     clean = len(run.samples) - len(problems)
     value = clean / len(run.samples)
     counts = {p: problems.count(p) for p in dict.fromkeys(problems)}

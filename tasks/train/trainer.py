@@ -31,6 +31,7 @@ from tqdm import tqdm
 from chatpipe.model.config import ModelConfig
 from chatpipe.model.info import flops_per_token, param_counts
 from chatpipe.model.transformer import Transformer
+from chatpipe.tasks.chat import formats
 from chatpipe.tasks.common.config import Params, TrainParams, params_dict
 from chatpipe.tasks.common.errors import ConfigError, InputError
 from chatpipe.tasks.common.layout import Layout
@@ -84,7 +85,7 @@ class Trainer:
     mode: parallel.Mode
     device: torch.device
     autocast: Callable
-    tokenizer: object
+    chat: object  # the run's chat format (tasks/chat/formats.py), holding the tokenizer
     shards: Path
     steps: int                          # the phase's last step
     state: dict                         # what checkpoints carry: step, curve, val, samples, init, MLflow run id
@@ -167,7 +168,7 @@ class Trainer:
 
     def sample(self, n: int) -> None:
         if self.ranks.main or self.mode.sharded:  # fsdp: each forward is collective
-            self.state["samples"] = samples(self.model, self.tokenizer, self.cfg.sample.tokens,
+            self.state["samples"] = samples(self.model, self.chat, self.cfg.sample.tokens,
                                             seed=self.params.seed + n)
         if self.ranks.main:
             self.tracker.log_text("\n\n".join(f"{s['prompt']}{s['completion']}" for s in self.state["samples"]),
@@ -261,7 +262,7 @@ def build(params: Params, layout: Layout, phase: Phase, replace_stale: bool = Fa
     tracker = track(params, layout, phase, state, device_kind.name, manifest, mcfg, ranks, cfg) if ranks.main else None
     return Trainer(phase=phase, params=params, layout=layout, cfg=cfg, mcfg=mcfg, model=model, stepper=stepper,
                    optimizers=optimizers, reader=reader, ranks=ranks, mode=mode, device=device, autocast=autocast,
-                   tokenizer=load_tokenizer(layout.tokenizer), shards=shards, steps=phase.steps(params), state=state,
+                   chat=formats.load(layout.tokenizer, load_tokenizer(layout.tokenizer)), shards=shards, steps=phase.steps(params), state=state,
                    inputs=inputs, tracker=tracker, teacher=teacher, why=why,
                    peak_flops=device_kind.peak_flops(ranks.local), timer=timer)
 

@@ -120,8 +120,8 @@ def test_greedy_numbers_are_deterministic(evaluated, built, trained, tmp_path):
 def test_val_max_tokens_caps_each_source(evaluated, trained):
     layout, result = evaluated
     params = test_params(*EVAL)
-    model, _, tokenizer, device = evaluate.load_model(params, layout)
-    capped = evaluate.validation(model, tokenizer, layout.documents, params.shard.val_fraction, 300, device)
+    model, _, fmt, device = evaluate.load_model(params, layout)
+    capped = evaluate.validation(model, fmt, layout.documents, params.shard.val_fraction, 300, device)
     for src, s in capped["per_source"].items():
         full = result.metrics["per_source"][src]
         assert s["tokens"] == min(300, full["tokens"])

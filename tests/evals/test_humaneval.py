@@ -53,6 +53,21 @@ def test_truncate_at_the_first_stop_sequence():
     assert humaneval.truncate(inside + "\nif x:\n") == inside
 
 
+def test_a_chat_answer_is_tested_by_its_first_code_block():
+    """An instruct model's answer: its code block runs after the problem's prompt (whose imports it may use)."""
+    problem = humaneval.load_problems(1)[0]
+    problems = {problem["task_id"]: problem}
+    whole = problem["prompt"] + problem["canonical_solution"]
+    answers = [f"Sure! Here it is:\n```python\n{whole}```\nIt compares every pair.\n```python\nprint(1)\n```",
+               whole,                                                        # no block: the whole answer
+               f"```\n{whole}",                                              # a block the token limit cut
+               f"```python\ndef {problem['entry_point']}(numbers, threshold):\n    return False\n```"]
+    assert humaneval.code_of(answers[0]) == "\n" + whole
+    samples = [{"task_id": problem["task_id"], "completion": humaneval.code_of(a)} for a in answers]
+    outcomes = humaneval.execute(problems, samples, timeout_s=5.0, memory_mb=512)
+    assert [o["passed"] for o in outcomes] == [True, True, True, False], [o["result"] for o in outcomes]
+
+
 def test_check_program_is_the_reference_one():
     problem = humaneval.load_problems(1)[0]
     assert humaneval.check_program(problem, "    pass") == (

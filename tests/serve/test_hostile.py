@@ -436,7 +436,8 @@ def test_as_many_messages_as_the_limit_allows_are_answered_quickly(client):
 
 def test_a_long_conversation_is_tokenized_only_as_far_as_it_fits(bundle_path):
     """prompts.chat_ids walks back from the newest turn: of 30,000 turns it encodes the few that fit."""
-    tokenizer = bundle.load(bundle_path).tokenizer
+    loaded = bundle.load(bundle_path)
+    tokenizer = loaded.tokenizer
     encoded = []
 
     def encode(text: str) -> list[int]:
@@ -444,7 +445,7 @@ def test_a_long_conversation_is_tokenized_only_as_far_as_it_fits(bundle_path):
         return tokenizer.encode(text, add_special_tokens=False).ids
 
     turns = [Turn(m["role"], m["content"]) for m in conversation(30_000, "hi")]
-    ids = prompts.chat_ids(encode, turns, max_tokens=4, context=64, max_prompt_tokens=63)
+    ids = prompts.chat_ids(loaded.chat, encode, turns, max_tokens=4, context=64, max_prompt_tokens=63)
     assert len(ids) + 4 <= 64 and len(encoded) < 64
 
 

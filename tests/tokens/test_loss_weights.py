@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from chatpipe.tasks.chat.format import CHAT_KINDS, EOT, Turn, render
+from chatpipe.tasks.chat.formats import Ours
 from chatpipe.tasks.common.documents import is_val, iter_batches, load_manifest
 from chatpipe.tasks.common.errors import InputError
 from chatpipe.tasks.tokens.reader import SHARD_FORMAT, TokenReader
@@ -24,7 +25,7 @@ def tok(built):
 
 @pytest.fixture(scope="module")
 def chat(tok):
-    return Chat(tok, {"chat": "chat_text", "code": "local_code"})
+    return Chat(Ours(tok), {"chat": "chat_text", "code": "local_code"})
 
 
 def weigh(tok, chat, tmp_path, docs: list[tuple[str, bool]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,10 +33,10 @@ def weigh(tok, chat, tmp_path, docs: list[tuple[str, bool]]) -> tuple[np.ndarray
     texts = [text for text, _ in docs]
     batch = pa.record_batch([[doc_id(i) for i in range(len(docs))], ["chat" if c else "code" for _, c in docs],
                              texts], names=["id", "source", "text"])
-    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+    encoded = chat.encode(batch)
     streams = Streams(tmp_path, np.dtype(np.uint16), 1 << 20, tok.token_to_id(EOT), 0.5, chat)
-    streams.add(batch, texts, encodings)
-    return *streams.writers["train"]._flat(), np.array([len(e.ids) + 1 for e in encodings])
+    streams.add(batch, encoded)
+    return *streams.writers["train"]._flat(), np.array([len(e.ids) for e in encoded])
 
 
 def doc_id(i: int) -> str:

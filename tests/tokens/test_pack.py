@@ -11,8 +11,8 @@ import pytest
 
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
+from chatpipe.tasks.chat.formats import Encoded, loss_weights
 from chatpipe.tasks.tokens.pack import PAD, SUPERVISED, pack, pieces
-from chatpipe.tasks.tokens.shard import loss_weights
 from tests.conftest import linked, test_params
 
 EOT, U, A, S = 0, 1, 2, 3
@@ -21,6 +21,15 @@ MARKERS = np.array([U, A, S, EOT])
 
 def supervised(tokens: np.ndarray, assistant: int, markers: np.ndarray) -> np.ndarray:
     return loss_weights(tokens, np.ones(len(tokens), dtype=bool), assistant, markers) > 0
+
+
+def starts(t: np.ndarray) -> dict[str, np.ndarray]:
+    return {"user": np.flatnonzero(t == U), "assistant": np.flatnonzero(t == A)}
+
+
+def encoded(t: np.ndarray) -> Encoded:
+    """A conversation as our format encodes it: weights from the markers, turn starts at them."""
+    return Encoded("", t, supervised(t, A, MARKERS).astype(np.uint8), None, starts(t))
 
 
 def conversation(*turns: tuple[int, int]) -> np.ndarray:
@@ -44,14 +53,14 @@ def test_a_conversation_that_fits_is_one_piece_and_a_long_one_splits_between_exc
 
     t = conversation((U, 3), (A, 3), (U, 3), (A, 3))  # 17 tokens: two exchanges of 8, + EOT
     counts = Counter()
-    assert pieces(t, 17, U, A, counts) == [(0, 17)]
-    assert pieces(t, 10, U, A, counts) == [(0, 9), (8, 17)]  # the <|user|> at 8 ends one piece, opens the next
+    assert pieces(t, 17, starts(t), counts) == [(0, 17)]
+    assert pieces(t, 10, starts(t), counts) == [(0, 9), (8, 17)]  # the <|user|> at 8 ends one piece, opens the next
     assert counts["conversations split"] == 1
 
 
 def test_a_turn_longer_than_a_row_is_counted_and_skipped_never_cropped():
     t = conversation((U, 2), (A, 20), (U, 2), (A, 2))
-    packed = pack([(t, supervised(t, A, MARKERS))], 12, EOT, U, A)
+    packed = pack([encoded(t)], 12, EOT)
     assert packed.counts["turns longer than a row (skipped)"] == 1
     for row, codes in zip(packed.tokens, packed.codes):
         assert (codes == SUPERVISED).any()  # no row without a supervised token
@@ -66,15 +75,15 @@ def test_rows_are_best_fit_and_every_piece_keeps_its_end_of_turn_token():
     for _ in range(60):
         turns = [(m, int(rng.integers(1, 8))) for _ in range(int(rng.integers(1, 3))) for m in (U, A)]
         t = conversation(*turns)
-        convs.append((t, supervised(t, A, MARKERS)))
-    packed = pack(convs, 64, EOT, U, A)
-    total = sum(len(t) for t, _ in convs)
+        convs.append(encoded(t))
+    packed = pack(convs, 64, EOT)
+    total = sum(len(c.ids) for c in convs)
     assert len(packed.tokens) <= total / 64 * 1.1 + 1  # best fit: rows nearly full
     for row, codes in zip(packed.tokens, packed.codes):
         assert codes[0] == PAD  # nothing in a row predicts its first token
         ends = (row == EOT) & (codes == SUPERVISED)
         assert ends.any() or (row[codes == SUPERVISED][-1] == U), "a piece without its end-of-turn token"
-    supervised_in = sum(int(s[1:].sum()) for _, s in convs)  # the first token of a conversation is a marker
+    supervised_in = sum(int(c.weights[1:].sum()) for c in convs)  # the first token of a conversation is a marker
     assert sum(int((c == SUPERVISED).sum()) for c in packed.codes) == supervised_in
 
 
