@@ -11,6 +11,7 @@ and Transformer.forward (written for training) spends most of a step on the smal
   the new position only.
 `Decoder.step_rows` is the same step for rows at different positions (the server's batch): a RoPE
 rotation and cache position per row, and a mask hiding the cache beyond each row's position.
+`Decoder.batch` runs it over prompts of any lengths at once (eval's HumanEval: 164 prompts of 164 lengths).
 
 - Ternary models run the same loop on integer codes: each fused linear is a TernaryLinear called as `Rows`
   (model/ternary_linear.py), no float copy made, a loaded model's linears re-pointed at the fused codes.
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generate import sample_token
+from .generate import probabilities, race, sample_token
 from .quant import BitLinear
 from .ternary_linear import Rows, TernaryLinear
 from .transformer import MLP, Block, KVCache, Transformer
@@ -155,13 +156,13 @@ class Decoder:
                 x = x + layer.down(F.silu(gate) * up)
         return F.linear(_norm(x, m.norm), m.lm_head.weight).float()
 
-    def prefill(self, prompt: Sequence[int]) -> tuple[torch.Tensor, KVCache]:
+    def prefill(self, prompt: Sequence[int], max_len: int | None = None) -> tuple[torch.Tensor, KVCache]:
         """The prompt (1 to block_size - 1 tokens) through Transformer.forward: the next token's logits [V]
-        and the cache it filled."""
+        and the cache it filled (of `max_len` positions; default block_size)."""
         block = self.model.config.block_size
         if not 0 < len(prompt) < block:
             raise ValueError(f"prompt must hold 1 to {block - 1} tokens (block_size - 1); got {len(prompt)}")
-        cache = KVCache.for_model(self.model)
+        cache = KVCache.for_model(self.model, max_len=max_len)
         return self.model(torch.tensor([list(prompt)], device=self.cos2.device), cache=cache)[0][0, -1], cache
 
     @torch.inference_mode()
@@ -183,6 +184,54 @@ class Decoder:
             yield token
             if n < room:
                 logits = self.step(torch.tensor([token], device=self.cos2.device), cache)[0]
+
+
+    @torch.inference_mode()
+    def batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperatures: Sequence[float],
+              seeds: Sequence[int], top_p: float | None = None, stop: Sequence[int] = ()) -> list[list[int]]:
+        """The new tokens after each prompt (any lengths, 1 to block_size - 1 tokens), decoded together.
+
+        Each prompt is prefilled alone and its k/v copied into one cache of the batch's rows; then every step
+        is one `step_rows` over the cache's rows, each at its own position (a finished row stays, frozen, until
+        half have finished: then the rest are copied together, so copies cost what a few steps do). Row r samples at
+        temperatures[r] (0: greedy) from its own generator seeded with seeds[r], so its tokens do not depend
+        on its batch; it stops at its first `stop` token (not returned), after max_new_tokens, or at the
+        context's end."""
+        device, block = self.cos2.device, self.model.config.block_size
+        rooms = [min(max_new_tokens, block - len(p)) for p in prompts]
+        pool = KVCache.for_model(self.model, len(prompts), max(len(p) + r for p, r in zip(prompts, rooms)))
+        first = []
+        for r, prompt in enumerate(prompts):
+            logits, cache = self.prefill(prompt, max_len=len(prompt))
+            pool.k[:, r, :, :len(prompt)], pool.v[:, r, :, :len(prompt)] = cache.k[:, 0], cache.v[:, 0]
+            first.append(logits)
+        logits, stop = torch.stack(first), set(stop)
+        temps = torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=device)[:, None]
+        greedy = torch.tensor([t == 0 for t in temperatures], device=device)
+        generators = [seeded(s, device) for s in seeds]
+        positions = torch.tensor([len(p) for p in prompts], device=device)
+        rows = list(range(len(prompts)))  # the prompt of each cache row
+        out, going = [[] for _ in prompts], [True] * len(prompts)
+        while True:
+            tokens = logits.argmax(-1)
+            if not bool(greedy.all()):
+                drawn = race(probabilities(logits, temps, None, top_p), [generators[r] for r in rows])
+                tokens = torch.where(greedy, tokens, drawn)
+            for i, (r, token) in enumerate(zip(rows, tokens.tolist())):
+                if going[i]:
+                    going[i] = token not in stop
+                    if going[i]:
+                        out[r].append(token)
+                        going[i] = len(out[r]) < rooms[r]
+            if not any(going):
+                return out
+            positions = positions + torch.tensor(going, device=device)  # a finished row stays where it is
+            if sum(going) <= len(rows) // 2:  # drop the finished rows: copy the others together
+                keep = torch.tensor([i for i, g in enumerate(going) if g], device=device)
+                pool.k, pool.v = pool.k[:, keep], pool.v[:, keep]
+                rows, going = [rows[i] for i in keep.tolist()], [True] * len(keep)
+                tokens, positions, greedy, temps = tokens[keep], positions[keep], greedy[keep], temps[keep]
+            logits = self.step_rows(tokens, positions - 1, pool)
 
 
 def seeded(seed: int | None, device: torch.device) -> torch.Generator | None:

@@ -1,13 +1,10 @@
-"""Autoregressive sampling from a Transformer: one sequence (`generate`) or a batch of them (`sample_batch`).
+"""Autoregressive sampling from a Transformer: one sequence (`generate`); a batch of them is model/decode.py's
+`Decoder.batch`.
 
 - KV cache (use_cache, the default): the prompt is run once (prefill), then each new token is a
   one-position forward over the cache, O(T) per token instead of O(T^2). RoPE positions are absolute, so a
   cached sequence stops at block_size; without the cache each step reruns the last block_size tokens (a
   sliding window: slower, never stops early). Both give the same tokens while the sequence fits.
-- `sample_batch`: many rows through one batched cache, because on a CPU a one-token forward costs about
-  the same for 1 row as for 64 (HumanEval's completions go a batch at a time). Prompts in a batch have
-  equal length; each row has its own temperature, stop token and seed, so its tokens do not depend on
-  its batch (a one-row batch gives `generate`'s tokens).
 - Sampling: logits / temperature, top_k, then top_p (the most likely token always kept), then an
   exponential race argmax(p / E), E ~ Exp(1): exactly p, and one vectorized pass over a batch, unlike
   per-row torch.multinomial. temperature 0 is greedy; a seed makes the draw reproducible (a
@@ -102,49 +99,4 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *, temp
             out.append(tok)
             seq.append(tok)
             step = [tok]
-    return out
-
-
-def sample_batch(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                 temperature: float | Sequence[float] = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 stop: Sequence[int] = (), seeds: Sequence[int] | None = None) -> list[list[int]]:
-    """The new tokens after each of `prompts` (equal lengths), decoded together through one KV cache.
-
-    Row r samples at temperature[r] (one number: every row; 0: greedy), stops at its first stop token
-    (not returned) or when prompt + new tokens reach block_size, and draws from its own generator seeded
-    with seeds[r]. n samples of one prompt: `[prompt] * n`.
-    """
-    temperatures = [temperature] * len(prompts) if isinstance(temperature, (int, float)) else list(temperature)
-    _check_sampling(min(temperatures, default=0), top_k, top_p)
-    if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
-        raise ValueError("prompts must be one or more non-empty token lists of equal length")
-    if len(temperatures) != len(prompts) or (seeds is not None and len(seeds) != len(prompts)):
-        raise ValueError(f"need one temperature and one seed (if any) per prompt; got {len(temperatures)} "
-                         f"and {len(seeds or ())} for {len(prompts)} prompts")
-    block = model.config.block_size
-    rows = [list(p)[-block:] for p in prompts]
-    stop, out = set(stop), [[] for _ in rows]
-    live = [True] * len(rows)
-    with _inference(model) as device:
-        generators = [torch.Generator(device).manual_seed(s) for s in seeds] if seeds is not None \
-            else [None] * len(rows)
-        temps = torch.tensor(temperatures, dtype=torch.float32, device=device)[:, None]
-        sampled = temps[:, 0] > 0
-        temps = torch.where(temps > 0, temps, 1.0)  # greedy rows: any distribution, their draw is dropped
-        any_sampled = bool(sampled.any())
-        cache = KVCache.for_model(model, batch_size=len(rows))
-        step = torch.tensor(rows, device=device)
-        for _ in range(min(max_new_tokens, block - len(rows[0]))):
-            logits = model(step, cache=cache)[0][:, -1]
-            tokens = logits.argmax(-1)
-            if any_sampled:
-                tokens = torch.where(sampled, race(probabilities(logits, temps, top_k, top_p), generators), tokens)
-            for r, tok in enumerate(tokens.tolist()):
-                if live[r]:
-                    live[r] = tok not in stop
-                    if live[r]:
-                        out[r].append(tok)
-            if not any(live):
-                break
-            step = tokens[:, None]
     return out

@@ -411,7 +411,7 @@ class HumanEvalParams(_Strict):
     # in a user message, the function taken from the answer's code block (tasks/evals/humaneval.py)
     problems: int | None = Field(default=None, ge=1)  # the first N problems; null = all 164
     max_new_tokens: int = Field(ge=1)
-    n_samples: int = Field(ge=1)        # sampled completions per problem for pass@k (plus one greedy)
+    n_samples: int = Field(ge=0)        # sampled completions per problem for pass@k (plus one greedy); 0: greedy only
     k: list[int]                        # pass@k for each k <= n_samples
     temperature: float = Field(gt=0)
     top_p: float = Field(gt=0, le=1)

