@@ -49,19 +49,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, safe, valid, lse, n_valid = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[:2]  # a frozen head (LoRA) needs no weight gradient
         with torch.autocast(x.device.type, enabled=False):
             w = weight.to(x.dtype)
             scale = (grad.float() / n_valid) * valid  # per row: 0 for the ignored ones
-            dh = torch.empty(x.shape, device=x.device, dtype=ctx.h_dtype)
-            dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+            dh = torch.empty(x.shape, device=x.device, dtype=ctx.h_dtype) if need_h else None
+            dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
             for i in range(0, x.shape[0], ctx.chunk):
                 rows = slice(i, i + ctx.chunk)
                 d = (x[rows] @ w.T).float().sub_(lse[rows, None]).exp_()                    # softmax
                 d.scatter_add_(1, safe[rows, None], torch.full_like(lse[rows, None], -1.0))  # - onehot(target)
                 d = d.mul_(scale[rows, None]).to(x.dtype)
-                dh[rows] = d @ w
-                dw += (d.T @ x[rows]).float()
-        return dh, dw.to(weight.dtype), None, None
+                if need_h:
+                    dh[rows] = d @ w
+                if need_w:
+                    dw += (d.T @ x[rows]).float()
+        return dh, None if dw is None else dw.to(weight.dtype), None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

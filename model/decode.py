@@ -188,7 +188,8 @@ class Decoder:
 
     @torch.inference_mode()
     def batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperatures: Sequence[float],
-              seeds: Sequence[int], top_p: float | None = None, stop: Sequence[int] = ()) -> list[list[int]]:
+              seeds: Sequence[int], top_k: int | None = None, top_p: float | None = None,
+              stop: Sequence[int] = ()) -> list[list[int]]:
         """The new tokens after each prompt (any lengths, 1 to block_size - 1 tokens), decoded together.
 
         Each prompt is prefilled alone and its k/v copied into one cache of the batch's rows; then every step
@@ -215,7 +216,7 @@ class Decoder:
         while True:
             tokens = logits.argmax(-1)
             if not bool(greedy.all()):
-                drawn = race(probabilities(logits, temps, None, top_p), [generators[r] for r in rows])
+                drawn = race(probabilities(logits, temps, top_k, top_p), [generators[r] for r in rows])
                 tokens = torch.where(greedy, tokens, drawn)
             for i, (r, token) in enumerate(zip(rows, tokens.tolist())):
                 if going[i]:

@@ -122,8 +122,8 @@ class Batcher:
                 return
             if self._pool is None:  # made on first use: a terminal chat's Engine never needs one
                 self._pool = KVCache.for_model(self.decoder.model, batch_size=self.slots)
-            logits, cache = self.decoder.prefill(row.prompt)
-            self._pool.k[:, slot, :, :n], self._pool.v[:, slot, :, :n] = cache.k[:, 0, :, :n], cache.v[:, 0, :, :n]
+            logits, cache = self.decoder.prefill(row.prompt, max_len=n)  # a cache of the prompt alone, then copied
+            self._pool.k[:, slot, :, :n], self._pool.v[:, slot, :, :n] = cache.k[:, 0], cache.v[:, 0]
             token = self._draw([row], logits[None])[0]
         except Exception as e:  # a bad prompt, a bug, a device failure: this job fails, the others go on
             row.job.end(e)

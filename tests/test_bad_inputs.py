@@ -154,3 +154,20 @@ def test_help_everywhere(project):
     for cmd in ([], ["ingest"], ["tokenizer"], ["shard"], ["params"]):
         proc = subprocess.run([CHATPIPE, *cmd, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_a_pretrained_model_that_cannot_be_used_is_one_line(project, tmp_path):
+    """A checkpoint without a chat template under chat.format: model, a GGUF file that is not one, a missing one."""
+    from tests.train.test_pretrained import tokenizer_json
+
+    (checkpoint := tmp_path / "no-template").mkdir()
+    tokenizer_json(checkpoint)  # a tokenizer.json and nothing that says how to chat
+    assert chatpipe(project, "ingest", *ONLY_CHAT).returncode == 0
+    proc = chatpipe(project, "tokenizer", "-S", f"tokenizer.from=hf:{checkpoint}", "-S", "chat.format=model")
+    assert_one_line_error(proc, f"hf:{checkpoint} has no chat template; use chat.format: ours")
+    assert not (project / "artifacts" / "tokenizer").exists()
+    (fake := tmp_path / "fake.gguf").write_bytes(b"GGUF" + bytes(64))  # the magic, then nothing whole
+    for model in (f"gguf:{fake}", f"gguf:{tmp_path / 'missing.gguf'}"):
+        proc = subprocess.run([CHATPIPE, "serve", "--model", model, "--port", "0"], capture_output=True, text=True,
+                              timeout=300)
+        assert_one_line_error(proc, f"--model {model}: ")

@@ -75,12 +75,12 @@ class Ours:
     def render(self, turns) -> str:
         return render(turns)
 
+    def prompt(self, turns) -> str:
+        return prompt(turns)
+
     def ends_on_answer(self, doc: Encoded) -> bool:
         """A conversation opens with a turn and its closing <|endoftext|> is supervised (it closes an answer)."""
         return bool(doc.weights[-1]) and doc.ids[0] in self.openers
-
-    def prompt(self, turns) -> str:
-        return prompt(turns)
 
     def encode(self, texts: list[str], chat: list[bool], offsets: bool = False) -> list[Encoded]:
         encode = self.tokenizer.encode_batch if offsets else self.tokenizer.encode_batch_fast
@@ -89,9 +89,8 @@ class Ours:
             ids = np.array([*enc.ids, self.eot], dtype=np.int64)
             weights = (loss_weights(ids, np.ones(len(ids), dtype=bool), self.assistant, self.markers) if is_chat
                        else np.ones(len(ids), dtype=np.uint8))
-            starts = {role: np.flatnonzero(ids == self.role_ids[role]) for role in ("user", "assistant")}
-            out.append(Encoded(text, ids, weights, [*enc.offsets, (len(text), len(text))] if offsets else None,
-                               starts if is_chat else None))
+            starts = {role: np.flatnonzero(ids == i) for role, i in self.role_ids.items()} if is_chat else None
+            out.append(Encoded(text, ids, weights, [*enc.offsets, (len(text), len(text))] if offsets else None, starts))
         return out
 
 

@@ -167,7 +167,7 @@ def chat(model: Transformer, fmt, max_tokens: int, seed: int) -> list[dict]:
     by turn_problem (its `problem`)."""
     g = DEFAULT_GENERATION
     return samples(model, fmt, max_tokens, seed, CHAT_PROMPTS, temperature=g["temperature"], top_k=g["top_k"],
-                   top_p=g["top_p"])
+                   top_p=g["top_p"], batched=True)
 
 
 # ---------------------------------------------------------------- the report

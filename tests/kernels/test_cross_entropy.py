@@ -71,3 +71,13 @@ def test_the_model_with_chunked_kernels_trains_the_same():
     assert logits is None and torch.allclose(lp, lc, atol=1e-6)
     for (name, a), b in zip(plain.named_parameters(), chunked.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_the_same_one():
+    """LoRA freezes the head: its gradient is not computed (a vocabulary-sized matmul per chunk saved)."""
+    h, w, t = case()
+    w = w.detach()  # requires_grad False, as a frozen base weight
+    ref = torch.autograd.grad(F.cross_entropy((h @ w.T).float(), t, ignore_index=-1), h)[0]
+    loss = linear_cross_entropy(h, w, t, 32)
+    (dh,) = torch.autograd.grad(loss, h)
+    assert torch.allclose(dh, ref, atol=1e-7, rtol=1e-5) and w.grad is None
