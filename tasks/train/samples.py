@@ -21,7 +21,8 @@ def samples(model: Transformer, chat, max_tokens: int, seed: int, prompts=SAMPLE
     tokenizer = chat.tokenizer
     stop = [tokenizer.token_to_id(t) for t in chat.stop]
     texts = [chat.prompt(turns) for turns in prompts]
-    prompt_ids = [tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
+    keep = model.config.block_size - 1  # a prompt longer than the context keeps its last tokens
+    prompt_ids = [tokenizer.encode(text, add_special_tokens=False).ids[-keep:] for text in texts]
     sampling = {"top_k": top_k, "top_p": top_p, "stop": stop}
     if batched:
         generated = Decoder(model).batch(prompt_ids, max_tokens, temperatures=[temperature] * len(texts),

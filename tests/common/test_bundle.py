@@ -22,7 +22,9 @@ def test_bundle_loads_the_checkpoint_weights(trained, bundle_path):
     assert loaded.name == "tiny-test" and state["path"].endswith(f"step-{state['step']:06d}")
     assert loaded.tokenizer.decode(loaded.stop_ids, skip_special_tokens=False) == "<|user|><|system|><|endoftext|>"
     sums = json.loads((bundle_path / "checksums.json").read_text())
-    assert set(sums) == {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "README.md"}
+    assert set(sums) == {"model.safetensors", "config.json", "tokenizer.json", "chat_format.json", "generation_config.json",
+                         "README.md"}
+    assert loaded.chat.name == "ours"
 
 
 def test_float_weights_are_save_models_file(trained, bundle_path, tmp_path):

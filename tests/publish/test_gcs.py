@@ -75,7 +75,7 @@ def test_interrupted_upload_leaves_no_marker_and_is_refused(small_bundle, gcs_en
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Blob, "upload_from_filename", drops_the_third)
-    with pytest.raises(gcs.GCSError, match=r"uploading .* \(file 3 of 6; no marker written"):
+    with pytest.raises(gcs.GCSError, match=r"uploading .* \(file 3 of 7; no marker written"):
         gcs.upload(small_bundle, uri("cut"))
     assert not remote("cut", gcs.MARKER).exists()  # the old marker went first, a new one never came
     with pytest.raises(InputError, match="not published or upload incomplete"):

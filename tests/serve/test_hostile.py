@@ -429,9 +429,9 @@ def test_as_many_messages_as_the_limit_allows_are_answered_quickly(client):
     """30,000 short messages in 1 MiB: dropping old exchanges to fit the context must not take quadratic time."""
     body = json.dumps({**CHAT, "messages": conversation(30_000, "hi")}, separators=(",", ":")).encode()
     assert 0.9 * DEFAULT_MAX_REQUEST_BYTES < len(body) <= DEFAULT_MAX_REQUEST_BYTES
-    start = time.monotonic()
+    start = time.process_time()  # the work done, in this process (the app runs in it): not waiting for a busy CPU
     r = client.post(ROUTES["chat"].path, content=body, headers=JSON)
-    assert r.status_code == 200 and time.monotonic() - start < 2, (r.status_code, time.monotonic() - start)
+    assert r.status_code == 200 and time.process_time() - start < 2, (r.status_code, time.process_time() - start)
 
 
 def test_a_long_conversation_is_tokenized_only_as_far_as_it_fits(bundle_path):

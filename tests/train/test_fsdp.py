@@ -114,7 +114,10 @@ def test_two_fsdp_processes_train_as_one_and_as_ddp_and_write_a_dcp_checkpoint(p
     model, state = checkpoint.latest_model(project / "checkpoints" / "pilot")
     replicated, _ = checkpoint.latest_model(ddp / "checkpoints" / "pilot")
     for (name, a), b in zip(model.state_dict().items(), replicated.state_dict().values()):
-        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+        # The two sum gradients in another order (reduce-scatter, all-reduce), and AdamW turns the last bits of a
+        # near-zero gradient into part of a step: up to 2.3e-5 apart after 6 steps on this AMX CPU (1e-6 held on
+        # the machine this was written on); a wrong gradient or update moves weights by ~lr (3e-3) instead.
+        assert torch.allclose(a, b, rtol=0, atol=1e-4), (name, (a - b).abs().max().item())
     assert state["inputs"]["recipe"]["parallel"] == "fsdp"
 
     (path / "__1_0.distcp").write_bytes(b"torn")  # a corrupt shard: the checkpoint is skipped
