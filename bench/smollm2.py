@@ -631,30 +631,21 @@ def rows(r: dict) -> list[tuple[str, str, str, str]]:
     def mib(v):
         return f"{v:,.0f} MiB"
 
-    if ft := r.get("finetune"):
-        o, p = ft["ours-finetune"], ft["hf-finetune"]
-        out += [("fine-tune tokens/s, full weights, fp32 (ours: chunked loss)", f"{o['tokens_per_s']:,.1f}",
-                 f"{p['tokens_per_s']:,.1f}", f"{ft['ratio_tokens_per_s']:.2f}×"),
-                ("fine-tune tokens/s, full weights, fp32 (ours: torch loss, 1 step)",
+    for key, ours, peer, what in (("finetune", "ours-finetune", "hf-finetune", ("full weights, fp32", "full fine-tune")),
+                                  ("lora", "ours-lora", "peft-lora", ("LoRA r16 on a bf16 base", "LoRA"))):
+        if not (x := r.get(key)):
+            continue
+        o, p = x[ours], x[peer]
+        out += [(f"fine-tune tokens/s, {what[0]} (ours: chunked loss)", f"{o['tokens_per_s']:,.1f}",
+                 f"{p['tokens_per_s']:,.1f}", f"{x['ratio_tokens_per_s']:.2f}×"),
+                (f"fine-tune tokens/s, {what[0]} (ours: torch loss, 1 step)",
                  f"{o['torch_kernels_tokens_per_s']:,.1f}", f"{p['tokens_per_s']:,.1f}",
-                 f"{ft['ratio_torch_kernels_tokens_per_s']:.2f}×"),
-                ("peak RSS, full fine-tune (ours: chunked loss)", mib(o["peak_rss_mib"]), mib(p["peak_rss_mib"]),
-                 f"{ft['ratio_peak_rss']:.2f}×"),
-                ("peak RSS, full fine-tune (ours: after 1 torch-loss step)",
+                 f"{x['ratio_torch_kernels_tokens_per_s']:.2f}×"),
+                (f"peak RSS, {what[1]} (ours: chunked loss)", mib(o["peak_rss_mib"]), mib(p["peak_rss_mib"]),
+                 f"{x['ratio_peak_rss']:.2f}×"),
+                (f"peak RSS, {what[1]} (ours: after 1 torch-loss step)",
                  mib(o["head"]["peak_rss_mib_after_torch_kernels_step"]), mib(p["peak_rss_mib"]),
-                 f"{ft['ratio_peak_rss_torch_kernels']:.2f}×")]
-    if lo := r.get("lora"):
-        o, p = lo["ours-lora"], lo["peft-lora"]
-        out += [("fine-tune tokens/s, LoRA r16 on a bf16 base (ours: chunked loss)", f"{o['tokens_per_s']:,.1f}",
-                 f"{p['tokens_per_s']:,.1f}", f"{lo['ratio_tokens_per_s']:.2f}×"),
-                ("fine-tune tokens/s, LoRA r16 on a bf16 base (ours: torch loss, 1 step)",
-                 f"{o['torch_kernels_tokens_per_s']:,.1f}", f"{p['tokens_per_s']:,.1f}",
-                 f"{lo['ratio_torch_kernels_tokens_per_s']:.2f}×"),
-                ("peak RSS, LoRA (ours: chunked loss)", mib(o["peak_rss_mib"]), mib(p["peak_rss_mib"]),
-                 f"{lo['ratio_peak_rss']:.2f}×"),
-                ("peak RSS, LoRA (ours: after 1 torch-loss step)",
-                 mib(o["head"]["peak_rss_mib_after_torch_kernels_step"]), mib(p["peak_rss_mib"]),
-                 f"{lo['ratio_peak_rss_torch_kernels']:.2f}×")]
+                 f"{x['ratio_peak_rss_torch_kernels']:.2f}×")]
     if g := r.get("generate"):
         for b, name in ((1, "generation tokens/s, batch 1 (ours: HTTP server)"),
                         (8, "generation tokens/s, 8 concurrent (ours: HTTP server; theirs: batch of 8)")):

@@ -222,7 +222,8 @@ def template_record(chat_template: str | None, special: dict, tokenizer, source:
     markers = sorted(t for t in specials if t in probe.render(PROBE) and t != end)
     record = {"format": "model", "chat_template": chat_template, "special": special, "end_of_turn": end,
               "turn_markers": markers}
-    template, text = Template(tokenizer, record), Template(tokenizer, record).render(PROBE)
+    template = Template(tokenizer, record)
+    text = template.render(PROBE)
     if (found := template._find(text, PROBE)) not in (None, template._delimit(text, PROBE)):
         raise InputError(f"chat.format model: {source}'s chat template renders a turn's text otherwise than it "
                          f"is, so the answers cannot be found in a conversation")
