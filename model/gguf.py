@@ -171,6 +171,19 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of _unpermute: rotate-half Q/K rows into llama.cpp's interleaved order (the export's)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tensor_names(arch: str, n_layer: int, ours: list[str]) -> dict[str, str]:
+    """Our parameter name -> its GGUF tensor name, for `arch` ("llama" or "qwen3"): the gguf package's own
+    Hugging Face -> llama.cpp table after hf.py's NAMES, so there is no second table here."""
+    gguf = _gguf()
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), n_layer)
+    return {name: names.get_name(hf_name(name), try_suffixes=(".weight",)) or hf_name(name) for name in ours}
+
+
 @torch.no_grad()
 def load_weights(model: Transformer, path: Path) -> None:
     """Copy the file's tensors, de-quantized and Q/K un-permuted, into `model` (in each parameter's dtype).
@@ -188,8 +201,7 @@ def load_weights(model: Transformer, path: Path) -> None:
             raise ValueError(f"{path}: tensor {t.name} is {t.tensor_type.name}, which is not read here "
                              f"(supported: {', '.join(SUPPORTED)})")
     params = dict(model.named_parameters())  # a tied head appears once, as tok_emb.weight
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.n_layer)
-    theirs = {ours: names.get_name(hf_name(ours), try_suffixes=(".weight",)) or hf_name(ours) for ours in params}
+    theirs = tensor_names("llama", c.n_layer, list(params))
     ours_of = {name: ours for ours, name in theirs.items()}
     heads = {"attn.wq.weight": c.n_head, "attn.wk.weight": c.n_kv_heads}
     missing, unexpected = set(params), []

@@ -443,6 +443,8 @@ class PublishParams(_Strict):
     """`chatpipe publish` (tasks/publish/publish.py): bundle in dist/<name>/, HF export, GCS, MLflow registry."""
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     hf_export: bool                     # also write dist/<name>/hf/, loadable by transformers as Llama
+    gguf: Literal["f16", "q8_0", "off"] = "f16"  # dist/<name>/model.gguf for llama.cpp: float tensors' type
+    gguf_ternary: Literal["tq2_0", "tq1_0"] = "tq2_0"  # a ternary student's linears in its model.gguf
     gcs: GCSParams
     registry: str | None                # MLflow registered model name; null: do not register
     bars: BarParams

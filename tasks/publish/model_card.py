@@ -94,8 +94,20 @@ def chat_format(params: Params) -> str:
             "`<|assistant|>` and ends its turn by starting the next marker.")
 
 
-def render(name: str, config: ModelConfig, ev: dict, lin: dict, params: Params, hf: str) -> str:
-    """The card. `hf` is the transformers architecture exported to hf/, or why there is no export."""
+def llama_cpp(name: str, gguf: dict | str) -> str:
+    """How to run model.gguf (what tasks/publish/gguf_export.py wrote), or why there is none."""
+    if isinstance(gguf, str):
+        return f" No GGUF file: {gguf}."
+    types = ", ".join(f"{n} {t}" for t, n in gguf["types"].items())
+    return (f" With llama.cpp (or Ollama, LM Studio): `model.gguf` ({gguf['arch']}; tensors: {types}; sha256 "
+            f"`{gguf['sha256']}`), e.g. `llama-cli -m dist/{name}/model.gguf -cnv` uses its chat template and "
+            "stops at the end of the assistant's turn.")
+
+
+def render(name: str, config: ModelConfig, ev: dict, lin: dict, params: Params, hf: str,
+           gguf: dict | str = "not exported") -> str:
+    """The card. `hf` is the transformers architecture exported to hf/, or why there is no export; `gguf`
+    model.gguf's export record, or why there is none."""
     exported = hf.endswith("ForCausalLM")
     origin = f"fine-tuned from {params.model.init}" if params.model.init else "trained from scratch"
     front = {"library_name": "transformers" if exported else "pytorch", "pipeline_tag": "text-generation",
@@ -110,6 +122,7 @@ def render(name: str, config: ModelConfig, ev: dict, lin: dict, params: Params, 
                 "prompt and generation_config.json stops at the end of the assistant's turn.")
     else:
         how += f" No transformers export: {hf}."
+    how += llama_cpp(name, gguf)
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -157,6 +170,6 @@ context window is {config.block_size} tokens.
 ## Files
 
 `model.safetensors` (weights), `config.json`, `tokenizer.json`, `generation_config.json`, `eval.json`,
-`lineage.json`{', `hf/` (transformers export)' if exported else ''}; `checksums.json` holds the sha256 of
+`lineage.json`{', `hf/` (transformers export)' if exported else ''}{', `model.gguf` (llama.cpp)' if isinstance(gguf, dict) else ''}; `checksums.json` holds the sha256 of
 every file.
 """

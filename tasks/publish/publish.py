@@ -3,7 +3,10 @@
 1. `dist/<publish.name>/` (tasks/common/bundle.py): the latest checkpoint of `eval.phase` (the one eval
    measured), its tokenizer, generation defaults, `eval.json`, `lineage.json`, a model card and
    checksums; written atomically.
-2. `hf/` inside it (tasks/publish/hf_export.py) when `publish.hf_export` and the model is dense.
+2. `hf/` inside it (tasks/publish/hf_export.py) when `publish.hf_export` and the model is dense, and
+   `model.gguf` (tasks/publish/gguf_export.py) for llama.cpp when `publish.gguf` is not off: F16 or Q8_0, a
+   ternary student's linears as `publish.gguf_ternary`; where a model cannot go out as GGUF (a ternary row
+   length llama.cpp's 256-blocks do not divide, MoE), the summary and the card say why in one line.
 3. With a bucket set, an upload to `gs://<gcs.bucket>/<gcs.prefix>/<name>/`, the `_PUBLISHED` marker last
    (tasks/publish/gcs.py; `download`, re-exported here, brings one back for `chatpipe serve`).
 4. A new version of the registered model `publish.registry` (tasks/publish/registry.py), its files logged
@@ -20,7 +23,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import tempfile
 from pathlib import Path
+
+from tokenizers import Tokenizer
 
 from chatpipe.model.config import ModelConfig
 from chatpipe.model.info import param_counts
@@ -31,7 +37,7 @@ from chatpipe.tasks.common.errors import InputError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.common.stage import StageResult, Timer, finish
 from chatpipe.tasks.common.tracking import Run, numbers
-from chatpipe.tasks.publish import gcs, hf_export, lineage, model_card, registry
+from chatpipe.tasks.publish import gcs, gguf_export, hf_export, lineage, model_card, registry
 from chatpipe.tasks.publish.gcs import download  # noqa: F401  (re-exported: `chatpipe serve --model gs://...`)
 from chatpipe.tasks.train import checkpoint
 
@@ -64,10 +70,16 @@ class Bundled:
     ev: dict
     lineage: dict
     hf: str  # the exported transformers architecture, or why there is no export
+    gguf: dict | str  # model.gguf's file, bytes, sha256 and tensor types, or why there is none
 
     @property
     def exported(self) -> bool:
         return self.hf.endswith("ForCausalLM")
+
+    @property
+    def gguf_phrase(self) -> str:
+        return (f"GGUF {self.gguf['type']}" if isinstance(self.gguf, dict)
+                else f"no GGUF: {self.gguf}")
 
     @functools.cached_property
     def checksums(self) -> dict[str, str]:
@@ -101,8 +113,18 @@ def hf_status(params: Params, model: Transformer) -> str:
     return hf_export.unsupported(model) or hf_export.architecture(model)
 
 
+def gguf_file(params: Params, model: Transformer, tokenizer_dir: Path, path: Path, name: str) -> dict | str:
+    """Step 2's model.gguf written at `path` (what gguf_export.export returns), or why there is none."""
+    cfg = params.publish
+    if cfg.gguf == "off":
+        return "disabled (publish.gguf: off)"
+    if why := gguf_export.unsupported(model, Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))):
+        return why
+    return gguf_export.export_dir(model, tokenizer_dir, path, ftype=cfg.gguf, ternary=cfg.gguf_ternary, name=name)
+
+
 def build(params: Params, layout: Layout, release: Release) -> Bundled:
-    """Step 1 and 2: dist/<name>/ with the card, eval.json, lineage.json and (if it can) the HF export."""
+    """Step 1 and 2: dist/<name>/ with the card, eval.json, lineage.json and (if it can) the HF and GGUF exports."""
     model, state = checkpoint.latest_model(layout.checkpoints / release.phase, tokenizer_dir=layout.tokenizer)
     ev = read_eval(layout, state, release.eval_key)
     lin = lineage.collect(layout, state)
@@ -110,9 +132,14 @@ def build(params: Params, layout: Layout, release: Release) -> Bundled:
     extra = {"eval.json": json.dumps(ev, indent=2).encode(), "lineage.json": json.dumps(lin, indent=2).encode()}
     if hf.endswith("ForCausalLM"):
         extra["hf"] = lambda out: hf_export.export(model, layout.tokenizer, out)
-    card = model_card.render(release.name, model.config, ev, lin, params, hf)
-    directory = bundle.write(layout.root / "dist" / release.name, model, layout.tokenizer, card, extra=extra)
-    return Bundled(release, directory, model.config, ev, lin, hf)
+    (layout.root / "dist").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=layout.root / "dist", prefix=".gguf-") as tmp:
+        gguf = gguf_file(params, model, layout.tokenizer, Path(tmp) / "model.gguf", release.name)
+        if isinstance(gguf, dict):
+            extra["model.gguf"] = Path(tmp) / "model.gguf"
+        card = model_card.render(release.name, model.config, ev, lin, params, hf, gguf)
+        directory = bundle.write(layout.root / "dist" / release.name, model, layout.tokenizer, card, extra=extra)
+    return Bundled(release, directory, model.config, ev, lin, hf, gguf)
 
 
 def upload(params: Params, bundled: Bundled) -> str | None:
@@ -140,6 +167,7 @@ def register(params: Params, run: Run, bundled: Bundled) -> registry.Registratio
     run.client.log_artifacts(run.run_id, str(bundled.directory), registry.BUNDLE_ARTIFACTS)
     tags = {"bundle": bundled.release.name, "bundle_sha256": bundle.digest(bundled.directory),
             "weights_sha256": bundled.checksums["model.safetensors"],
+            "gguf_sha256": bundled.checksums.get("model.gguf", "none"),
             "git_commit": bundled.lineage["git_commit"] or "unknown"}
     return registry.register(run.uri, name, run.run_id, bundled.ev, params.publish.bars, tags)
 
@@ -157,12 +185,14 @@ def publish_one(params: Params, layout: Layout, release: Release) -> tuple[dict,
                    "weights_sha256": bundled.checksums["model.safetensors"],
                    "checkpoint": bundled.lineage["training"]["checkpoint"], "quant": bundled.config.quant,
                    "params_total": param_counts(bundled.config)["total"],
-                   "hf_export": bundled.exported, "hf": bundled.hf, "gcs_uri": uri,
+                   "hf_export": bundled.exported, "hf": bundled.hf,
+                   "gguf": bundled.gguf if isinstance(bundled.gguf, dict) else None,
+                   "gguf_why_not": None if isinstance(bundled.gguf, dict) else bundled.gguf, "gcs_uri": uri,
                    "registry": reg.report() if reg else None, "mlflow_run_id": tracker.run_id,
                    "git_commit": bundled.lineage["git_commit"], "seconds": timer.seconds}
         tracker.log(0, numbers(metrics))
     phrase = (f"{metrics['bundle']} ({size / 1e6:.1f} MB, "
-              f"{'HF export' if bundled.exported else 'no HF export: ' + bundled.hf})")
+              f"{'HF export' if bundled.exported else 'no HF export: ' + bundled.hf}, {bundled.gguf_phrase})")
     return metrics, " · ".join([phrase, *([uri] if uri else []), *([f"registry {reg.phrase()}"] if reg else [])])
 
 

@@ -71,7 +71,7 @@ def test_publish_end_to_end(project, gcs_env, tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     result = publish.run(params(project, f"publish.gcs.bucket={BUCKET}"), project)
     uri = f"gs://{BUCKET}/models/tiny-chat"
-    assert result.summary.startswith("publish: dist/tiny-chat (") and "MB, HF export)" in result.summary
+    assert result.summary.startswith("publish: dist/tiny-chat (") and "MB, HF export, GGUF F16)" in result.summary
     assert f" · {uri} · registry chat-pipeline v1 (champion)" in result.summary
 
     out = project.root / "dist" / "tiny-chat"
@@ -83,14 +83,17 @@ def test_publish_end_to_end(project, gcs_env, tmp_path, caplog, capsys):
     assert lineage["documents"]["from"] == "metrics/ingest.json" and lineage["documents"]["documents"] > 0
     assert lineage["shards"]["shards"] and lineage["training"]["runs"]["full"]["steps"] == 6
     card = (out / "README.md").read_text()
+    metrics = json.loads(project.metrics("publish").read_text())
     for fragment in ("# tiny-chat", "2 layers × 64", "| validation loss (nats/token) | 3.52 |", "| chitchat |",
                      "| HumanEval pass@5 (5 samples) | 0.012 |",
-                     lineage["tokenizer"]["sha256"], "## Intended use and limitations", "AutoModelForCausalLM"):
+                     lineage["tokenizer"]["sha256"], "## Intended use and limitations", "AutoModelForCausalLM",
+                     f"`model.gguf` (llama; tensors: 16 F16, 5 F32; sha256 `{metrics['gguf']['sha256']}`)"):
         assert fragment in card, fragment
 
-    metrics = json.loads(project.metrics("publish").read_text())
     sums = json.loads((out / "checksums.json").read_text())
     assert metrics["weights_sha256"] == sums["model.safetensors"] and metrics["bundle_sha256"] == bundle.digest(out)
+    assert metrics["gguf"]["sha256"] == sums["model.gguf"] and metrics["gguf"]["type"] == "F16"
+    assert not list((project.root / "dist").glob(".gguf-*"))  # the export's temp directory is gone
     assert metrics["gcs_uri"] == uri and metrics["hf_export"] is True
     assert metrics["registry"] == {"model": "chat-pipeline", "version": 1, "champion": 1, "champion_moved": True,
                                    "bars_failed": []}
@@ -106,6 +109,7 @@ def test_publish_end_to_end(project, gcs_env, tmp_path, caplog, capsys):
     version = mlflow.MlflowClient().get_model_version("chat-pipeline", "1")
     assert version.tags["eval.humaneval.pass_k.5"] == "0.012"
     assert version.tags["bundle_sha256"] == metrics["bundle_sha256"]
+    assert version.tags["gguf_sha256"] == metrics["gguf"]["sha256"]
     assert "eval.per_source.chat.loss" not in version.tags
 
     seen = [caplog.text, *capsys.readouterr(), result.summary, json.dumps(run.data.params)]

@@ -80,15 +80,24 @@ def test_a_pretrained_model_trains_and_serves_on_its_own_template(built, chatml,
     assert tok.token_to_id("<|im_end|>") in np.atleast_1d(generation["eos_token_id"]).tolist()
     assert ours.generation["stop"] == ["<|im_end|>"]
 
-    # Serve the bundle: a chat request is rendered on the template (its prompt tokens are the template's).
+    # Serve the bundle: a chat request is rendered on the template (its prompt tokens are the template's), and
+    # llama.cpp answers from the published model.gguf (its template, its stop token) greedily as our server does.
+    from tests.publish.test_gguf_export import llama
+
+    assert results["publish"].metrics["gguf"]["type"] == "F16" and (dist / "model.gguf").is_file()
     engine = Engine(ours, max_concurrent=1)
     try:
-        with running(create_app(engine)) as url:
-            r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-                "model": p.publish.name, "messages": messages[:1], "max_tokens": 8})
-            assert r.status_code == 200
-            prompt = ours.chat.prompt(CONVERSATION[:1])
-            assert r.json()["usage"]["prompt_tokens"] == len(tok.encode(prompt, add_special_tokens=False).ids)
+        with running(create_app(engine)) as url, llama(dist / "model.gguf", n_ctx=64) as llm:
+            for question in ("Hi there!", "How are you?", "Good morning."):
+                asked = [{"role": "user", "content": question}]
+                r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                    "model": p.publish.name, "messages": asked, "max_tokens": 8, "temperature": 0})
+                assert r.status_code == 200
+                prompt = ours.chat.prompt((Turn("user", question),))
+                assert r.json()["usage"]["prompt_tokens"] == len(tok.encode(prompt, add_special_tokens=False).ids)
+                theirs = llm.create_chat_completion(asked, max_tokens=8, temperature=0, top_k=1, repeat_penalty=1.0)
+                assert theirs["usage"]["prompt_tokens"] == r.json()["usage"]["prompt_tokens"]
+                assert theirs["choices"][0]["message"]["content"].strip() == r.json()["choices"][0]["message"]["content"]
     finally:
         engine.close()
     assert render(CONVERSATION[:1]) not in prompt
