@@ -55,7 +55,7 @@ class _NoTraceback(logging.Filter):
 def _quiet_libraries(debug: bool) -> None:
     """Libraries say what went wrong; what went right is the stages' own summaries (and, from Prefect, which
     flow run this is). Prefect's temporary-server notices and each task's "Finished in state" go."""
-    for name in ("httpx", "httpcore", "mlflow", "alembic", "prefect", "prefect.task_runs"):
+    for name in ("httpx", "httpcore", "mlflow", "alembic", "prefect", "prefect.task_runs", "gguf"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG if debug else logging.INFO)  # the summaries
     if not debug:
@@ -299,6 +299,29 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
                   "seed": seed}
         sampling = dataclasses.replace(engine.defaults(), **{k: v for k, v in chosen.items() if v is not None})
         converse(engine, sampling, sys.stdin, sys.stdout, sys.stderr, interactive=sys.stdin.isatty())
+    _call(go, debug)
+
+
+@app.command()
+def gguf(model: ModelOpt,
+         out: Annotated[Path, typer.Argument(help="The GGUF file to write (under a temp name, then renamed).")],
+         type_: Annotated[str, typer.Option("--type", help="Float tensors: f16 or q8_0.")] = "f16",
+         ternary: Annotated[str, typer.Option(help="A ternary model's linears: tq2_0 or tq1_0.")] = "tq2_0",
+         debug: DebugOpt = False) -> None:
+    """Write any model `serve` takes (a bundle, gs://..., gguf:, hf:) as one GGUF file for llama.cpp/Ollama."""
+    def go():
+        from chatpipe.serve.source import open_bundle
+        from chatpipe.tasks.common.errors import InputError
+        from chatpipe.tasks.publish import gguf_export
+
+        loaded = open_bundle(model, "cpu")
+        if why := gguf_export.unsupported(loaded.model, loaded.tokenizer):
+            raise InputError(f"{model}: cannot export to GGUF: {why}")
+        try:
+            info = gguf_export.export(loaded.model, loaded.tokenizer, loaded.chat, out, type_, ternary, loaded.name)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        typer.echo(f"{out} ({info['bytes'] / 1e6:.1f} MB, {info['arch']}, {info['type']}; sha256 {info['sha256']})")
     _call(go, debug)
 
 

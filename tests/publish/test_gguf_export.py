@@ -241,3 +241,21 @@ def test_a_gguf_model_goes_out_as_gguf_and_llama_cpp_answers_as_our_server(tmp_p
                 assert theirs.strip() == ours["choices"][0]["message"]["content"], text
     finally:
         engine.close()
+
+
+def test_chatpipe_gguf_writes_any_served_model(bundle_path, tmp_path):
+    """`chatpipe gguf --model <bundle> out.gguf`: the file llama.cpp loads; a bad type is one line, no file."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "chatpipe.cli", "gguf", "--model", str(bundle_path)]
+    done = subprocess.run([*cli, str(tmp_path / "m.gguf"), "--type", "q8_0"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"{tmp_path / 'm.gguf'} (") and "llama, Q8_0; sha256 " in done.stdout
+    assert "INFO" not in done.stderr  # the gguf writer's progress lines stay quiet
+    with llama(tmp_path / "m.gguf", vocab_only=True) as llm:
+        assert llm.n_vocab() == json.loads((bundle_path / "config.json").read_text())["model"]["vocab_size"]
+    bad = subprocess.run([*cli, str(tmp_path / "q4.gguf"), "--type", "q4"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+    assert "ftype 'q4' (one of f16, q8_0)" in bad.stderr and not (tmp_path / "q4.gguf").exists()
