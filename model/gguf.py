@@ -15,7 +15,8 @@ attention and Hugging Face's use, as transformers' GGUF loader does.
 
 Refused in one line: another general.architecture, RoPE scaling (rope.scaling.* metadata, or Llama 3.1+'s
 rope_freqs tensor), experts, partial RoPE, a tensor type outside SUPPORTED, a truncated or non-GGUF file. The
-tokenizer is transformers' conversion of the file's, checked against the file's special-token ids.
+tokenizer is transformers' conversion of the file's, split as llama.cpp splits for the file's `tokenizer.ggml.pre`
+(PRE_TOKENIZERS, shared with the GGUF export) and checked against the file's special-token ids.
 """
 from __future__ import annotations
 
@@ -49,6 +50,31 @@ FIELDS = {"n_layer": "llama.block_count", "n_embd": "llama.embedding_length", "n
 SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 _TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
               "unk_token": "unknown_token_id"}  # SPECIAL -> its tokenizer.ggml.* key
+
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+# llama.cpp's name for a pre-tokenizer -> the tokenizer.json pre_tokenizer that splits text as it does
+# (llama-vocab.cpp: "gpt-2" is GPT-2's regex; "smollm" splits every digit first, then GPT-2's regex).
+PRE_TOKENIZERS = {
+    "gpt-2": _BYTE_LEVEL,
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
+}
+_IGNORED = ("trim_offsets",)  # affects offsets only, never the split
+
+
+def _plain(pre):
+    """A pre_tokenizer's JSON without the keys that do not change the split."""
+    if isinstance(pre, dict):
+        return {k: _plain(v) for k, v in pre.items() if k not in _IGNORED}
+    return [_plain(v) for v in pre] if isinstance(pre, list) else pre
+
+
+def pre_name(tokenizer_json: dict) -> str | None:
+    """llama.cpp's name for this byte-level BPE tokenizer's pre-tokenizer, None if it has none."""
+    model, pre = tokenizer_json.get("model") or {}, _plain(tokenizer_json.get("pre_tokenizer"))
+    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") is not None or model.get("byte_fallback"):
+        return None
+    return next((name for name, want in PRE_TOKENIZERS.items() if _plain(want) == pre), None)
 
 
 def _gguf():
@@ -249,9 +275,28 @@ def read_tokenizer(path: Path):
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: transformers cannot convert its tokenizer "
                          f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    tok = converted.backend_tokenizer
+    tok = _split_as_llama_cpp(converted.backend_tokenizer, _value(reader, "tokenizer.ggml.pre"), path)
     _check_tokenizer(tok, path, special, ids, {name: getattr(converted, name, None) for name in SPECIAL})
     return tok, {"chat_template": _value(reader, "tokenizer.chat_template"), **special, "file": path}
+
+
+def _split_as_llama_cpp(tok, pre: str | None, path: Path):
+    """The converted tokenizer with the pre-tokenizer the file names (`tokenizer.ggml.pre`), as llama.cpp splits:
+    transformers' conversion gives every file GPT-2's split, so e.g. SmolLM2's ("smollm": each digit alone)
+    would read "2024" as one piece, not the four the model was trained on. A name not in PRE_TOKENIZERS keeps
+    the conversion's split, with a warning."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    if pre not in PRE_TOKENIZERS:
+        if pre_name(spec) != pre:
+            log.warning("%s: its pre-tokenizer %r is not one we reproduce (%s): numbers and spaces may split "
+                        "otherwise than llama.cpp splits them", path.name, pre, ", ".join(PRE_TOKENIZERS))
+        return tok
+    spec["pre_tokenizer"] = PRE_TOKENIZERS[pre]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def _check_tokenizer(tok, path: Path, special: dict, ids: dict, theirs: dict) -> None:

@@ -14,7 +14,7 @@ Qwen3) model, from our weights, tokenizer and chat format:
                            TQ1_0 (`ternary`), exact codes with the tensor's one scale repeated in every
                            256-block (as f16: the only rounding)
     tokenizer.ggml.*       model gpt2 (byte-level BPE): tokens in id order, types (CONTROL for special added
-                           tokens), merges, `pre` (PRE_TOKENIZERS: the llama.cpp name whose split equals ours),
+                           tokens), merges, `pre` (model/gguf.py pre_name: the llama.cpp name whose split equals ours),
                            bos/eos/pad ids, the other stop tokens as eot/eom (llama.cpp ends generation on them),
                            add_bos false (our prompts carry none)
     tokenizer.chat_template  the run's chat format's (ours, or the pretrained model's own)
@@ -44,35 +44,6 @@ from chatpipe.tasks.common.hashing import sha256_file
 FLOAT_TYPES = {"f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}  # ftype -> tensor, file type
 TERNARY_TYPES = {"tq2_0": ("TQ2_0", "MOSTLY_TQ2_0"), "tq1_0": ("TQ1_0", "MOSTLY_TQ1_0")}
 TERNARY_BLOCK = 256  # TQ2_0 and TQ1_0 hold rows in blocks of 256 weights
-_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-# llama.cpp's name for a pre-tokenizer -> the tokenizer.json pre_tokenizer that splits text as it does
-# (llama-vocab.cpp: "gpt-2" is GPT-2's regex; "smollm" splits every digit first, then GPT-2's regex).
-PRE_TOKENIZERS = {
-    "gpt-2": _BYTE_LEVEL,
-    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
-}
-_IGNORED = ("trim_offsets",)  # affects offsets only, never the split
-
-
-def _gguf():
-    return gguf_in._gguf()
-
-
-def _plain(pre):
-    """A pre_tokenizer's JSON without the keys that do not change the split."""
-    if isinstance(pre, dict):
-        return {k: _plain(v) for k, v in pre.items() if k not in _IGNORED}
-    return [_plain(v) for v in pre] if isinstance(pre, list) else pre
-
-
-def pre_name(tokenizer_json: dict) -> str | None:
-    """llama.cpp's name for this byte-level BPE tokenizer's pre-tokenizer, None if it has none."""
-    model, pre = tokenizer_json.get("model") or {}, _plain(tokenizer_json.get("pre_tokenizer"))
-    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") is not None or model.get("byte_fallback"):
-        return None
-    return next((name for name, want in PRE_TOKENIZERS.items() if _plain(want) == pre), None)
-
-
 def _ternary(model: Transformer) -> dict[str, torch.nn.Module]:
     """The model's ternary linears (BitLinear, or a served TernaryLinear) by parameter name of their weight."""
     return {f"{n}.weight": m for n, m in model.named_modules() if hasattr(m, "packed")}
@@ -83,9 +54,9 @@ def unsupported(model: Transformer, tokenizer: Tokenizer) -> str | None:
     if model.config.moe is not None:
         return "MoE models have no exact llama.cpp equivalent (capacity-based token dropping)"
     spec = json.loads(tokenizer.to_str())
-    if pre_name(spec) is None:
+    if gguf_in.pre_name(spec) is None:
         return (f"the tokenizer's pre-tokenizer {json.dumps(spec.get('pre_tokenizer'))[:120]} has no llama.cpp "
-                f"equivalent (known: {', '.join(PRE_TOKENIZERS)}), so llama.cpp would tokenize otherwise")
+                f"equivalent (known: {', '.join(gguf_in.PRE_TOKENIZERS)}), so llama.cpp would tokenize otherwise")
     names = gguf_in.tensor_names(_arch(model), model.config.n_layer, list(_ternary(model)))
     for ours, m in _ternary(model).items():
         if m.in_features % TERNARY_BLOCK:
@@ -100,7 +71,7 @@ def _arch(model: Transformer) -> str:
 
 def _tokenizer(writer, tok: Tokenizer, chat, vocab_size: int) -> None:
     """tokenizer.ggml.* and the chat template, from the tokenizer and the chat format."""
-    gguf = _gguf()
+    gguf = gguf_in._gguf()
     spec = json.loads(tok.to_str())
     vocab = tok.get_vocab(with_added_tokens=True)
     n = max(vocab.values()) + 1
@@ -114,7 +85,7 @@ def _tokenizer(writer, tok: Tokenizer, chat, vocab_size: int) -> None:
         types[i] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_name(spec))
+    writer.add_tokenizer_pre(gguf_in.pre_name(spec))
     writer.add_token_list(tokens)
     writer.add_token_types([int(t) for t in types])
     writer.add_token_merges(merges)
@@ -150,7 +121,7 @@ def _shape_keys(writer, model: Transformer) -> None:
 
 def _tensors(writer, model: Transformer, ftype: str, ternary: str) -> dict[str, int]:
     """Every tensor under its GGUF name and type; returns how many of each type were written."""
-    gguf = _gguf()
+    gguf = gguf_in._gguf()
     c, arch = model.config, _arch(model)
     qtype = getattr(gguf.GGMLQuantizationType, FLOAT_TYPES[ftype][0])
     ttype = getattr(gguf.GGMLQuantizationType, TERNARY_TYPES[ternary][0])
@@ -183,7 +154,7 @@ def export(model: Transformer, tokenizer: Tokenizer, chat, path: Path, ftype: st
 
     Returns what was written: file, bytes, sha256, arch, type (the linears': F16, Q8_0, TQ2_0 or TQ1_0) and
     the count of tensors of each type."""
-    gguf = _gguf()
+    gguf = gguf_in._gguf()
     if ftype not in FLOAT_TYPES or ternary not in TERNARY_TYPES:
         raise ValueError(f"gguf types: ftype {ftype!r} (one of {', '.join(FLOAT_TYPES)}), "
                          f"ternary {ternary!r} (one of {', '.join(TERNARY_TYPES)})")
