@@ -6,6 +6,7 @@ stage's `run`, and prints its one-line summary. User errors are one line on stde
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -288,8 +289,6 @@ def chat(model: ModelOpt, device: DeviceOpt = "auto",
          debug: DebugOpt = False) -> None:
     """Chat with a model in the terminal (no server): /reset forgets the conversation, /exit or Ctrl-D quits."""
     def go():
-        import dataclasses
-
         from chatpipe.serve.engine import Engine
         from chatpipe.serve.source import open_bundle
         from chatpipe.serve.terminal import chat as converse
@@ -341,10 +340,14 @@ def model_info(preset: Annotated[str, typer.Argument(
                gpus: Annotated[int, typer.Option(help="GPUs the batch is split over; memory is per GPU.")] = 1,
                parallel: Annotated[str, typer.Option(help="ddp (each GPU holds the whole model and optimizer) or "
                                                           "fsdp (sharded over the GPUs), as train.parallel.")] = "ddp",
+               ternary: Annotated[Optional[str], typer.Option(
+                   help="A ternary model: 'all', or a selection as model.ternary takes it, e.g. "
+                        "'{roles: [w1, w2, w3], skip_first: 2, skip_last: 2}'; reports its bundle size.")] = None,
                debug: DebugOpt = False) -> None:
     """Parameters (total/active), FLOPs per token and per-GPU training memory of a model preset or checkpoint."""
     def go():
         from chatpipe.model import checkpoints
+        from chatpipe.model.config import FieldError
         from chatpipe.model.info import describe
         from chatpipe.model.presets import PRESETS
         from chatpipe.tasks.common.errors import ConfigError, InputError
@@ -360,8 +363,17 @@ def model_info(preset: Annotated[str, typer.Argument(
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         try:
-            typer.echo(describe(preset, batch_size, weights=weights, activation_checkpointing=activation_checkpointing,
-                                lora_rank=lora_rank, seq_len=seq_len, gpus=gpus, parallel=parallel))
+            shape = checkpoints.read_config(preset) if checkpoints.prefix(preset) else PRESETS[preset]
+            if ternary:
+                selection = None if ternary == "all" else yaml.safe_load(ternary)
+                if selection is not None and not isinstance(selection, dict):
+                    raise ConfigError(f"--ternary: expected 'all' or a mapping such as '{{roles: [w1, w2, w3]}}', "
+                                      f"got {ternary!r}")
+                shape = dataclasses.replace(shape, quant="ternary", ternary=selection)
+            typer.echo(describe(shape, batch_size, weights=weights, activation_checkpointing=activation_checkpointing,
+                                lora_rank=lora_rank, seq_len=seq_len, gpus=gpus, parallel=parallel, name=preset))
+        except FieldError as e:
+            raise ConfigError(f"--ternary: {e}") from None
         except ValueError as e:  # model/hf.py, model/gguf.py: the checkpoint cannot be read, or is not one we run
             raise InputError(str(e)) from None
     _call(go, debug)

@@ -70,6 +70,36 @@ class MoEConfig:
         return cls(**d)
 
 
+ROLES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # a block's linears: attention q/k/v/o, MLP gate/down/up
+
+
+@dataclass(frozen=True)
+class TernarySelection:
+    """Which block linears a `quant: ternary` model holds ternary; the others, like embeddings, norms and the
+    head, stay float. By role and by block: `skip_first` and `skip_last` blocks keep every linear float."""
+    roles: tuple[str, ...] = ROLES
+    skip_first: int = 0
+    skip_last: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "roles", tuple(self.roles))  # from JSON or YAML: a list
+        _check(bool(self.roles) and len(set(self.roles)) == len(self.roles), "ternary.roles",
+               f"must name one or more of {', '.join(ROLES)} once each, got {list(self.roles)}")
+        for role in self.roles:
+            _check(role in ROLES, "ternary.roles", f"{role!r} is not a block linear (one of {', '.join(ROLES)})")
+        _check(self.skip_first >= 0 and self.skip_last >= 0, "ternary.skip_first",
+               f"skip_first and skip_last must be >= 0, got {self.skip_first} and {self.skip_last}")
+
+    def holds(self, layer: int, n_layer: int, role: str) -> bool:
+        """Is block `layer`'s linear `role` ternary?"""
+        return role in self.roles and self.skip_first <= layer < n_layer - self.skip_last
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TernarySelection:
+        _check_keys(d, cls, "ternary")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -88,6 +118,7 @@ class ModelConfig:
     quant: str | None = None        # "ternary": block linears are BitNet b1.58 BitLinear (model/quant.py)
     head_dim: int | None = None     # per-head width; None: n_embd // n_head (Qwen3 sets it: n_head * it != n_embd)
     ffn_hidden: int | None = None   # SwiGLU hidden width; None: ffn_hidden(ffn_mult, n_embd, multiple_of)
+    ternary: TernarySelection | None = None  # with quant "ternary": which block linears (None: all of them)
 
     def __post_init__(self):
         for f in ("vocab_size", "n_layer", "n_embd", "n_head", "block_size", "multiple_of"):
@@ -117,6 +148,20 @@ class ModelConfig:
         _check(self.quant in (None, "ternary"), "quant", f"must be 'ternary' or None, got {self.quant!r}")
         _check(self.quant is None or self.moe is None, "quant",
                f"{self.quant!r} is not supported with moe (MoE experts are not ternary yet)")
+        if isinstance(self.ternary, dict):  # from params or JSON: the selection as a mapping
+            object.__setattr__(self, "ternary", TernarySelection.from_dict(self.ternary))
+        _check(self.ternary is None or isinstance(self.ternary, TernarySelection), "ternary",
+               f"must be a TernarySelection or None, got {type(self.ternary).__name__}")
+        _check(self.ternary is None or self.quant == "ternary", "ternary", "selects linears of a quant: ternary "
+               "model; set quant: ternary too")
+        if self.ternary is not None:
+            _check(self.ternary.skip_first + self.ternary.skip_last < self.n_layer, "ternary.skip_last",
+                   f"skip_first + skip_last = {self.ternary.skip_first + self.ternary.skip_last} leaves none of the "
+                   f"{self.n_layer} blocks ternary")
+
+    def is_ternary(self, layer: int, role: str) -> bool:
+        """Is block `layer`'s linear `role` (ROLES) a ternary BitLinear in this model?"""
+        return self.quant == "ternary" and (self.ternary is None or self.ternary.holds(layer, self.n_layer, role))
 
     # ------------------------------------------------------------------ derived sizes
     @property

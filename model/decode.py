@@ -15,7 +15,8 @@ rotation and cache position per row, and a mask hiding the cache beyond each row
 
 - Ternary models run the same loop on integer codes: each fused linear is a TernaryLinear called as `Rows`
   (model/ternary_linear.py), no float copy made, a loaded model's linears re-pointed at the fused codes.
-  Which fused form a linear gets is FUSE, by its type.
+  Which fused form a linear gets is FUSE, by its type; a model ternary in some linears only (a selection,
+  model/config.py TernarySelection) fuses each type's linears alone and puts their outputs side by side.
 - The prompt (prefill) runs through Transformer.forward into the same KVCache; the tests check that every
   step's logits equal Transformer.forward's. MoE layers call the model's own MoE module.
 """
@@ -71,6 +72,24 @@ FUSE: dict[type, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
+class _Side:
+    """Linears of different types sharing an input (a model ternary in some roles only): each fused alone, their
+    outputs side by side."""
+
+    def __init__(self, *parts: Linear):
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def fuse(*linears: nn.Module) -> Linear:
+    """One callable computing the linears' outputs side by side: FUSE of their type, or of each type's run."""
+    if len({type(m) for m in linears}) == 1:
+        return FUSE[type(linears[0])](*linears)
+    return _Side(*(FUSE[type(m)](m) for m in linears))
+
+
 @dataclass
 class _Layer:
     block: Block
@@ -82,7 +101,6 @@ class _Layer:
     @classmethod
     def of(cls, block: Block) -> _Layer:
         a, mlp = block.attn, block.mlp
-        fuse = FUSE[type(a.wq)]
         dense = isinstance(mlp, MLP)
         return cls(block, fuse(a.wq, a.wk, a.wv), fuse(a.wo), fuse(mlp.w1, mlp.w3) if dense else None,
                    fuse(mlp.w2) if dense else None)

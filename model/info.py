@@ -148,6 +148,24 @@ def train_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, 
     return out
 
 
+def bundle_bytes(c: ModelConfig) -> dict:
+    """Bytes of a bundle's weights (tasks/common/bundle.py: float32, a ternary linear's codes packed 4 to a byte
+    plus its scale and shape) and how many of the block linears are ternary; `float` is the same model all
+    float32, for the ratio."""
+    d, hd, hidden = c.n_embd, c.head_dim, c.ffn_hidden
+    shapes = {"wq": d * c.n_head * hd, "wk": d * c.n_kv_heads * hd, "wv": d * c.n_kv_heads * hd,
+              "wo": c.n_head * hd * d, "w1": d * hidden, "w3": d * hidden, "w2": hidden * d}
+    total = 4 * param_counts(c)["total"]
+    packed, ternary, linears = total, 0, 0
+    for i in range(c.n_layer):
+        for role, n in ([] if c.is_moe_layer(i) else shapes.items()):
+            linears += 1
+            if c.is_ternary(i, role):
+                ternary += 1
+                packed -= 4 * n - (-(-n // 4) + 4 + 16)  # codes, a float32 scale, an int64 [2] shape
+    return {"bytes": packed, "float": total, "ternary_linears": ternary, "linears": linears}
+
+
 def _n(x: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= div:
@@ -174,7 +192,7 @@ def _counted(c: ModelConfig, weights: str, activation_checkpointing: bool, lora_
 
 def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: str = "adamw", weights: str = "fp32",
              activation_checkpointing: bool = False, lora_rank: int | None = None, seq_len: int | None = None,
-             gpus: int = 1, parallel: str = "ddp") -> str:
+             gpus: int = 1, parallel: str = "ddp", name: str | None = None) -> str:
     """A small table: shape, params total/active, FLOPs/token, training memory per GPU at batch_size x seq_len
     (default block_size) over `gpus` GPUs, ddp or fsdp.
 
@@ -183,7 +201,7 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
     from . import checkpoints
     from .presets import preset
     if isinstance(name_or_cfg, ModelConfig):
-        name, c = "custom", name_or_cfg
+        name, c = name or "custom", name_or_cfg
     else:
         name = name_or_cfg
         c = checkpoints.read_config(name) if checkpoints.prefix(name) else preset(name)
@@ -205,4 +223,11 @@ def describe(name_or_cfg: str | ModelConfig, batch_size: int = 16, optimizer: st
         + "  ".join(f"{k} {v / GiB:.2f} GiB" for k, v in m.items()),
         f"                ({_counted(c, weights, activation_checkpointing, lora_rank, gpus, parallel)})",
     ]
+    if c.quant == "ternary":
+        b = bundle_bytes(c)
+        rows.append(f"  ternary       {b['ternary_linears']} of {b['linears']} block linears"
+                    + (f" ({', '.join(c.ternary.roles)}; float: the first {c.ternary.skip_first} and last "
+                       f"{c.ternary.skip_last} blocks)" if c.ternary else "")
+                    + f": bundle weights {b['bytes'] / 2**20:.1f} MiB, {b['bytes'] / b['float']:.1%} of float32's "
+                      f"{b['float'] / 2**20:.1f} MiB")
     return "\n".join(rows)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
+from .config import ROLES, ModelConfig
 from .moe import MoE
 from .quant import BitLinear
 
@@ -106,15 +106,24 @@ def _chunked() -> tuple:
 KERNELS = {"torch": lambda: (None, None), "triton": _triton, "chunked": _chunked}
 
 
+def linears(c: ModelConfig, layer: int) -> dict[str, type[nn.Linear]]:
+    """Block `layer`'s linear class per role: BitLinear where the config makes it ternary, else nn.Linear
+    (embeddings, norms and the head always stay float)."""
+    return {role: BitLinear if c.is_ternary(layer, role) else nn.Linear for role in ROLES}
+
+
+FLOAT = dict.fromkeys(ROLES, nn.Linear)
+
+
 class Attention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, n_kv_heads: int, head_dim: int, qk_norm: bool, eps: float,
-                 linear: type[nn.Linear] = nn.Linear):
+                 linear: dict[str, type[nn.Linear]] = FLOAT):
         super().__init__()
         self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, head_dim  # n_head * head_dim may be != n_embd
-        self.wq = linear(n_embd, n_head * self.head_dim, bias=False)
-        self.wk = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
-        self.wv = linear(n_embd, n_kv_heads * self.head_dim, bias=False)
-        self.wo = linear(n_head * self.head_dim, n_embd, bias=False)
+        self.wq = linear["wq"](n_embd, n_head * self.head_dim, bias=False)
+        self.wk = linear["wk"](n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wv = linear["wv"](n_embd, n_kv_heads * self.head_dim, bias=False)
+        self.wo = linear["wo"](n_head * self.head_dim, n_embd, bias=False)
         self.q_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
 
@@ -137,11 +146,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU. Returns (output, aux loss) like MoE so a block need not know which one it holds."""
 
-    def __init__(self, n_embd: int, hidden: int, linear: type[nn.Linear] = nn.Linear):
+    def __init__(self, n_embd: int, hidden: int, linear: dict[str, type[nn.Linear]] = FLOAT):
         super().__init__()
-        self.w1 = linear(n_embd, hidden, bias=False)  # gate
-        self.w3 = linear(n_embd, hidden, bias=False)  # up
-        self.w2 = linear(hidden, n_embd, bias=False)  # down
+        self.w1 = linear["w1"](n_embd, hidden, bias=False)  # gate
+        self.w3 = linear["w3"](n_embd, hidden, bias=False)  # up
+        self.w2 = linear["w2"](hidden, n_embd, bias=False)  # down
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x)), x.new_zeros((), dtype=torch.float32)
@@ -165,12 +174,11 @@ class Transformer(nn.Module):
         c = self.config = config
         moe = c.moe
         self.aux_loss_coef = moe.aux_loss_coef if moe else 0.0
-        linear = BitLinear if c.quant == "ternary" else nn.Linear  # embeddings, norms, head stay float
         self.tok_emb = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(
-            Block(Attention(c.n_embd, c.n_head, c.n_kv_heads, c.head_dim, c.qk_norm, c.norm_eps, linear),
+            Block(Attention(c.n_embd, c.n_head, c.n_kv_heads, c.head_dim, c.qk_norm, c.norm_eps, linears(c, i)),
                   MoE(c.n_embd, c.expert_hidden, moe.n_experts, moe.top_k, moe.capacity_factor)
-                  if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linear),
+                  if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linears(c, i)),
                   c.n_embd, c.norm_eps)
             for i in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from chatpipe.model.config import RENAMED, FieldError, ModelConfig, MoEConfig
+from chatpipe.model.config import RENAMED, FieldError, ModelConfig, MoEConfig, TernarySelection
 from chatpipe.model.presets import preset
 from chatpipe.tasks.chat.format import SPECIAL_TOKENS
 from chatpipe.tasks.common.errors import ConfigError
@@ -208,6 +208,8 @@ def _from_dataclass(cls: type, name: str, doc: str, base: type = _Strict, option
 
 
 MoEParams = _from_dataclass(MoEConfig, "MoEParams", "model.moe: a MoEConfig (model/config.py), whole.")
+TernaryParams = _from_dataclass(TernarySelection, "TernaryParams", "model.ternary: which linears a ternary model "
+                                "holds ternary (model/config.py TernarySelection)")
 
 
 class _Overrides(_Strict):
@@ -218,7 +220,7 @@ class _Overrides(_Strict):
 
 ModelOverrides = _from_dataclass(
     ModelConfig, "ModelOverrides", "Overrides of a preset's fields (ModelConfig's but vocab_size, the tokenizer's): "
-    "a key left out keeps the preset's value.", base=_Overrides, optional=True, skip=("vocab_size",), moe=MoEParams)
+    "a key left out keeps the preset's value.", base=_Overrides, optional=True, skip=("vocab_size",), moe=MoEParams, ternary=TernaryParams)
 
 # With model.init the shape is the checkpoint's: a key set here must agree with the checkpoint (tasks/train/
 # pretrained.py names the field it read: each format's FIELDS, model/hf.py, model/gguf.py); ffn_mult must give its
@@ -226,7 +228,7 @@ ModelOverrides = _from_dataclass(
 # key (moe, multiple_of) is refused.
 INIT_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_heads", "head_dim", "ffn_hidden", "qk_norm", "tie_embeddings",
                "rope_theta", "norm_eps")
-INIT_KEYS = {*INIT_FIELDS, "ffn_mult", "block_size", "quant"}
+INIT_KEYS = {*INIT_FIELDS, "ffn_mult", "block_size", "quant", "ternary"}
 
 
 class ModelParams(ModelOverrides):

@@ -80,7 +80,7 @@ class Teacher:
     def init_student(self, student: Transformer) -> None:
         """Copy the teacher's weights into a student of the same shape (a ternary student included)."""
         mine, theirs = student.config.to_dict(), ModelConfig.from_dict(self.identity["model"]).to_dict()  # old keys too
-        if diff := sorted(k for k in mine if k != "quant" and mine[k] != theirs.get(k)):
+        if diff := sorted(k for k in mine if k not in ("quant", "ternary") and mine[k] != theirs.get(k)):
             raise ConfigError(f"params: distill.init=teacher needs the student's shape to be the teacher's; "
                               f"it differs in {', '.join(diff)} (use distill.init=scratch)")
         checkpoint.load_weights(student, self.checkpoint)

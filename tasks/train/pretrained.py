@@ -63,7 +63,8 @@ def imported_config(params: Params, vocab_size: int) -> ModelConfig:
     if block > theirs.block_size:
         raise ConfigError(f"params: model.block_size: {block} is longer than {spec}'s context "
                           f"({fields['block_size']} {theirs.block_size})")
-    return dataclasses.replace(theirs, vocab_size=max(theirs.vocab_size, vocab_size), block_size=block, quant=m.quant)
+    return dataclasses.replace(theirs, vocab_size=max(theirs.vocab_size, vocab_size), block_size=block, quant=m.quant,
+                               ternary=m.ternary and m.ternary.model_dump())
 
 
 def model_config(params: Params, vocab_size: int, student: dict | None = None, key: str = "model") -> ModelConfig:
