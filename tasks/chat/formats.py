@@ -24,8 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from chatpipe.tasks.chat.format import (CHAT_TEMPLATE, EOT, MARKERS, STOP_MARKERS, TURN_MARKERS, Turn, parse_lines,
-                                        prompt, render)
+from chatpipe.tasks.chat.format import (
+    CHAT_TEMPLATE,
+    EOT,
+    MARKERS,
+    STOP_MARKERS,
+    TURN_MARKERS,
+    Turn,
+    parse_lines,
+    prompt,
+    render,
+)
 from chatpipe.tasks.common.errors import InputError
 
 FILE = "chat_format.json"  # beside tokenizer.json: which format, and a template's tokens
@@ -224,7 +233,7 @@ def template_record(chat_template: str | None, special: dict, tokenizer, source:
               "turn_markers": markers}
     template = Template(tokenizer, record)
     text = template.render(PROBE)
-    if (found := template._find(text, PROBE)) not in (None, template._delimit(text, PROBE)):
+    if template._find(text, PROBE) not in (None, template._delimit(text, PROBE)):
         raise InputError(f"chat.format model: {source}'s chat template renders a turn's text otherwise than it "
                          f"is, so the answers cannot be found in a conversation")
     return record
