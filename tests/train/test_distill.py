@@ -98,6 +98,23 @@ def test_ternary_student_from_the_teacher_resumes_and_records_its_teacher(teache
         student(teacher, "distill.init=teacher", "distill.student.n_layer=1")
 
 
+def test_a_selected_student_starts_as_its_teacher_with_only_its_selection_ternary(teacher):
+    """Option C: a student of the teacher's shape is a copy of it whose selected linears (here the MLPs of every
+    block but the last) are BitLinears over the teacher's weights; one step at a vanishing lr leaves it so."""
+    from chatpipe.model.quant import BitLinear
+
+    result = student(teacher, "distill.init=teacher", "distill.student.quant=ternary", "distill.steps=1",
+                     "distill.student.ternary={roles: [w1, w2, w3], skip_last: 1}", "distill.lr=1e-12",
+                     "train.checkpoint.every=1", "train.validation.every=1")
+    assert result.metrics["model"]["ternary"]["skip_last"] == 1
+    model, _ = checkpoint.latest_model(teacher / "checkpoints" / "distill")
+    taught, _ = checkpoint.latest_model(teacher / "checkpoints" / "pilot")
+    ternary = {name for name, m in model.named_modules() if isinstance(m, BitLinear)}
+    assert ternary == {f"blocks.0.mlp.{r}" for r in ("w1", "w2", "w3")}  # TINY: 2 blocks, the last stays float
+    for name, p in taught.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], p, rtol=0, atol=1e-6, msg=name)
+
+
 def test_disabled_is_a_recorded_no_op_and_a_missing_teacher_is_refused(built, tmp_path):
     layout, _, _ = built
     root = linked(tmp_path / "p", layout)
