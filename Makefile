@@ -71,6 +71,7 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/distill.py   # after `make demo`: the ternary student against its teacher
+	$(BIN)/python bench/llamacpp.py --only float ternary   # ours vs llama.cpp on our GGUF export (ppl: see its docstring)
 
 repro: setup
 	dvc repro
