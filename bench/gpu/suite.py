@@ -93,6 +93,9 @@ def parts(work: Path, project: Path, carry: Path) -> list[Part]:
              gpu_only="CUDA graphs are CUDA's"),
         Part("finetune", "g. fine-tuning Qwen3-0.6B's shape: full vs LoRA", [PY, "bench/gpu/finetune.py", "--out", w],
              [PY, "bench/gpu/finetune.py", "--out", w, "--smoke"], ["finetune-qwen3-0.6b.json"], 90),
+        Part("option_c", "i. Option C at SmolLM2's shape: ternary selections distilled from the float teacher",
+             [PY, "bench/gpu/option_c.py", "--out", w], [PY, "bench/gpu/option_c.py", "--out", w, "--smoke"],
+             ["option-c-smollm2.json"], 90),
     ]
 
 
@@ -171,9 +174,11 @@ def headline(key: str, results: dict) -> str:
                 f"({v['ratio_ours_over_peer']:.2f}×, MFU {v['ours'].get('mfu')} vs {v['peer'].get('mfu')})"
                 for m, v in r["modes"].items()]
         return "; ".join(rows) + f"; best vs best {r['best']['ratio_ours_over_peer']:.2f}×"
-    if key in ("finetune", "fsdp") and r.get("modes"):
+    if key in ("finetune", "fsdp", "option_c") and r.get("modes"):
         modes = [f"{m}: {v['error'][:80]}" if "error" in v else f"{m}: {v['tokens_per_s']:,} tok/s, peak "
-                 f"{v['max_memory_allocated_gib']} GiB, {v['params_trained']:,} trained" for m, v in r["modes"].items()]
+                 f"{v['max_memory_allocated_gib']} GiB, {v['params_trained']:,} trained"
+                 + (f", {v['ternary_linears']} ternary, bundle {v['bundle_of_float']:.0%} of fp32" if "bundle_mib" in v
+                    else "") for m, v in r["modes"].items()]
         return f"{r['shape']}, {r['batch']} x {r['seq']}: " + "; ".join(modes)
     if key == "kernels" and r.get("rows"):
         return "; ".join(f"{row['case']}: ours {row['ms']['ours']:.3f} ms, peer/ours "

@@ -52,7 +52,7 @@ def test_cpu_smoke_runs_every_part(built, tmp_path):
     report = json.loads((out / "results.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"probe", "tests", "seed_pilot", "seed_full", "seed_bundle", "vulkan", "kernels",
-                          "train_chat", "train_nano", "seed_graphs", "finetune", "fsdp"}
+                          "train_chat", "train_nano", "seed_graphs", "finetune", "fsdp", "option_c"}
     skipped = {k: p["why"] for k, p in parts.items() if p["status"] == "skipped"}
     assert set(skipped) == {"kernels", "seed_graphs"}, skipped  # CUDA only
     for key, part in parts.items():
