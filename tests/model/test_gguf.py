@@ -331,6 +331,7 @@ def test_model_init_and_tokenizer_from_take_a_gguf_file(tiny, tmp_path):
 # ---------------------------------------------------------------- SmolLM2-135M-Instruct, the real Q4_1 file
 
 @pytest.mark.integration
+@pytest.mark.slow  # SmolLM2's real weights stay in make test: tests/serve/test_serve_pretrained.py (greedy = generate)
 def test_smollm2_computes_transformers_logits_with_transformers_tokens():
     """Ours and transformers' both de-quantize the same Q4_1 values: the fp32 logits agree (measured: exactly)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

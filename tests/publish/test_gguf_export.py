@@ -215,6 +215,7 @@ def test_a_failed_export_leaves_no_file(built, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # make test keeps a GGUF model fine-tuned through the pipeline (tests/train/test_chat_format_model.py)
 def test_a_gguf_model_goes_out_as_gguf_and_llama_cpp_answers_as_our_server(tmp_path):
     """SmolLM2-135M-Instruct, imported from its Q4_1 GGUF, exported to F16 with its own chat template: for five
     chat prompts llama.cpp's greedy answer (its chat template from the file, its stop tokens) is our server's."""

@@ -153,6 +153,7 @@ def test_a_lora_full_run_saves_adapters_and_everything_downstream_gets_the_merge
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # resume after SIGKILL stays in make test through the training loop's own test (test_train.py)
 def test_lora_resumes_bit_exact_after_sigkill(project, built, trained):
     other = linked(project.parent / "uninterrupted", built[0])
     shutil.copytree(trained[0].checkpoints / "pilot", other / "checkpoints" / "pilot")

@@ -105,6 +105,7 @@ def test_the_sft_phase_starts_from_the_full_model(built, trained, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # resume after SIGKILL stays in make test through the training loop's own test (test_train.py)
 def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
     from tests.conftest import kill_when
     from tests.train.test_train import cli_train, curve

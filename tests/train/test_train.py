@@ -167,7 +167,7 @@ def test_checkpoint_from_other_code_is_refused(project, monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16: make test-slow
 def test_sigkill_then_resume_gives_the_same_losses(project, built, precision):
     """Bit for bit, in each precision: a run killed with SIGKILL mid-run and restarted equals one that was never
     killed."""

@@ -216,6 +216,7 @@ BIG, BIG_BATCH = ModelConfig(vocab_size=1152, n_layer=3, n_embd=64, n_head=4, bl
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 2 min; the self-check stays in make test at the seed's shape (tests/bench/test_gpu_vulkan.py)
 def test_self_check_passes_past_iree_and_lavapipe_limits(tmp_path, monkeypatch):
     monkeypatch.setattr(vs, "CACHE_DIR", tmp_path)
     torch.manual_seed(0)
