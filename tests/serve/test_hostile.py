@@ -431,7 +431,7 @@ def test_as_many_messages_as_the_limit_allows_are_answered_quickly(client):
     assert 0.9 * DEFAULT_MAX_REQUEST_BYTES < len(body) <= DEFAULT_MAX_REQUEST_BYTES
     start = time.process_time()  # the work done, in this process (the app runs in it): not waiting for a busy CPU
     r = client.post(ROUTES["chat"].path, content=body, headers=JSON)
-    # ~1 s here idle; 2.5 s once in CI, on 2 cores shared with 3 test workers (torch's threads spin while they wait).
+    # 2.5 s was measured once in CI, on 2 cores shared with 3 test workers (torch's threads spin while they wait).
     # Quadratic work (each of 30,000 turns costed against the whole conversation) would take minutes.
     assert r.status_code == 200 and time.process_time() - start < 5, (r.status_code, time.process_time() - start)
 
