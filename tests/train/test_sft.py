@@ -124,6 +124,7 @@ def test_sft_resumes_bit_exact_after_sigkill(built, trained, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 1 min; data parallelism stays in make test through the training loop's own test (test_train.py)
 def test_sft_data_parallel_matches_one_process(built, trained, tmp_path):
     """torchrun with 2 gloo ranks = 1 process with the same global batch = 2 accumulation steps: the loss is
     normalised by the supervised weight of the whole step, across ranks too."""
