@@ -63,7 +63,8 @@ test-quick: setup browser vulkan
 	$(BIN)/pytest $(XDIST) -m 'not slow and not integration'
 
 # The long tests that `make test` leaves out (torch.compile, FSDP resharding and kill/resume, a real 45 s heartbeat wait,
-# SmolLM2 through llama.cpp and against transformers' logits, the LoRA/SFT/bf16 kill-resume variants, Vulkan past IREE's limits).
+# SmolLM2 through llama.cpp and against transformers' logits, the LoRA/SFT/bf16 kill-resume variants, SFT data-parallel,
+# Vulkan past IREE's limits).
 test-slow: setup browser vulkan
 	$(BIN)/pytest $(XDIST) -m slow
 
