@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -285,8 +286,6 @@ def _split_as_llama_cpp(tok, pre: str | None, path: Path):
     transformers' conversion gives every file GPT-2's split, so e.g. SmolLM2's ("smollm": each digit alone)
     would read "2024" as one piece, not the four the model was trained on. A name not in PRE_TOKENIZERS keeps
     the conversion's split, with a warning."""
-    import json
-
     from tokenizers import Tokenizer
 
     spec = json.loads(tok.to_str())

@@ -23,6 +23,7 @@ from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.common.config import ConfigError
 from tests.conftest import test_params
+from tests.publish.test_hf_export import perturbed
 
 MLP_INNER = TernarySelection(roles=("w1", "w2", "w3", "wq"), skip_first=1, skip_last=1)
 
@@ -30,15 +31,6 @@ MLP_INNER = TernarySelection(roles=("w1", "w2", "w3", "wq"), skip_first=1, skip_
 def config(selection: TernarySelection | None = MLP_INNER, **kw) -> ModelConfig:
     return ModelConfig(**{"vocab_size": 97, "n_layer": 4, "n_embd": 64, "n_head": 4, "block_size": 32,
                           "quant": "ternary", "ternary": selection, **kw})
-
-
-def perturbed(c: ModelConfig) -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(c).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 def kinds(model: nn.Module) -> dict[str, str]:

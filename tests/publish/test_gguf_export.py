@@ -19,18 +19,9 @@ from chatpipe.model.config import ModelConfig, MoEConfig
 from chatpipe.model.transformer import Transformer
 from chatpipe.tasks.chat.format import STOP_MARKERS
 from chatpipe.tasks.publish import gguf_export
+from tests.publish.test_hf_export import perturbed
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the pretrained extra) is not installed")
-
-
-def perturbed(config: ModelConfig, seed: int = 0) -> Transformer:
-    """A random model whose norm gains are not all ones (a misplaced norm or permutation would show)."""
-    torch.manual_seed(seed)
-    model = Transformer(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 @contextlib.contextmanager
