@@ -36,7 +36,8 @@ from chatpipe.tasks.evals.evaluate import chat, validation  # noqa: E402
 PROMPTS = ("chat", "completion")
 
 
-def score(spec: str, params, documents: Path, problems: int | None, val_max_tokens: int | None) -> dict:
+def score(spec: str, params, documents: Path, problems: int | None, val_max_tokens: int | None,
+          prompts: tuple[str, ...] = PROMPTS) -> dict:
     start, loaded = time.perf_counter(), open_bundle(spec, "cpu")
     model, fmt = loaded.model, loaded.chat
     val = validation(model, fmt, documents, params.shard.val_fraction, val_max_tokens, torch.device("cpu"))
@@ -44,9 +45,10 @@ def score(spec: str, params, documents: Path, problems: int | None, val_max_toke
     result = {"model": spec, "chat_format": fmt.name, "parameters": sum(p.numel() for p in model.parameters()),
               "assistant_bpb": val["overall"]["assistant_bpb"],
               "chat_bpb": {s: v["bpb"] for s, v in val["per_source"].items() if "assistant_bpb" in v},
+              "code_bpb": {s: v["bpb"] for s, v in val["per_source"].items() if "assistant_bpb" not in v},
               "turn_rate": round(sum(a["problem"] is None for a in answers) / len(answers), 4),
               "samples": [{"prompt": a["prompt"], "answer": a["completion"]} for a in answers[:3]], "humaneval": {}}
-    for prompt in PROMPTS:
+    for prompt in prompts:
         cfg = params.eval.humaneval.model_copy(update={"prompt": prompt, "problems": problems, "n_samples": 0,
                                                        "k": []})
         run = humaneval.evaluate(model, fmt, cfg, params.seed)

@@ -158,6 +158,13 @@ class ModelConfig:
             _check(self.ternary.skip_first + self.ternary.skip_last < self.n_layer, "ternary.skip_last",
                    f"skip_first + skip_last = {self.ternary.skip_first + self.ternary.skip_last} leaves none of the "
                    f"{self.n_layer} blocks ternary")
+        if self.quant == "ternary":  # 2-bit codes go 4 to a byte along a row (the bundle, the CPU and GPU kernels)
+            inputs = {**dict.fromkeys(("wq", "wk", "wv", "w1", "w3"), self.n_embd), "wo": self.n_head * self.head_dim,
+                      "w2": self.ffn_hidden}
+            for role in (self.ternary or TernarySelection()).roles:
+                _check(inputs[role] % 4 == 0, "ternary.roles" if self.ternary else "quant",
+                       f"{role} has rows of {inputs[role]} weights; a ternary linear packs 4 codes a byte, so its rows "
+                       f"need a multiple of 4: leave {role} float (ternary.roles)")
 
     def is_ternary(self, layer: int, role: str) -> bool:
         """Is block `layer`'s linear `role` (ROLES) a ternary BitLinear in this model?"""

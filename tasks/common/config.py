@@ -386,7 +386,8 @@ class DistillParams(_Strict):
     """The distillation phase (`chatpipe train --phase distill`, tasks/train/distill.py): a student learns from
     the teacher's logits. Loss = alpha * CE(data) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
     enabled: bool                       # the flow and `dvc repro` run it after the full run
-    teacher: Literal["pilot", "full", "sft"]  # whose latest checkpoint teaches (it must share the tokenizer)
+    teacher: Literal["pilot", "full", "sft", "init"]  # whose latest checkpoint teaches (it must share the tokenizer);
+    # init: model.init's pretrained checkpoint as it is (Option C: a ternary copy healed by its float self)
     student: ModelOverrides             # the model section's overrides for the student, e.g. quant: ternary
     init: Literal["teacher", "scratch"]  # teacher: start from the teacher's weights (QAT from a float model)
     steps: int = Field(ge=1)
@@ -501,6 +502,9 @@ class Params(_Strict):
     def _student(self) -> Params:
         """The distill student, the model section with distill.student's keys on top, is checked as one shape when
         distillation is on (with model.init it is the checkpoint's: tasks/train/pretrained.py checks it)."""
+        if self.distill.teacher == "init" and not self.model.init:
+            raise PydanticCustomError("combination", "distill.teacher: init is model.init's checkpoint; set model.init "
+                                      "(e.g. gguf:smollm2-135m-instruct) or name a phase (pilot, full, sft)")
         if self.distill.enabled and not self.model.init:
             try:
                 preset(self.model.preset, **{**self.model.overrides(), **self.distill.student.overrides()})

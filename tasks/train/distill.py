@@ -16,6 +16,7 @@ in tasks/train/phases.py says; this module says what the student is, who teaches
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,21 +62,39 @@ def student_config(params: Params, vocab_size: int) -> ModelConfig:
 @dataclass
 class Teacher:
     model: Transformer
-    checkpoint: Path
+    checkpoint: Path | str  # the teacher checkpoint's directory, or model.init's spec
     identity: dict  # what the student's checkpoints record: which teacher, by content hash
 
     @classmethod
     def load(cls, params: Params, layout: Layout, device: torch.device) -> Teacher:
-        """The teacher phase's latest checkpoint, frozen; refused if trained with another tokenizer."""
-        phase = trained(params, params.distill.teacher)
-        model, state = checkpoint.latest_model(layout.checkpoints / phase, device, tokenizer_dir=layout.tokenizer)
+        """The teacher, frozen: `distill.teacher`'s latest checkpoint (refused if trained with another tokenizer), or
+        with `init` model.init's pretrained checkpoint as it is (Option C: a model healed by its float self)."""
+        if params.distill.teacher == "init":
+            model, where, identity = cls._pretrained(params, layout)
+        else:
+            phase = trained(params, params.distill.teacher)
+            model, state = checkpoint.latest_model(layout.checkpoints / phase, device, tokenizer_dir=layout.tokenizer)
+            where = Path(state["path"])
+            weights = json.loads((where / "checksums.json").read_text())["model.safetensors"]
+            identity = {"phase": phase, "step": state["step"], "model": state["inputs"]["model"],
+                        "weights_sha256": weights}
+        model = model.to(device)
         if device.type == "cuda":
             model = model.to(torch.bfloat16)
         model.requires_grad_(False)
-        path = Path(state["path"])
-        weights = json.loads((path / "checksums.json").read_text())["model.safetensors"]
-        return cls(model, path, {"phase": phase, "step": state["step"],
-                                 "model": state["inputs"]["model"], "weights_sha256": weights})
+        return cls(model.eval(), where, identity)
+
+    @staticmethod
+    def _pretrained(params: Params, layout: Layout) -> tuple[Transformer, Path | str, dict]:
+        spec = params.model.init
+        if not spec:
+            raise ConfigError("params: distill.teacher: init needs model.init (the pretrained checkpoint that teaches)")
+        manifest = json.loads((layout.shards / "manifest.json").read_text())
+        float_shape = dataclasses.replace(pretrained.model_config(params, manifest["vocab_size"]), quant=None, ternary=None)
+        model = Transformer(float_shape)
+        rows = pretrained.init(model, params, layout)
+        return model, spec, {"phase": "init", "model": model.config.to_dict(), "init": pretrained.identity(spec),
+                             "init_rows": rows}
 
     def init_student(self, student: Transformer) -> None:
         """Copy the teacher's weights into a student of the same shape (a ternary student included)."""
@@ -83,7 +102,10 @@ class Teacher:
         if diff := sorted(k for k in mine if k not in ("quant", "ternary") and mine[k] != theirs.get(k)):
             raise ConfigError(f"params: distill.init=teacher needs the student's shape to be the teacher's; "
                               f"it differs in {', '.join(diff)} (use distill.init=scratch)")
-        checkpoint.load_weights(student, self.checkpoint)
+        if isinstance(self.checkpoint, Path):
+            checkpoint.load_weights(student, self.checkpoint)
+        else:  # the pretrained teacher's own weights (read once), cast to the student's dtype
+            student.load_state_dict(self.model.state_dict())
 
     def objective(self, params: Params) -> Callable:
         """loss(model, x, y) -> (loss, parts) for the training loop."""
@@ -91,6 +113,9 @@ class Teacher:
 
         def loss(model, x: torch.Tensor, y: torch.Tensor):
             logits, _ = model(x)
+            if d.alpha == 1:  # the data alone (e.g. a teacher's answers: sequence-level): no teacher forward
+                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1)
+                return ce + model_aux(model), {"ce": ce.detach()}
             with torch.no_grad():
                 teacher_logits, _ = self.model(x)
             total, parts = kd_loss(logits, teacher_logits, y, d.alpha, d.temperature, d.top_k)

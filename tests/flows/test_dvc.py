@@ -1,6 +1,7 @@
 """`dvc repro` runs the whole pipeline in a real git+DVC repo (a clone of the project, its own code running);
-a second run does nothing; a changed param re-runs its stage and those after it; an edit of the training code
-re-runs training and what follows it, not the data stages; `dvc exp run -S` and `dvc metrics show` work."""
+a second run does nothing; `dvc exp run -S` with a changed param re-runs its stage and those after it; `dvc
+metrics show` works; an edit of the training code re-runs training and what follows it, not the data stages
+(`make test-slow`: two more whole runs)."""
 import os
 import subprocess
 import sys
@@ -28,7 +29,8 @@ def run(cmd, cwd):
     return proc.stdout + proc.stderr
 
 
-def test_repro_then_noop_then_partial(tmp_path):
+def repro(tmp_path) -> tuple[Path, str, str]:
+    """A clone of the project in a fresh git+DVC repo after its first `dvc repro`: the repo, dvc, the output."""
     repo = clone_code(tmp_path / "repo")
     # params.yaml keeps the shard section (so a change there is granular); the overlay holds the rest
     small = params_dict(test_params(*MICRO))
@@ -38,10 +40,14 @@ def test_repro_then_noop_then_partial(tmp_path):
     dvc = str(BIN / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         run(cmd, repo)
-
     first = run([dvc, "repro"], repo)
     for stage in ("ingest", "tokenizer", "shard", "pack", "pilot", "gate", "full", "sft", "distill", "eval", "publish"):
         assert f"Running stage '{stage}'" in first
+    return repo, dvc, first
+
+
+def test_repro_then_noop_then_an_experiment_reruns_from_its_param(tmp_path):
+    repo, dvc, _ = repro(tmp_path)
     assert (repo / "checkpoints" / "full" / "step-000006").exists()
     assert (repo / "dist" / "chat-pipeline" / "checksums.json").exists()
     assert (repo / "dist" / "chat-pipeline-ternary" / "checksums.json").exists()
@@ -52,26 +58,23 @@ def test_repro_then_noop_then_partial(tmp_path):
     assert (repo / "dvc.lock").read_text() == lock
     assert "final_loss" in run([dvc, "metrics", "show"], repo)
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["shard"]["shard_tokens"] = 32768
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    third = run([dvc, "repro"], repo)
-    assert "Running stage 'shard'" in third and "Running stage 'pilot'" in third
-    assert "Running stage 'ingest'" not in third and "Running stage 'tokenizer'" not in third
-    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 1  # other data: trained afresh
-
-    # the training step's code changed: training and what follows re-run (from scratch), the data stages don't
-    step = repo / "tasks" / "train" / "loop.py"
-    step.write_text(step.read_text() + "\n# an edit of the training step\n")
-    fourth = run([dvc, "repro"], repo)
-    for stage in ("pilot", "gate", "full", "sft", "distill", "eval", "publish"):
-        assert f"Running stage '{stage}'" in fourth
-    for stage in ("ingest", "tokenizer", "shard", "pack"):
-        assert f"Running stage '{stage}'" not in fourth
-    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 2  # not resumed from the old code's run
-
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "repro"], repo)
-    exp = run([dvc, "exp", "run", "-S", "shard.val_fraction=0.06"], repo)
-    assert "Running stage 'shard'" in exp and "Running stage 'ingest'" not in exp
-    assert "0.06" in run([dvc, "exp", "show", "--md"], repo)
+    exp = run([dvc, "exp", "run", "-S", "shard.shard_tokens=32768"], repo)  # a changed param: its stage onwards
+    assert "Running stage 'shard'" in exp and "Running stage 'pilot'" in exp
+    assert "Running stage 'ingest'" not in exp and "Running stage 'tokenizer'" not in exp
+    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 1  # other data: trained afresh
+    assert "32768" in run([dvc, "exp", "show", "--md"], repo)
+
+
+@pytest.mark.slow
+def test_an_edit_of_the_training_code_reruns_training_not_the_data_stages(tmp_path):
+    repo, dvc, _ = repro(tmp_path)
+    step = repo / "tasks" / "train" / "loop.py"
+    step.write_text(step.read_text() + "\n# an edit of the training step\n")
+    again = run([dvc, "repro"], repo)
+    for stage in ("pilot", "gate", "full", "sft", "distill", "eval", "publish"):
+        assert f"Running stage '{stage}'" in again
+    for stage in ("ingest", "tokenizer", "shard", "pack"):
+        assert f"Running stage '{stage}'" not in again
+    assert len(list((repo / "checkpoints").glob("pilot.replaced-*"))) == 1  # not resumed from the old code's run

@@ -51,15 +51,18 @@ def test_the_selection_builds_bitlinears_exactly_where_it_says():
     (dict(roles=["wz"]), "ternary.roles: 'wz' is not a block linear"),
     (dict(roles=[]), "ternary.roles: must name one or more"),
     (dict(skip_first=2, skip_last=2), "ternary.skip_last: skip_first + skip_last = 4 leaves none of the 4 blocks"),
+    (dict(roles=["w1", "w2"], ffn_hidden=170), "ternary.roles: w2 has rows of 170 weights; a ternary linear packs 4 "
+                                               "codes a byte"),  # a shape the bundle and kernels cannot hold
 ])
 def test_a_bad_selection_is_refused_in_one_line(selection, message):
+    shape = {k: selection.pop(k) for k in ("ffn_hidden",) if k in selection}
     with pytest.raises(FieldError, match=re.escape(message)):
-        config(selection)
+        config(selection, **shape)
     with pytest.raises(FieldError, match="ternary: selects linears of a quant: ternary model"):
         config(quant=None)
     with pytest.raises(ConfigError, match=re.escape(f"distill.student.{message}")):
         test_params("distill.enabled=true", "distill.student.quant=ternary", "model.n_layer=4",
-                    f"distill.student.ternary={selection}")
+                    *(f"distill.student.{k}={v}" for k, v in shape.items()), f"distill.student.ternary={selection}")
 
 
 def test_a_mixed_bundle_serves_float_and_integer_linears_side_by_side(built, tmp_path):

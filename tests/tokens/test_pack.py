@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from chatpipe.tasks.chat.formats import Encoded, loss_weights
 from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
-from chatpipe.tasks.chat.formats import Encoded, loss_weights
 from chatpipe.tasks.tokens.pack import PAD, SUPERVISED, pack, pieces
 from tests.conftest import linked, test_params
 

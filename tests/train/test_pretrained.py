@@ -209,3 +209,41 @@ def test_the_readme_overlay_trains_qwen3_0_6b_as_it_is(tmp_path):
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_hidden) == (28, 1024, 16, 8, 128, 3072)
     assert (cfg.vocab_size, cfg.block_size, cfg.tie_embeddings, cfg.qk_norm, cfg.rope_theta) == (151_936, 1024, True, True, 1e6)
     assert round(param_counts(cfg)["total"] / 1e6) == 596  # Qwen3-0.6B: 0.6B, 0.44B without the embedding
+
+
+@pytest.mark.integration
+def test_option_c_the_checkpoint_itself_teaches_its_ternarized_copy(built, checkpoint, tmp_path):
+    """`distill.teacher: init`: model.init's checkpoint as it is teaches (no phase of ours trained it); the student
+    starts as its copy with the selected linears (here every MLP) ternary, and the run records the checkpoint."""
+    from chatpipe.model.quant import BitLinear
+    from chatpipe.tasks.train import checkpoint as checkpoints
+    from chatpipe.tasks.train import loop
+
+    root = tmp_path / "proj"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "documents").symlink_to(built[0].documents.resolve())
+    p = params(checkpoint, "distill.enabled=true", "distill.teacher=init", "distill.init=teacher",
+               "distill.student.quant=ternary", "distill.student.ternary={roles: [w1, w2, w3]}", "distill.steps=1",
+               "distill.lr=1e-12", "distill.alpha=0", "train.precision=fp32", "train.checkpoint.every=1",
+               "train.validation.every=1")
+    layout = Layout(root)
+    with contextlib.chdir(root):
+        for stage in ("tokenizer", "shard"):
+            assert PIPELINE[stage](p, layout).ok
+        result = loop.run(p, layout, "distill")
+    assert result.metrics["init"] == checkpoint and not (root / "checkpoints" / "pilot").exists()
+    model, state = checkpoints.latest_model(root / "checkpoints" / "distill")
+    assert {n for n, m in model.named_modules() if isinstance(m, BitLinear)} == {
+        f"blocks.{i}.mlp.{r}" for i in (0, 1) for r in ("w1", "w2", "w3")}
+    teacher = state["inputs"]["teacher"]
+    assert teacher["phase"] == "init" and teacher["init"] == pretrained.identity(checkpoint)
+    assert teacher["init_rows"] == sorted(ADDED.values()) and teacher["model"]["quant"] is None
+    imported = Transformer(pretrained.model_config(params(checkpoint), IDS + 4))
+    pretrained.load(imported, checkpoint, sorted(ADDED.values()))
+    for name, weight in imported.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
+    with open(root / "metrics" / "distill_curve.csv") as f:  # KL(checkpoint || its ternary copy): 1.5e-4 measured
+        assert float(next(csv.DictReader(f))["loss"]) > 1e-5   # (a random model's logits are nearly flat); 0 if equal
+    with pytest.raises(ConfigError, match="distill.teacher: init is model.init's checkpoint; set model.init") as e:
+        load_params([TINY_OVERLAY], [*MICRO, "distill.teacher=init"], base=PROJECT_ROOT / "params.yaml")
+    assert "\n" not in str(e.value)
