@@ -11,7 +11,8 @@ block tokens of the built-in chat and code corpus, one project, one seed), each 
 - held-out bits per byte (bench/quality.py `score`: the assistant's turns, each chat source, each code source);
 - HumanEval pass@1, greedy, all 164 (`chat` prompt: the problem in a user message, as for an instruct model);
 - the turn rate on the 12 fixed prompts, three sample answers;
-- generation tokens/s through our HTTP server (one streamed request, `--new-tokens`, median of 3);
+- generation tokens/s through our HTTP server (/v1/completions, greedy, stop tokens off so every model writes
+  `--new-tokens`; median of 3);
 - for the `curve` selection, held-out bits per byte against distillation tokens (its checkpoints and step 0).
 
 `--part endpoint` is the teacher behind an OpenAI-compatible URL (issue 29, item 4): SmolLM2 served by
@@ -20,6 +21,7 @@ those answers alone (sequence-level distillation: distill.alpha 1, the answers' 
 
     python bench/option_c.py --project /tmp/optc                 # the frontier: ~1.5 h on 2 cores
     python bench/option_c.py --project /tmp/optc --part endpoint  # the endpoint teacher: ~30 min
+    python bench/option_c.py --project /tmp/optc --part speed     # every model's server speed again, back to back
     python bench/option_c.py --project /tmp/t --steps 2 --problems 2 --selections mlp --val-max-tokens 500  # smoke
 
 The project is prepared first (`chatpipe ingest|tokenizer|shard -C DIR -p configs/smollm2.yaml -p
@@ -85,22 +87,34 @@ def distill(project: Path, name: str, selection, steps: int, keep_every: int | N
             "checkpoints": [str(p) for p in checkpoint.all_steps(layout.checkpoints / "distill")]}
 
 
-def score(spec: str, project: Path, args) -> dict:
-    """Everything measured on one model, in a process of its own (its peak memory is the model's)."""
-    out = project / "scores" / f"{Path(spec.replace(':', '_')).name}.json"
+def score(spec: str, project: Path, args, speed_only: bool = False) -> dict:
+    """Everything measured on one model (or only its speed), in a process of its own (its peak memory is the
+    model's)."""
+    out = project / "scores" / f"{Path(spec.replace(':', '_')).name}{'-speed' if speed_only else ''}.json"
     out.parent.mkdir(exist_ok=True)
     subprocess.run([sys.executable, __file__, "--score", spec, "--project", str(project), "--json", str(out),
                     "--problems", str(args.problems), "--val-max-tokens", str(args.val_max_tokens),
-                    "--new-tokens", str(args.new_tokens)], check=True)
+                    "--new-tokens", str(args.new_tokens), *(["--speed-only"] if speed_only else [])], check=True)
     return json.loads(out.read_text())
 
 
+def speed(args, result: dict) -> None:
+    """`--part speed`: every measured model's server speed and memory again, one after another on a quiet machine
+    (the frontier's own were measured between training runs)."""
+    for row in result["models"] + ([result["endpoint"]] if "endpoint" in result else []):
+        spec = teacher_bundle(args.project) if row["selection"] == "teacher" else row["distill"]["bundle"]
+        row["server"] = score(spec, args.project, args, speed_only=True)["server"]
+        print(f"  {row['selection']}: {row['server']['tok_s']:.1f} tok/s, peak {row['server']['peak_rss_mib']:,.0f} MiB")
+
+
 def score_here(spec: str, project: Path, args) -> dict:
-    """`--score`: quality (bench/quality.py's harness), then our server's speed and this process's peak RSS."""
+    """`--score`: our server's speed and this process's peak RSS (first, so the peak is serving's), then quality
+    (bench/quality.py's harness)."""
+    import httpx
     import torch
 
     from bench.quality import score as quality
-    from bench.smollm2 import QUESTIONS, clients, peak_rss_mib
+    from bench.smollm2 import QUESTIONS, peak_rss_mib
     from chatpipe.serve.app import create_app
     from chatpipe.serve.engine import Engine
     from chatpipe.serve.server import running
@@ -109,18 +123,22 @@ def score_here(spec: str, project: Path, args) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     loaded, runs = open_bundle(spec, "cpu"), []
+    loaded.generation["stop"] = []  # every answer runs to --new-tokens (a broken student may stop at once)
+    body = {"model": loaded.name, "prompt": QUESTIONS[0], "max_tokens": args.new_tokens, "temperature": 0}
     with running(create_app(Engine(loaded, max_concurrent=1))) as url:  # first: the peak is serving's alone
-        conversation = [[{"role": "user", "content": QUESTIONS[0]}]]
-        clients(url, loaded.name, conversation, 8)  # warm-up
+        httpx.post(f"{url}/v1/completions", json={**body, "max_tokens": 8}, timeout=600).raise_for_status()  # warm-up
         for _ in range(3):
-            r = clients(url, loaded.name, conversation, args.new_tokens)
-            runs.append((r["usage"][0]["completion_tokens"], r["seconds"], r["texts"][0]))
+            start = time.perf_counter()
+            r = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
+            r.raise_for_status()
+            runs.append((r.json()["usage"]["completion_tokens"], time.perf_counter() - start,
+                         r.json()["choices"][0]["text"]))
     server = {"tok_s": statistics.median(n / s for n, s, _ in runs), "new_tokens": [n for n, _, _ in runs],
-              "text": runs[-1][2], "peak_rss_mib": round(peak_rss_mib(), 1)}
+              "text": runs[-1][2], "peak_rss_mib": round(peak_rss_mib(), 1), "request": "/v1/completions, no stop"}
     weights = loaded.path / "model.safetensors"
     del loaded
-    result = quality(spec, load_params(CONFIGS), project / "data" / "documents", args.problems, args.val_max_tokens,
-                     ("chat",))
+    result = {} if args.speed_only else quality(spec, load_params(CONFIGS), project / "data" / "documents",
+                                                args.problems, args.val_max_tokens, ("chat",))
     result.update(server=server, bundle_bytes=weights.stat().st_size if weights.exists() else None)
     Path(args.json).write_text(json.dumps(result, indent=2))
     return result
@@ -182,16 +200,18 @@ def served_teacher():
 
     port = free_port()
     proc = subprocess.Popen(["chatpipe", "serve", "--model", SPEC, "--port", str(port)])
-    base = f"http://127.0.0.1:{port}/v1"
+    base, model = f"http://127.0.0.1:{port}/v1", None
     try:
         for _ in range(600):
             with contextlib.suppress(httpx.HTTPError):
-                yield base, httpx.get(f"{base}/models", timeout=5).json()["data"][0]["id"]
-                return
+                model = httpx.get(f"{base}/models", timeout=5).json()["data"][0]["id"]
+                break
             if proc.poll() is not None:
                 raise RuntimeError(f"chatpipe serve exited with {proc.returncode}")
             time.sleep(1)
-        raise RuntimeError("chatpipe serve did not answer in 10 minutes")
+        if model is None:
+            raise RuntimeError("chatpipe serve did not answer in 10 minutes")
+        yield base, model
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -201,13 +221,14 @@ def endpoint(args, result: dict) -> None:
     """Item 4: the `curve` selection trained on SmolLM2's answers over HTTP alone, for the same steps."""
     project = args.project.with_name(args.project.name + "-endpoint")
     (project / "data").mkdir(parents=True, exist_ok=True)
-    off = {f"ingest.sources.{s}.enabled": False for s in ("chat", "chitchat", "stdlib", "synthetic")}
+    off = {**{f"ingest.sources.{s}.enabled": False for s in ("chat", "chitchat", "stdlib", "synthetic")},
+           "shard.val_fraction": 0.05}  # its own validation only (held-out scores are on --project's split)
     with served_teacher() as (base, model):
         source = {"enabled": True, "base_url": base, "model": model, "api_key_env": None,
                   "prompts": {"code": args.prompts // 2, "chat": args.prompts - args.prompts // 2},
                   "max_tokens": args.answer_tokens, "concurrency": 8}
         start = time.perf_counter()
-        chatpipe(project, "ingest", sets={**off, "ingest.sources.distill": source})
+        chatpipe(project, "ingest", sets={**off, **{f"ingest.sources.distill.{k}": v for k, v in source.items()}})
         ingest_s = round(time.perf_counter() - start, 1)
     for stage in ("tokenizer", "shard"):
         chatpipe(project, stage, sets=off)
@@ -238,25 +259,58 @@ def frontier(args, result: dict, save) -> None:
 
 
 def table(result: dict) -> str:
-    teacher = next(r for r in result["models"] if r["selection"] == "teacher")
+    teacher = next((r for r in result["models"] if r["selection"] == "teacher"), None)
     lines = ["| model | bundle | of teacher | peak RSS, serving | held-out bits/byte: assistant, chitchat, stdlib "
              "| HumanEval pass@1 (164, greedy) | turn rate | tok/s, our server |",
              "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in result["models"] + ([result["endpoint"]] if "endpoint" in result else []):
         he = r["humaneval"]["chat"]
         bpb = {**r["chat_bpb"], **r["code_bpb"]}
-        lines.append(f"| {r['selection']} | {r['bundle_bytes'] / 2**20:,.1f} MiB | "
-                     f"{r['bundle_bytes'] / teacher['bundle_bytes']:.1%} | {r['server']['peak_rss_mib']:,.0f} MiB | "
+        share = f"{r['bundle_bytes'] / teacher['bundle_bytes']:.1%}" if teacher else "—"
+        lines.append(f"| {r['selection']} | {r['bundle_bytes'] / 2**20:,.1f} MiB | {share} | "
+                     f"{r['server']['peak_rss_mib']:,.0f} MiB | "
                      f"{r['assistant_bpb']:.3f}, {bpb.get('chitchat', float('nan')):.3f}, "
                      f"{bpb.get('stdlib', float('nan')):.3f} | {he['passed']}/{he['problems']} ({he['pass@1']:.1%}) | "
                      f"{r['turn_rate']:.2f} | {r['server']['tok_s']:.1f} |")
     return "\n".join(lines)
 
 
+def extrapolate(result: dict, within: float = 0.10) -> dict | None:
+    """The curve's assistant bits per byte above the teacher's, fitted as gap = a * tokens^-b (least squares in
+    log-log over the points after step 0), and the tokens at which the gap would be `within` of the teacher's."""
+    import math
+
+    teacher = next(r for r in result["models"] if r["selection"] == "teacher")["assistant_bpb"]
+    points = [(p["tokens"], p["assistant_bpb"] - teacher) for p in result.get("curve", {}).get("points", [])
+              if p["tokens"] > 0 and p["assistant_bpb"] > teacher]
+    if len(points) < 2:
+        return None
+    xs, ys = [math.log(t) for t, _ in points], [math.log(g) for _, g in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    a, b = math.exp(my - slope * mx), -slope
+    target = within * teacher
+    return {"a": a, "b": b, "teacher_assistant_bpb": teacher, "within": within,
+            "tokens": (a / target) ** (1 / b) if b > 0 else None}
+
+
+def curve_table(result: dict) -> str:
+    if "curve" not in result:
+        return ""
+    lines = [f"| distillation tokens ({result['curve']['selection']}) | assistant bits/byte | chitchat | stdlib |",
+             "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p['tokens']:,} | {p['assistant_bpb']:.3f} | {p['bpb'].get('chitchat', float('nan')):.3f} | "
+              f"{p['bpb'].get('stdlib', float('nan')):.3f} |" for p in result["curve"]["points"]]
+    if (fit := extrapolate(result)) and fit["tokens"]:
+        lines.append(f"\ngap to the teacher ~ {fit['a']:.3g} x tokens^-{fit['b']:.3f}: within "
+                     f"{fit['within']:.0%} of its {fit['teacher_assistant_bpb']:.3f} at ~{fit['tokens']:.3g} tokens")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, required=True, help="a prepared project (see above)")
-    ap.add_argument("--part", choices=("frontier", "endpoint"), default="frontier")
+    ap.add_argument("--part", choices=("frontier", "endpoint", "speed"), default="frontier")
     ap.add_argument("--selections", nargs="+", default=list(SELECTIONS), choices=list(SELECTIONS))
     ap.add_argument("--steps", type=int, default=24, help="distillation steps per student (the same budget)")
     ap.add_argument("--curve-every", type=int, default=6, help="checkpoints kept for the curve, every N steps")
@@ -268,6 +322,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--score", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
+    ap.add_argument("--speed-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.project = args.project.resolve()
     if args.score:
@@ -284,9 +339,11 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
 
-    (frontier if args.part == "frontier" else lambda a, r, s: endpoint(a, r))(args, result, save)
+    {"frontier": frontier, "endpoint": lambda a, r, s: endpoint(a, r), "speed": lambda a, r, s: speed(a, r)}[
+        args.part](args, result, save)
+    result["extrapolation"] = extrapolate(result) if "curve" in result else None
     save()
-    print(table(result))
+    print(table(result) + "\n\n" + curve_table(result))
 
 
 if __name__ == "__main__":

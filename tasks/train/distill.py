@@ -1,7 +1,8 @@
 """Logit distillation: the `distill` training phase, where a student learns from a teacher's logits.
 
-The teacher is one of our own checkpoints (by default the full run's), so it shares the tokenizer and
-its next-token distribution is over the same vocabulary as the student's. The student is the model
+The teacher is one of our own checkpoints (by default the sft run's), or with `distill.teacher: init` model.init's
+pretrained checkpoint as it is (Option C: its ternarized copy heals by distillation from its float self); either way
+it shares the tokenizer and its next-token distribution is over the same vocabulary as the student's. The student is the model
 section with `distill.student` on top (e.g. `quant: ternary`, or a smaller shape); it starts from the
 teacher's weights (`init: teacher` — quantization-aware training from the float model) or from scratch.
 
@@ -86,9 +87,7 @@ class Teacher:
 
     @staticmethod
     def _pretrained(params: Params, layout: Layout) -> tuple[Transformer, Path | str, dict]:
-        spec = params.model.init
-        if not spec:
-            raise ConfigError("params: distill.teacher: init needs model.init (the pretrained checkpoint that teaches)")
+        spec = params.model.init  # set: the params refuse `init` without it
         manifest = json.loads((layout.shards / "manifest.json").read_text())
         float_shape = dataclasses.replace(pretrained.model_config(params, manifest["vocab_size"]), quant=None, ternary=None)
         model = Transformer(float_shape)
