@@ -99,9 +99,11 @@ def score(spec: str, project: Path, args, speed_only: bool = False) -> dict:
 
 
 def speed(args, result: dict) -> None:
-    """`--part speed`: every measured model's server speed and memory again, one after another on a quiet machine
-    (the frontier's own were measured between training runs)."""
+    """`--part speed`: the teacher's and the `--selections`' server speed and memory again, one after another on a
+    quiet machine (the frontier measures each between training runs)."""
     for row in result["models"] + ([result["endpoint"]] if "endpoint" in result else []):
+        if row["selection"] not in ("teacher", *args.selections):  # the endpoint's student is timed by its own run
+            continue
         spec = teacher_bundle(args.project) if row["selection"] == "teacher" else row["distill"]["bundle"]
         row["server"] = score(spec, args.project, args, speed_only=True)["server"]
         print(f"  {row['selection']}: {row['server']['tok_s']:.1f} tok/s, peak {row['server']['peak_rss_mib']:,.0f} MiB")

@@ -247,7 +247,7 @@ class ModelParams(ModelOverrides):
             if self.init and (extra := sorted(self.overrides().keys() - INIT_KEYS)):
                 raise FieldError(extra[0], f"not used with model.init: the shape is {self.init}'s; remove it")
             if self.init:  # the keys applied over the import, on a minimal shape
-                ModelConfig(**{"vocab_size": 1, "n_layer": 1, "n_embd": 2, "n_head": 1, "block_size": 1,
+                ModelConfig(**{"vocab_size": 1, "n_layer": 1, "n_embd": 4, "n_head": 1, "block_size": 1,
                                **self.model_dump(include={"block_size", "quant"}, exclude_none=True)})
         except FieldError as e:
             raise PydanticCustomError("combination", f"model.{e.field}: {e.why}") from None
