@@ -21,7 +21,7 @@ those answers alone (sequence-level distillation: distill.alpha 1, the answers' 
 
     python bench/option_c.py --project /tmp/optc                 # the frontier: ~1.5 h on 2 cores
     python bench/option_c.py --project /tmp/optc --part endpoint  # the endpoint teacher: ~30 min
-    python bench/option_c.py --project /tmp/optc --part speed     # every model's server speed again, back to back
+    python bench/option_c.py --project /tmp/optc --part speed --selections all  # the teacher's and these again
     python bench/option_c.py --project /tmp/t --steps 2 --problems 2 --selections mlp --val-max-tokens 500  # smoke
 
 The project is prepared first (`chatpipe ingest|tokenizer|shard -C DIR -p configs/smollm2.yaml -p
