@@ -32,9 +32,9 @@ def run(cmd, cwd):
 def repro(tmp_path) -> tuple[Path, str, str]:
     """A clone of the project in a fresh git+DVC repo after its first `dvc repro`: the repo, dvc, the output."""
     repo = clone_code(tmp_path / "repo")
-    # params.yaml keeps the shard section (so a change there is granular); the overlay holds the rest
+    # params.yaml keeps the eval section (so a change there is granular); the overlay holds the rest
     small = params_dict(test_params(*MICRO))
-    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) | {"shard": small.pop("shard")}
+    base = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) | {"eval": small.pop("eval")}
     (repo / "params.yaml").write_text(yaml.safe_dump(base))
     (repo / "configs" / "tiny.yaml").write_text(yaml.safe_dump(small))
     dvc = str(BIN / "dvc")
