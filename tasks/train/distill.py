@@ -95,6 +95,12 @@ class Teacher:
         return model, spec, {"phase": "init", "model": model.config.to_dict(), "init": pretrained.identity(spec),
                              "init_rows": rows}
 
+    def _imported(self) -> Transformer:
+        """model.init's checkpoint read again, as the teacher was before it moved to its device (on CUDA, to bf16)."""
+        model = Transformer(ModelConfig.from_dict(self.identity["model"]))
+        pretrained.load(model, self.checkpoint, self.identity["init_rows"])
+        return model
+
     def init_student(self, student: Transformer) -> None:
         """Copy the teacher's weights into a student of the same shape (a ternary student included)."""
         mine, theirs = student.config.to_dict(), ModelConfig.from_dict(self.identity["model"]).to_dict()  # old keys too
@@ -103,8 +109,8 @@ class Teacher:
                               f"it differs in {', '.join(diff)} (use distill.init=scratch)")
         if isinstance(self.checkpoint, Path):
             checkpoint.load_weights(student, self.checkpoint)
-        else:  # the pretrained teacher's own weights (read once), cast to the student's dtype
-            student.load_state_dict(self.model.state_dict())
+        else:  # the float import, into the student's weights (a ternary linear's latent ones included)
+            student.load_state_dict(self._imported().state_dict())
 
     def objective(self, params: Params) -> Callable:
         """loss(model, x, y) -> (loss, parts) for the training loop."""

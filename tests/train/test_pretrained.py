@@ -22,7 +22,7 @@ from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.pipeline import PIPELINE
 from chatpipe.tasks.tokens.reader import TokenReader
-from chatpipe.tasks.train import pretrained
+from chatpipe.tasks.train import distill, pretrained
 from tests.conftest import MICRO, TINY_OVERLAY
 
 IDS = 66_000                  # the checkpoint tokenizer's ids before its <|endoftext|> (Qwen3 has one too)
@@ -242,6 +242,13 @@ def test_option_c_the_checkpoint_itself_teaches_its_ternarized_copy(built, check
     pretrained.load(imported, checkpoint, sorted(ADDED.values()))
     for name, weight in imported.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
+    with contextlib.chdir(root):  # on CUDA the teacher runs in bf16; its student still starts from the import exactly
+        teacher = distill.Teacher.load(p, layout, torch.device("cpu"))
+    teacher.model.to(torch.bfloat16)
+    student = Transformer(distill.student_config(p, IDS + 4))
+    teacher.init_student(student)
+    for name, weight in imported.state_dict().items():
+        torch.testing.assert_close(student.state_dict()[name], weight, rtol=0, atol=0, msg=name)
     with open(root / "metrics" / "distill_curve.csv") as f:  # KL(checkpoint || its ternary copy): 1.5e-4 measured
         assert float(next(csv.DictReader(f))["loss"]) > 1e-5   # (a random model's logits are nearly flat); 0 if equal
     with pytest.raises(ConfigError, match="distill.teacher: init is model.init's checkpoint; set model.init") as e:
