@@ -5,8 +5,6 @@ op the model uses today) and `torch.compile` of that reference; outputs are chec
 abs error recorded). Then each is timed with CUDA events: `--warmup` runs, then `--reps` runs, median
 milliseconds, and the ratio peer / ours (above 1: ours is faster). Cases, bf16 unless noted:
 
-- rms_norm, forward and forward+backward, x [tokens, D]: against F.rms_norm (what nn.RMSNorm runs) and the
-  fp32 reference formula, eager and compiled.
 - linear_cross_entropy, forward+backward, h [N, D], weight [V, D]: against F.cross_entropy of the full fp32
   logits (the model's head and loss), eager and compiled; also the peak extra memory of each.
 - ternary_matmul, x [M, K] @ packed [N, K]: against the reference (unpack the weight, then matmul), eager
@@ -29,17 +27,15 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEVICE = "cuda"
-SHAPES = {  # rms_norm: (tokens, D); cross_entropy: (N, D, V); ternary: (N, K, [M, ...])
-    "full": {"rms_norm": [(8192, 1024), (8192, 4096), (32768, 2048)],
-             "cross_entropy": [(8192, 1024, 32768), (16384, 2048, 50304), (8192, 4096, 128256)],
+SHAPES = {  # cross_entropy: (N, D, V); ternary: (N, K, [M, ...])
+    "full": {"cross_entropy": [(8192, 1024, 32768), (16384, 2048, 50304), (8192, 4096, 128256)],
              "ternary": (4096, 4096, [1, 8, 64, 512, 4096])},
-    "quick": {"rms_norm": [(4096, 1024)], "cross_entropy": [(4096, 512, 32768)], "ternary": (2048, 2048, [1, 16, 256])},
+    "quick": {"cross_entropy": [(4096, 512, 32768)], "ternary": (2048, 2048, [1, 16, 256])},
 }
 
 
@@ -93,36 +89,6 @@ def compare(label: str, shape: dict, ours, peers: dict, errors: dict, args, extr
     print(f"{label:<30} {dims:<24} ours {ms['ours']:.3f} ms | "
           + " | ".join(f"{k} {v:.3f} ms ({v / ms['ours']:.2f}x)" for k, v in ms.items() if k != "ours"))
     return row
-
-
-def rms_norm_cases(k, args) -> list[dict]:
-    shapes = SHAPES["quick" if args.quick else "full"]["rms_norm"]
-    return [row for tokens, d in shapes for row in rms_norm_case(k, args, tokens, d)]
-
-
-def rms_norm_case(k, args, tokens: int, d: int) -> list[dict]:
-    rows = []
-    x = torch.randn(tokens, d, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-    w = (1 + 0.1 * torch.randn(d, device=DEVICE)).to(torch.bfloat16).requires_grad_()
-    g = torch.randn_like(x)
-    ours = lambda x, w: k.rms_norm(x, w, 1e-6)
-    f_rms = lambda x, w: F.rms_norm(x, (d,), w, 1e-6)
-    peers = {"eager F.rms_norm": f_rms, "compiled F.rms_norm": torch.compile(f_rms),
-             "eager reference": k.rms_norm_reference, "compiled reference": torch.compile(k.rms_norm_reference)}
-    shape = {"tokens": tokens, "D": d, "dtype": "bf16"}
-    with torch.no_grad():
-        y = ours(x, w)
-        errors = {name: max_err(y, f(x, w)) for name, f in peers.items()}
-        rows.append(compare("rms_norm forward", shape, lambda: ours(x, w),
-                            {name: (lambda f=f: f(x, w)) for name, f in peers.items()}, errors, args))
-    dx, dw = torch.autograd.grad(ours(x, w), (x, w), g)
-    errors = {}
-    for name, f in peers.items():
-        rdx, rdw = torch.autograd.grad(f(x, w), (x, w), g)
-        errors[name] = {"dx": max_err(dx, rdx), "dw": max_err(dw, rdw)}
-    rows.append(compare("rms_norm forward+backward", shape, fwd_bwd(ours, [x, w], g),
-                        {name: fwd_bwd(f, [x, w], g) for name, f in peers.items()}, errors, args))
-    return rows
 
 
 def cross_entropy_cases(k, args) -> list[dict]:
@@ -189,7 +155,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=1024, help="linear_cross_entropy rows per chunk")
-    ap.add_argument("--only", choices=["rms_norm", "cross_entropy", "ternary"], default=None)
+    ap.add_argument("--only", choices=["cross_entropy", "ternary"], default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -200,7 +166,7 @@ def main() -> None:
         sys.exit("bench/kernels.py: needs the cuda extra (triton): pip install 'chat-pipeline[cuda]'")
     import chatpipe.kernels.cuda as k
     torch.manual_seed(0)
-    groups = {"rms_norm": rms_norm_cases, "cross_entropy": cross_entropy_cases, "ternary": ternary_cases}
+    groups = {"cross_entropy": cross_entropy_cases, "ternary": ternary_cases}
     rows = []
     for name, cases in groups.items():
         if args.only in (None, name):

@@ -14,9 +14,10 @@
   shares the embedding when tie_embeddings. `checkpoint_blocks()` turns on activation checkpointing.
 - Loss: mean cross-entropy (targets -1 ignored) + aux_loss_coef * the MoE layers' load-balancing losses
   (`last_aux_loss` keeps the unweighted sum).
-- Kernels (KERNELS, default "torch"): `use_kernels("triton")` (CUDA) runs every RMSNorm and the LM head +
-  loss through kernels/cuda, never holding the batch's fp32 logits (a training forward with targets returns
-  logits None); `use_kernels("chunked")` does the latter in plain torch (kernels/cross_entropy.py).
+- Kernels (KERNELS, default "torch"): `use_kernels("triton")` (CUDA) runs the LM head + loss through
+  kernels/cuda, never holding the batch's fp32 logits (a training forward with targets returns logits None);
+  `use_kernels("chunked")` does the same in plain torch (kernels/cross_entropy.py). The norms are torch's own
+  `F.rms_norm` (a fused kernel since PyTorch 2.11; our Triton RMSNorm was 3.6× slower, docs/LOG.md).
 """
 from __future__ import annotations
 
@@ -82,28 +83,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
 
 
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm whose function can be swapped for a kernel (same parameters, same state dict)."""
-    kernel = None  # None: torch's own; else fn(x, weight, eps)
+def _triton():
+    from chatpipe.kernels.cuda import linear_cross_entropy
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) if self.kernel is None else self.kernel(x, self.weight, self.eps)
+    return linear_cross_entropy
 
 
-def _triton() -> tuple:
-    from chatpipe.kernels.cuda import linear_cross_entropy, rms_norm
-
-    return rms_norm, linear_cross_entropy
-
-
-def _chunked() -> tuple:
+def _chunked():
     from chatpipe.kernels.cross_entropy import linear_cross_entropy
 
-    return None, linear_cross_entropy
+    return linear_cross_entropy
 
 
-# name -> () -> (rms_norm, linear_cross_entropy); None: torch's own
-KERNELS = {"torch": lambda: (None, None), "triton": _triton, "chunked": _chunked}
+# name -> () -> linear_cross_entropy(h, weight, targets); None: the logits, then F.cross_entropy
+KERNELS = {"torch": lambda: None, "triton": _triton, "chunked": _chunked}
 
 
 def linears(c: ModelConfig, layer: int) -> dict[str, type[nn.Linear]]:
@@ -124,8 +117,8 @@ class Attention(nn.Module):
         self.wk = linear["wk"](n_embd, n_kv_heads * self.head_dim, bias=False)
         self.wv = linear["wv"](n_embd, n_kv_heads * self.head_dim, bias=False)
         self.wo = linear["wo"](n_head * self.head_dim, n_embd, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -159,8 +152,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, attn: Attention, mlp: nn.Module, n_embd: int, eps: float):
         super().__init__()
-        self.attn_norm, self.attn = RMSNorm(n_embd, eps=eps), attn
-        self.mlp_norm, self.mlp = RMSNorm(n_embd, eps=eps), mlp
+        self.attn_norm, self.attn = nn.RMSNorm(n_embd, eps=eps), attn
+        self.mlp_norm, self.mlp = nn.RMSNorm(n_embd, eps=eps), mlp
 
     def forward(self, x, cos, sin, cache, layer):
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
@@ -181,7 +174,7 @@ class Transformer(nn.Module):
                   if c.is_moe_layer(i) else MLP(c.n_embd, c.ffn_hidden, linears(c, i)),
                   c.n_embd, c.norm_eps)
             for i in range(c.n_layer))
-        self.norm = RMSNorm(c.n_embd, eps=c.norm_eps)
+        self.norm = nn.RMSNorm(c.n_embd, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -194,11 +187,8 @@ class Transformer(nn.Module):
         self.init_weights()
 
     def use_kernels(self, name: str) -> Transformer:
-        """Run the norms and the loss through KERNELS[name] ("torch" restores torch's own)."""
-        norm, self.fused_loss = KERNELS[name]()
-        for module in self.modules():
-            if isinstance(module, RMSNorm):
-                module.kernel = norm
+        """Run the LM head + loss through KERNELS[name] ("torch" restores the logits and F.cross_entropy)."""
+        self.fused_loss = KERNELS[name]()
         return self
 
     def checkpoint_blocks(self, on: bool = True) -> Transformer:

@@ -1,12 +1,11 @@
 """Triton kernels for the model's hot spots, each beside a pure-PyTorch reference it is tested against.
 
-    rms_norm(x, weight, eps)                              fused RMSNorm, forward and backward (rmsnorm.py)
     linear_cross_entropy(h, weight, targets, chunk)       LM head + mean cross-entropy, logits a chunk at a
                                                           time, recomputed in the backward (cross_entropy.py)
     ternary_matmul(x, packed, scale, shape)               x @ W.T for a 2-bit packed ternary W, unpacked in
                                                           the kernel (ternary_matmul.py)
 
-Runtime use: rms_norm and linear_cross_entropy, when the model trains on CUDA with `train.kernels: triton`
+Runtime use: linear_cross_entropy, when the model trains on CUDA with `train.kernels: triton`
 (model/transformer.py `use_kernels`); ternary_matmul, when a ternary model is served on CUDA (every block
 linear, on the bundle's packed codes: kernels/ternary_matmul.py's cuda entry).
 
@@ -24,8 +23,6 @@ except ModuleNotFoundError as e:
                               "pip install 'chat-pipeline[cuda]'", name="triton") from None
 
 from .cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from .rmsnorm import rms_norm, rms_norm_reference
 from .ternary_matmul import ternary_matmul, ternary_matmul_reference
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_reference", "rms_norm", "rms_norm_reference",
-           "ternary_matmul", "ternary_matmul_reference"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_reference", "ternary_matmul", "ternary_matmul_reference"]

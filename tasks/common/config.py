@@ -303,7 +303,7 @@ class TrainParams(_Strict):
     device: Literal["auto", "cpu", "cuda", "vulkan"]  # auto: cuda, then a hardware Vulkan GPU, then cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast (weights, optimizer fp32); auto: where native
     weights: Literal["fp32", "bf16"] = "fp32"  # bf16: weights, grads and AdamW state in bf16 (half the memory)
-    kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the norms and loss (CUDA);
+    kernels: Literal["torch", "triton", "chunked"] = "torch"  # triton: kernels/cuda for the LM head + loss (CUDA);
     # chunked: the LM head + loss a chunk of rows at a time, never the batch's fp32 logits (any device)
     compile: bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
     # torch.compile the model: true in its default mode, or a mode by name (reduce-overhead: CUDA graphs)

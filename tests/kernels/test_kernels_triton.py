@@ -13,8 +13,8 @@ Tolerances. fp32: the kernels compute what the reference computes, in another su
 defaults of torch.testing.assert_close for fp32 (rtol 1.3e-6, atol 1e-5), or 1e-5 for sums over rows.
 bf16: the kernels compute in fp32 and round once, so against an fp32 computation on the same bf16 inputs
 an element may be off by half a bf16 ulp: relative 2^-8 (+ an fp32-noise atol). Eager bf16 ops round
-more often (F.rms_norm rounds x * rstd before the weight multiply; the LM head's dW is one bf16 matmul
-where ours sums chunks in fp32), so against eager bf16 the bound is a few roundings: 4 * 2^-8.
+more often (the LM head's dW is one bf16 matmul where ours sums chunks in fp32), so against eager bf16 the
+bound is a few roundings: 4 * 2^-8.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ ROUND_ONCE = 2 * BF16_ULP if INTERPRETER else BF16_ULP
 
 # The kernel modules: interpreted in the child run, compiled (for the GPU) in the parent.
 K = SimpleNamespace(**{name: importlib.import_module(f"chatpipe.kernels.cuda.{name}")
-                       for name in ("rmsnorm", "cross_entropy", "ternary_matmul")})
+                       for name in ("cross_entropy", "ternary_matmul")})
 
 
 @pytest.mark.skipif(INTERPRETER, reason="this is the interpreter run")
@@ -68,49 +68,6 @@ def grads(out: torch.Tensor, inputs, seed: int = 1):
 def leaf(*shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
     return x.to(device=device, dtype=dtype).requires_grad_()
-
-
-# ---------------------------------------------------------------- RMSNorm
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(7, 33), (2, 3, 100), (5, 1)])  # D not a power of 2; D = 1
-def test_rms_norm_fp32_matches_torch(device, shape):
-    k = K.rmsnorm
-    x, w = leaf(*shape, device=device), leaf(shape[-1], device=device, seed=1)
-    y, ref = k.rms_norm(x, w, 1e-5), F.rms_norm(x, (shape[-1],), w, 1e-5)
-    torch.testing.assert_close(y, ref)
-    for ours, theirs in zip(grads(y, (x, w)), grads(ref, (x, w))):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)  # dw: a sum over rows, other order
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_rms_norm_bf16_rounds_once(device):
-    k = K.rmsnorm
-    x = leaf(4, 9, 130, dtype=torch.bfloat16, device=device, scale=3.0)
-    w = leaf(130, dtype=torch.bfloat16, device=device, seed=1)
-    y = k.rms_norm(x, w, 1e-6)
-    assert y.dtype == torch.bfloat16
-    x32, w32 = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
-    exact = F.rms_norm(x32, (130,), w32, 1e-6)  # the same bf16 inputs, computed in fp32
-    torch.testing.assert_close(y.float(), exact, rtol=ROUND_ONCE, atol=1e-5)  # atol: fp32 noise before the rounding
-    torch.testing.assert_close(y, F.rms_norm(x, (130,), w, 1e-6), rtol=4 * BF16_ULP, atol=1e-6)  # eager bf16
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=torch.bfloat16)
-    dx, dw = torch.autograd.grad(y, (x, w), g)
-    dx32, dw32 = torch.autograd.grad(exact, (x32, w32), g.float())  # the same upstream grad, in fp32
-    assert dx.dtype == dw.dtype == torch.bfloat16
-    torch.testing.assert_close(dx.float(), dx32, rtol=ROUND_ONCE, atol=1e-5)
-    torch.testing.assert_close(dw.float(), dw32, rtol=ROUND_ONCE, atol=1e-4)  # a sum of 36 rows in fp32
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_rms_norm_matches_nn_rmsnorm_module(device):
-    """The model's layer (nn.RMSNorm, eps from the config) with our function in its place."""
-    k = K.rmsnorm
-    norm = torch.nn.RMSNorm(48, eps=1e-5).to(device)
-    with torch.no_grad():
-        norm.weight.normal_()
-    x = leaf(3, 11, 48, device=device)
-    torch.testing.assert_close(k.rms_norm(x, norm.weight, norm.eps), norm(x))
 
 
 # ---------------------------------------------------------------- linear + cross-entropy
@@ -274,11 +231,6 @@ def _ternary(dt: str, precision: str):
 
 
 SIGNATURES = [  # (module, kernel, argument types as a launch on such tensors specializes them, constexprs)
-    ("rmsnorm", "_rms_norm_fwd", {"X": "*bf16", "W": "*bf16", "Y": "*bf16", "RSTD": "*fp32", "D": "i32",
-                                  "eps": "fp32"}, {"BLOCK_D": 1024}),
-    ("rmsnorm", "_rms_norm_bwd", {"X": "*bf16", "W": "*bf16", "DY": "*bf16", "RSTD": "*fp32", "DX": "*bf16",
-                                  "DW_PARTIAL": "*fp32", "M": "i32", "D": "i32", "rows_per_program": "i32"},
-     {"BLOCK_D": 1024}),
     ("cross_entropy", "_ce_fwd", {"LOGITS": "*bf16", "stride": "i32", "TARGETS": "*i64", "LOSS": "*fp32",
                                   "LSE": "*fp32", "V": "i32"}, {"BLOCK_V": 4096}),
     ("cross_entropy", "_ce_bwd", {"LOGITS": "*fp32", "stride": "i32", "TARGETS": "*i64", "LSE": "*fp32",
@@ -306,7 +258,7 @@ def test_kernels_compile_for_cuda(arch):
 
 @pytest.mark.skipif(not INTERPRETER, reason="runs in the interpreter run")
 def test_the_model_with_triton_kernels_computes_the_same_loss_and_grads():
-    """model.use_kernels("triton"): every RMSNorm and the head + loss through our kernels, same numbers."""
+    """model.use_kernels("triton"): the head + loss through our kernel, same numbers."""
     from chatpipe.model.config import ModelConfig
     from chatpipe.model.transformer import Transformer
 
@@ -323,4 +275,4 @@ def test_the_model_with_triton_kernels_computes_the_same_loss_and_grads():
     ref_loss.backward()
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
-    assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-5)  # without targets: logits, norms through the kernel
+    assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-5)  # without targets: the logits, as torch's
