@@ -1,7 +1,8 @@
 """Evaluation: `chatpipe eval` measures the trained model, and publish decides on its numbers.
 
-The latest checkpoint of `eval.phase` (and, with distillation on, the student of checkpoints/distill
-beside it) is measured four ways:
+The latest checkpoint of `eval.phase` (and, with distillation on, the student of checkpoints/distill beside it,
+and the student's teacher when that is another model: model.init's checkpoint as it is with `distill.teacher:
+init`) is measured four ways:
 
 1. Validation loss, perplexity and bits per byte, overall and per source, on the validation documents
    (the document-id split the shards and the tokenizer use), joined as the shards join them (each
@@ -14,9 +15,9 @@ beside it) is measured four ways:
    (what `chatpipe serve` runs; median of three after a warm-up).
 
 Outputs (each whole, metrics last): reports/eval.md, reports/humaneval_{samples,results}.jsonl
-(reports/student_humaneval_* for the student), metrics/eval.json (the student's under `student`, the two
-side by side under `comparison`), and the MLflow run "eval". Publish reads `val_loss`, `turn_rate` and
-`humaneval["pass@1_greedy"]` (null when HumanEval is disabled).
+(reports/student_humaneval_* for the student), metrics/eval.json (the student's under `student`, its teacher's
+under `teacher` when measured apart, student and teacher side by side under `comparison`), and the MLflow run
+"eval". Publish reads `val_loss`, `turn_rate` and `humaneval["pass@1_greedy"]` (null when HumanEval is disabled).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from chatpipe.tasks.evals import humaneval
 from chatpipe.tasks.evals.compare import comparison, comparison_table, percent
 from chatpipe.tasks.tokens.shard import Chat
 from chatpipe.tasks.tokens.tokenizer import load as load_tokenizer
-from chatpipe.tasks.train import checkpoint
+from chatpipe.tasks.train import checkpoint, distill
 from chatpipe.tasks.train.backends import devices
 from chatpipe.tasks.train.samples import samples
 
@@ -238,6 +239,19 @@ def load_model(params: Params, layout: Layout, phase: str | None = None) -> tupl
     return model, state, formats.load(layout.tokenizer, load_tokenizer(layout.tokenizer)), device
 
 
+def teacher_of(params: Params, layout: Layout, student_state: dict,
+               device: torch.device) -> tuple[Transformer, dict] | None:
+    """The distilled student's teacher, as its checkpoints record it, when that is not eval.phase's model (measured
+    anyway): model.init's checkpoint as it is (`distill.teacher: init`), or another phase's latest checkpoint."""
+    phase = student_state["inputs"]["teacher"]["phase"]
+    if phase == trained(params, params.eval.phase):
+        return None
+    if phase == "init":
+        model, _ = distill.imported(params, layout)
+        return model.to(device).eval(), {"path": params.model.init, "step": 0}
+    return load_model(params, layout, phase)[:2]
+
+
 def bundle_bytes(model: Transformer, tokenizer_dir: Path) -> tuple[int, int]:
     """The sizes of the bundle publish writes for this model (without its eval, lineage and HF export) and
     of its weights file, from one write."""
@@ -325,20 +339,25 @@ def run(params: Params, layout: Layout = Layout()) -> StageResult:
     if cfg.humaneval.enabled:
         humaneval.check_config(cfg.humaneval, model.config.block_size)  # before the slow parts
     metrics, he = measure(model, state, fmt, params, layout, device)
-    metrics = {**metrics, "phase": trained(params, cfg.phase), "student": None, "comparison": None}
+    metrics = {**metrics, "phase": trained(params, cfg.phase), "student": None, "teacher": None, "comparison": None}
     reports = layout.root / "reports"
     outputs = [reports / "eval.md", *_write_humaneval(reports, "", he)]
-    student_he, models = None, [model]
+    student_he, models, measured = None, [model], [metrics]
     if params.distill.enabled:
         student, student_state, _, _ = load_model(params, layout, "distill")
         metrics["student"], student_he = measure(student, student_state, fmt, params, layout, device)
         models.append(student)
+        measured.append(metrics["student"])
+        if teacher := teacher_of(params, layout, student_state, device):
+            metrics["teacher"] = measure(*teacher, fmt, params, layout, device)[0]
+            models.append(teacher[0])
+            measured.append(metrics["teacher"])
     part = Timer()
-    for m, speed in zip((metrics, metrics["student"]), generation_speeds(models, fmt)):
+    for m, speed in zip(measured, generation_speeds(models, fmt)):
         m["generation_tokens_per_s"] = speed
     metrics["timings"]["generation speed"] = part.seconds
     if metrics["student"]:
-        metrics["comparison"] = comparison(metrics, metrics["student"])
+        metrics["comparison"] = comparison(metrics["teacher"] or metrics, metrics["student"])
     outputs += _write_humaneval(reports, "student_", student_he)
     metrics["seconds"] = timer.seconds
     atomic.write_bytes(outputs[0], report(metrics).encode("utf-8"))

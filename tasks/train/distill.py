@@ -71,7 +71,8 @@ class Teacher:
         """The teacher, frozen: `distill.teacher`'s latest checkpoint (refused if trained with another tokenizer), or
         with `init` model.init's pretrained checkpoint as it is (Option C: a model healed by its float self)."""
         if params.distill.teacher == "init":
-            model, where, identity = cls._pretrained(params, layout)
+            model, identity = imported(params, layout)
+            where = params.model.init
         else:
             phase = trained(params, params.distill.teacher)
             model, state = checkpoint.latest_model(layout.checkpoints / phase, device, tokenizer_dir=layout.tokenizer)
@@ -85,17 +86,7 @@ class Teacher:
         model.requires_grad_(False)
         return cls(model.eval(), where, identity)
 
-    @staticmethod
-    def _pretrained(params: Params, layout: Layout) -> tuple[Transformer, Path | str, dict]:
-        spec = params.model.init  # set: the params refuse `init` without it
-        manifest = json.loads((layout.shards / "manifest.json").read_text())
-        float_shape = dataclasses.replace(pretrained.model_config(params, manifest["vocab_size"]), quant=None, ternary=None)
-        model = Transformer(float_shape)
-        rows = pretrained.init(model, params, layout)
-        return model, spec, {"phase": "init", "model": model.config.to_dict(), "init": pretrained.identity(spec),
-                             "init_rows": rows}
-
-    def _imported(self) -> Transformer:
+    def _import_again(self) -> Transformer:
         """model.init's checkpoint read again, as the teacher was before it moved to its device (on CUDA, to bf16)."""
         model = Transformer(ModelConfig.from_dict(self.identity["model"]))
         pretrained.load(model, self.checkpoint, self.identity["init_rows"])
@@ -110,7 +101,7 @@ class Teacher:
         if isinstance(self.checkpoint, Path):
             checkpoint.load_weights(student, self.checkpoint)
         else:  # the float import, into the student's weights (a ternary linear's latent ones included)
-            student.load_state_dict(self._imported().state_dict())
+            student.load_state_dict(self._import_again().state_dict())
 
     def objective(self, params: Params) -> Callable:
         """loss(model, x, y) -> (loss, parts) for the training loop."""
@@ -126,6 +117,18 @@ class Teacher:
             total, parts = kd_loss(logits, teacher_logits, y, d.alpha, d.temperature, d.top_k)
             return total + model_aux(model), parts
         return loss
+
+
+def imported(params: Params, layout: Layout) -> tuple[Transformer, dict]:
+    """model.init's checkpoint as it is, float, on the CPU (the `init` teacher), and its identity as the student's
+    checkpoints record it."""
+    spec = params.model.init  # set: the params refuse `distill.teacher: init` without it
+    manifest = json.loads((layout.shards / "manifest.json").read_text())
+    model = Transformer(dataclasses.replace(pretrained.model_config(params, manifest["vocab_size"]), quant=None,
+                                            ternary=None))
+    rows = pretrained.init(model, params, layout)
+    return model, {"phase": "init", "model": model.config.to_dict(), "init": pretrained.identity(spec),
+                   "init_rows": rows}
 
 
 def model_aux(model) -> torch.Tensor | float:

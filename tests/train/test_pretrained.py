@@ -214,7 +214,8 @@ def test_the_readme_overlay_trains_qwen3_0_6b_as_it_is(tmp_path):
 @pytest.mark.integration
 def test_option_c_the_checkpoint_itself_teaches_its_ternarized_copy(built, checkpoint, tmp_path):
     """`distill.teacher: init`: model.init's checkpoint as it is teaches (no phase of ours trained it); the student
-    starts as its copy with the selected linears (here every MLP) ternary, and the run records the checkpoint."""
+    starts as its copy with the selected linears (here every MLP) ternary, and the run records the checkpoint. Eval
+    compares the student with that teacher, not with eval.phase's fine-tune of it."""
     from chatpipe.model.quant import BitLinear
     from chatpipe.tasks.train import checkpoint as checkpoints
     from chatpipe.tasks.train import loop
@@ -225,13 +226,20 @@ def test_option_c_the_checkpoint_itself_teaches_its_ternarized_copy(built, check
     p = params(checkpoint, "distill.enabled=true", "distill.teacher=init", "distill.init=teacher",
                "distill.student.quant=ternary", "distill.student.ternary={roles: [w1, w2, w3]}", "distill.steps=1",
                "distill.lr=1e-12", "distill.alpha=0", "train.precision=fp32", "train.checkpoint.every=1",
-               "train.validation.every=1")
+               "train.validation.every=1", "pilot.steps=1", "full.steps=1", "sft.enabled=false",
+               "eval.humaneval.enabled=false")
     layout = Layout(root)
     with contextlib.chdir(root):
         for stage in ("tokenizer", "shard"):
             assert PIPELINE[stage](p, layout).ok
         result = loop.run(p, layout, "distill")
-    assert result.metrics["init"] == checkpoint and not (root / "checkpoints" / "pilot").exists()
+        assert result.metrics["init"] == checkpoint and not (root / "checkpoints" / "pilot").exists()
+        for stage in ("pilot", "full", "eval"):  # eval.phase's model: a step of fine-tuning, not the teacher
+            assert (evaluated := PIPELINE[stage](p, layout)).ok
+    ev = evaluated.metrics
+    assert ev["teacher"]["checkpoint"] == ev["comparison"]["teacher"]["checkpoint"] == checkpoint
+    assert ev["teacher"]["val_loss"] != ev["val_loss"] and ev["comparison"]["gap"]["val_loss"] == pytest.approx(
+        ev["student"]["val_loss"] - ev["teacher"]["val_loss"], abs=1e-5)
     model, state = checkpoints.latest_model(root / "checkpoints" / "distill")
     assert {n for n, m in model.named_modules() if isinstance(m, BitLinear)} == {
         f"blocks.{i}.mlp.{r}" for i in (0, 1) for r in ("w1", "w2", "w3")}
