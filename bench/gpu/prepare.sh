@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .gpu-carry/ here (CPU), everything bench/gpu/run.sh needs on a GPU machine whose image lacks it:
 #   wheels/  cp312 wheels of what the image lacks: MLflow (skinny) and what it imports, pydantic, IREE's runtime,
-#            and peft at our pin (tasks/train/lora.py uses some of its internals; the image's version may differ)
+#            peft at our pin (tasks/train/lora.py uses some of its internals; the image's version may differ), and
+#            uvicorn (bench/gpu/serve.py serves through our server)
 #   gl/      the Vulkan loader (libvulkan1), unpacked there if the image has none
 #   seed/    the seed's project: params.yaml, the BPE-4096 tokenizer and the token shards of the built-in corpus
 #   vulkan/  the training step compiled by IREE for vulkan-spirv, with its reference (bench/gpu/vulkan.py)
@@ -19,7 +20,7 @@ lock() { grep -i -E "^${1//-/[-_]}==" requirements.lock | head -1; }
 WHEELS=(alembic annotated-types cachetools databricks-sdk fastapi gitdb gitpython importlib-metadata mako
         mlflow-skinny opentelemetry-api opentelemetry-proto opentelemetry-sdk opentelemetry-semantic-conventions
         pydantic pydantic-core python-dotenv smmap sqlalchemy sqlparse starlette typing-inspection cryptography
-        cffi pycparser iree-base-runtime peft)
+        cffi pycparser iree-base-runtime peft uvicorn)
 specs=()
 for name in "${WHEELS[@]}"; do spec=$(lock "$name" || true); specs+=("${spec:-$name}"); done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

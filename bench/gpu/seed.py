@@ -2,8 +2,11 @@
 
 The pipeline's own stages, called in-process (the GPU image has no Prefect or DVC): `tasks.train.loop`
 for the pilot and the full run, `tasks.train.gate` between them, `tasks.common.bundle` for the result.
-Params: the project's params.yaml (the seed config) with configs/seed-gpu.yaml over it (cuda, compiled,
-a cadence of validation, samples and checkpoints that does not dominate). The suite runs each step as its
+Params: the project's params.yaml (the seed config) with configs/seed-gpu.yaml over it (cuda, CUDA graphs,
+a cadence of validation, samples and checkpoints that does not dominate). CUDA graphs (`train.compile:
+reduce-overhead`) are the lever against the host-bound step the first GPU run measured, and never ran before: if
+a phase fails in that mode, the failure is recorded and the phase trains again (from its last checkpoint) in
+torch.compile's default mode, and so does the full run after such a pilot. The suite runs each step as its
 own process under its own time limit, so a full run cut short still leaves its last checkpoint and curve:
 
     python bench/gpu/seed.py pilot  --project DIR --out DIR   # pilot + gate  → seed-pilot.json
@@ -21,12 +24,16 @@ import csv
 import json
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from chatpipe.tasks.common import bundle
 from chatpipe.tasks.common.config import PROJECT_ROOT, load_params
+from chatpipe.tasks.common.errors import ConfigError
 from chatpipe.tasks.common.layout import Layout
 from chatpipe.tasks.train import checkpoint, gate, loop
 from chatpipe.tasks.train.backends.devices import DEVICES
@@ -38,10 +45,31 @@ SMOKE = ["train.device=cpu", "train.compile=false", "model.n_layer=2", "model.n_
          "train.sample.tokens=8", "train.checkpoint.every=6", "train.log_every=3", "train.optimizer.lr=3e-3",
          "gate.max_loss=8", "gate.window=6", "gate.max_grad_norm_p99=100", "gate.min_turn_rate=0"]
 PART_BYTES = 15 * 2**20  # what comes back from the GPU machine: at most 16 MiB a file
+DEFAULT_COMPILE = "train.compile=true"  # torch.compile's default mode: the fallback from CUDA graphs
+Load = Callable[..., object]  # load(*overrides) -> Params: the seed's params with these on top
 
 
-def record(result, extra: dict | None = None) -> dict:
-    return {"ok": result.ok, "summary": result.summary, "metrics": result.metrics, **(extra or {})}
+def record(result, params, extra: dict | None = None) -> dict:
+    m = result.metrics
+    steps_per_s = m.get("tokens_per_s") and m["tokens_per_s"] / (params.train.batch_size * params.model.block_size)
+    return {"ok": result.ok, "summary": result.summary, "metrics": m, "mfu": mfu(m),
+            "steps_per_s": steps_per_s and round(steps_per_s, 1), **(extra or {})}
+
+
+def trained(load: Load, layout: Layout, phase: str, *overrides: str):
+    """The phase trained in the params' compile mode: (its result, its params, the mode it trained in). CUDA graphs
+    that fail are recorded, and the phase trains again in torch.compile's default mode from its last checkpoint."""
+    params = load(*overrides)
+    try:
+        return loop.run(params, layout, phase), params, {"compile": params.train.compile}
+    except Exception as e:  # noqa: BLE001 - the lever failed: recorded, and the fallback trains
+        if params.train.compile != "reduce-overhead":
+            raise
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        print(f"seed {phase}: CUDA graphs failed ({error}); again in torch.compile's default mode", flush=True)
+        torch._dynamo.reset()
+        params = load(*overrides, DEFAULT_COMPILE)
+        return loop.run(params, layout, phase), params, {"compile": True, "graphs_failed": error}
 
 
 def mfu(metrics: dict) -> float | None:
@@ -52,10 +80,10 @@ def mfu(metrics: dict) -> float | None:
     return round(metrics["flops_per_token"] * metrics["tokens_per_s"] / peak, 4)
 
 
-def pilot(params, layout: Layout, out: Path) -> None:
-    trained = loop.run(params, layout, "pilot")
-    result = {"pilot": record(trained, {"mfu": mfu(trained.metrics)})}
-    if trained.ok:
+def pilot(load: Load, layout: Layout, out: Path) -> None:
+    run, params, mode = trained(load, layout, "pilot")
+    result = {"pilot": record(run, params, mode)}
+    if run.ok:
         judged = gate.run(params, layout, "pilot")
         result["gate"] = {"ok": judged.ok, "summary": judged.summary,
                           "report": json.loads(layout.metrics("gate").read_text())}
@@ -63,9 +91,11 @@ def pilot(params, layout: Layout, out: Path) -> None:
     print(json.dumps({k: v["summary"] for k, v in result.items()}, indent=2))
 
 
-def full(params, layout: Layout, out: Path) -> None:
-    trained = loop.run(params, layout, "full")
-    result = record(trained, {"mfu": mfu(trained.metrics)})
+def full(load: Load, layout: Layout, out: Path) -> None:
+    piloted = out / "seed-pilot.json"  # a pilot whose CUDA graphs failed: the full run goes without them
+    fell_back = piloted.exists() and "graphs_failed" in json.loads(piloted.read_text()).get("pilot", {})
+    run, params, mode = trained(load, layout, "full", *([DEFAULT_COMPILE] if fell_back else []))
+    result = record(run, params, mode)
     (out / "seed-full.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(result["summary"])
 
@@ -104,7 +134,7 @@ def curves(layout: Layout, out: Path) -> dict[str, list[dict]]:
     return rows
 
 
-def make_bundle(params, layout: Layout, out: Path) -> None:
+def make_bundle(load: Load, layout: Layout, out: Path) -> None:
     """The latest checkpoint of the furthest phase as a bundle, tarred and cut into parts that come back."""
     phase = next(p for p in ("full", "pilot") if checkpoint.latest(layout.checkpoints / p))
     model, state = checkpoint.latest_model(layout.checkpoints / phase)
@@ -136,9 +166,16 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("-S", "--set", action="append", default=[], help="a params override, key=value (repeatable)")
     args = ap.parse_args()
-    params = load_params([OVERLAY], [*(SMOKE if args.smoke else []), *args.set], base=args.project / "params.yaml")
+    def load(*overrides: str):
+        return load_params([OVERLAY], [*(SMOKE if args.smoke else []), *args.set, *overrides],
+                           base=args.project / "params.yaml")
+
+    try:
+        load()  # bad params or no project: refused in one line before any work
+    except ConfigError as e:
+        sys.exit(f"bench/gpu/seed.py: {e}")
     args.out.mkdir(parents=True, exist_ok=True)
-    STEPS[args.step](params, Layout(args.project.resolve()), args.out.resolve())
+    STEPS[args.step](load, Layout(args.project.resolve()), args.out.resolve())
 
 
 if __name__ == "__main__":

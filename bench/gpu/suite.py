@@ -1,9 +1,12 @@
 """The GPU run's driver: every part as its own process under its own time limit, one report at the end.
 
-A GPU machine is lent for minutes at a time, so bench/gpu/run.sh is one command that must come back with
-results whatever breaks: each part below runs in a child process with a cap on its seconds (and the whole
-run with a budget); a part that fails or runs out of time is recorded as such with its log, and the next
-part runs. The report in --out is at most eight files (what the device tool brings back):
+A GPU machine is lent for minutes at a time (15 of device time a session, its start included; at most 10 a
+command), so the run is two prepared commands that must come back with results whatever breaks (CALLS: `--call
+seed` first, the headline; then `--call rest`; no --call runs every part, as the smoke does). Each part runs in
+a child process with a cap on its seconds, and each call with a budget (BUDGETS); a part that fails or runs
+out of time is recorded as such with its log, and the next part runs. A plan whose long part would be left
+less than its floor by the caps around it is refused before anything runs (`plan_problem`). The report in
+--out is at most eight files (what the device tool brings back):
 
     results.json   every part: ok / failed / timed out / skipped, seconds, command, and its JSON results
     results.md     the same as tables, for bench/results/ and the README
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,53 +53,84 @@ class Part:
     after: str | None = None            # run only if this part's results say ok
     gpu_only: str | None = None         # the smoke skips it, saying why
     reserve: bool = False               # a long part: it leaves the parts after it their caps
-    outcome: dict = field(default_factory=dict)
+    floor: float = 0                    # a reserving part's least useful time: a plan that cannot give it is refused
+
+    @property
+    def seed_project(self) -> bool:
+        """Whether it runs on the seed's project (its tokenizer and shards; bench/gpu/prepare.sh builds it)."""
+        return self.key.startswith("seed") or self.key == "serve"
 
 
 def parts(work: Path, project: Path, carry: Path) -> list[Part]:
     w = str(work)
     seed = [PY, "bench/gpu/seed.py"]
-    train = [PY, "bench/train.py", "--device", "cuda", "--modes", "bf16-eager", "bf16-compiled", "--out", w]
+    train = [PY, "bench/train.py", "--device", "cuda", "--modes", "bf16-compiled", "--out", w]  # best vs best
     fsdp = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29651", "bench/gpu/fsdp.py"]
     smoke_train = [PY, "bench/train.py", "--device", "cpu", "--modes", "bf16-eager", "--warmup", "1", "--steps", "1",
                    "--rounds", "1", "--out", w]
     tests = [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "addopts=", "-rs",
-             "tests/kernels/test_kernels_triton.py", "tests/train/test_cuda.py", "-k", "not interpreter_run", f"--junitxml={w}/tests.xml"]
+             "tests/kernels/test_kernels_triton.py", "tests/train/test_cuda.py",
+             "tests/model/test_ternary_linear.py::test_cuda_runs_the_triton_kernel_on_packed_codes_with_the_cpu_logits",
+             "-k", "not interpreter_run", f"--junitxml={w}/tests.xml"]
     return [
         Part("probe", "a. probe", [PY, "bench/gpu/probe.py", "--out", f"{w}/probe.json"],
-             [PY, "bench/gpu/probe.py", "--out", f"{w}/probe.json", "--smoke"], ["probe.json"], 60),
+             [PY, "bench/gpu/probe.py", "--out", f"{w}/probe.json", "--smoke"], ["probe.json"], 30),
         Part("tests", "b. CUDA tests", tests, tests, [], 100),
         # short, so before the seed's long run rather than in the time it reserves for the parts after it
         Part("fsdp", "h. nano-1b: fsdp vs ddp on one GPU", [*fsdp, "--out", w], [*fsdp, "--out", w, "--smoke"],
              ["fsdp-nano-1b.json"], 60),
         Part("seed_pilot", "e. seed: pilot + gate", [*seed, "pilot", "--project", str(project), "--out", w],
-             [*seed, "pilot", "--project", str(project), "--out", w, "--smoke"], ["seed-pilot.json"], 120),
+             [*seed, "pilot", "--project", str(project), "--out", w, "--smoke"], ["seed-pilot.json"], 150),
         Part("seed_full", "e. seed: full run", [*seed, "full", "--project", str(project), "--out", w],
              [*seed, "full", "--project", str(project), "--out", w, "--smoke"], ["seed-full.json"], 400,
-             after="seed_pilot", reserve=True),
+             after="seed_pilot", reserve=True, floor=120),
         Part("seed_bundle", "e. seed: bundle", [*seed, "bundle", "--project", str(project), "--out", w],
              [*seed, "bundle", "--project", str(project), "--out", w, "--smoke"], ["seed-bundle.json"], 40),
         Part("vulkan", "f. Vulkan on the GPU's driver",
              [PY, "bench/gpu/vulkan.py", "run", "--carry", str(carry), "--out", f"{w}/vulkan.json", "--seconds", "25"],
              [PY, "bench/gpu/vulkan.py", "run", "--carry", f"{w}/vulkan-carry", "--out", f"{w}/vulkan.json",
               "--steps", "3", "--seconds", "10"], ["vulkan.json"], 60),
+        Part("serve", "j. ternary students served on CUDA vs their float teacher (our server, /v1/completions)",
+             [PY, "bench/gpu/serve.py", "--project", str(project), "--out", w],
+             [PY, "bench/gpu/serve.py", "--project", str(project), "--out", w, "--smoke"], ["serve-ternary.json"], 60),
         Part("kernels", "d. Triton kernels", [PY, "bench/kernels.py", "--quick", "--out", w],
              [], ["*-kernels*.json"], 60, gpu_only="bench/kernels.py times CUDA kernels only; on CPU the "
              "kernels run in Triton's interpreter in tests/kernels/test_kernels_triton.py"),
-        Part("train_chat", "c. train step chat-7m", [*train, "--preset", "chat-7m", "--batch", "16", "--seq", "256"],
-             [*smoke_train, "--preset", "chat-7m", "--batch", "2", "--seq", "64"], ["*-train-chat-7m-*.json"], 90),
         Part("train_nano", "c. train step nano-125m", [*train, "--preset", "nano-125m", "--batch", "32", "--seq", "1024"],
-             [*smoke_train, "--preset", "nano-125m", "--batch", "1", "--seq", "32"], ["*-train-nano-125m-*.json"], 150),
-        Part("seed_graphs", "e. seed pilot with CUDA graphs (compile: reduce-overhead)",
-             [*seed, "pilot", "--project", str(work / "seed-graphs-project"), "--out", f"{w}/graphs",
-              "-S", "train.compile=reduce-overhead"], [], ["graphs/seed-pilot.json"], 120,
-             gpu_only="CUDA graphs are CUDA's"),
+             [*smoke_train, "--preset", "nano-125m", "--batch", "1", "--seq", "32"], ["*-train-nano-125m-*.json"], 110),
         Part("finetune", "g. fine-tuning Qwen3-0.6B's shape: full vs LoRA", [PY, "bench/gpu/finetune.py", "--out", w],
              [PY, "bench/gpu/finetune.py", "--out", w, "--smoke"], ["finetune-qwen3-0.6b.json"], 90),
         Part("option_c", "i. Option C at SmolLM2's shape: ternary selections distilled from the float teacher",
              [PY, "bench/gpu/option_c.py", "--out", w], [PY, "bench/gpu/option_c.py", "--out", w, "--smoke"],
              ["option-c-smollm2.json"], 90),
+        Part("seed_compiled", "e′. seed pilot, 1,000 steps, torch.compile's default mode (the CUDA graphs' peer)",
+             [*seed, "pilot", "--project", str(work / "seed-compiled-project"), "--out", f"{w}/compiled",
+              "-S", "train.compile=true", "-S", "pilot.steps=1000"], [], ["compiled/seed-pilot.json"], 70,
+             gpu_only="its peer, CUDA graphs, is CUDA's"),
     ]
+
+
+# The two commands of a GPU session, in this order, each under the device tool's 10 minutes with room for run.sh's
+# set-up (wheels, the Vulkan loader: ~20 s) and, together with the machine's start (1-2 min), inside the session's
+# 15 minutes of device time. The seed's run goes first: it is the headline, and the parts after it are cut first.
+CALLS = {"seed": ["probe", "seed_pilot", "seed_full", "seed_bundle"],
+         "rest": ["probe", "tests", "serve", "vulkan", "train_nano", "finetune", "fsdp", "option_c", "kernels",
+                  "seed_compiled"]}
+BUDGETS = {"seed": 360, "rest": 280}  # seconds of each call's parts
+ALL_BUDGET = 1100  # every part in one command: the CPU smoke, or a GPU box of your own (over one device call)
+DEVICE_SECONDS, CALL_SECONDS = 900, 600  # the device tool's limits: a session's device time, one command
+
+
+def plan_problem(chosen: list[Part], budget: float, smoke: bool = False) -> str | None:
+    """Why the plan cannot run as meant, or None: a reserving part (the seed's full run) gets what the budget
+    leaves after the caps of the parts before it and after it; less than its floor, and it would be skipped."""
+    live = [p for p in chosen if not (smoke and p.gpu_only)]
+    for part in live:
+        if part.reserve and (left := budget - sum(p.cap for p in live if p is not part)) < part.floor:
+            return (f"the plan leaves {part.key} {left:.0f} s of a {budget:.0f} s budget, under its floor of "
+                    f"{part.floor:.0f} s: the caps of {', '.join(p.key for p in live if p is not part)} "
+                    f"take the rest; raise --budget or run fewer parts (--call, --only)")
+    return None
 
 
 def run_part(part: Part, argv: list[str], seconds: float, log) -> dict:
@@ -162,11 +196,12 @@ def headline(key: str, results: dict) -> str:
         c = results["counts"]
         return f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped" + (
             f" (failed: {', '.join(c['failed_tests'][:8])})" if c["failed_tests"] else "")
-    if key in ("seed_pilot", "seed_graphs") and r:
+    if key in ("seed_pilot", "seed_compiled") and r:
         pilot, gate = r.get("pilot", {}), r.get("gate", {})
-        return f"{pilot.get('summary', '')}; MFU {pilot.get('mfu')}; {gate.get('summary', 'no gate')}"
+        return (f"{pilot.get('summary', '')}; compile {pilot.get('compile')}; MFU {pilot.get('mfu')}; "
+                f"{gate.get('summary', 'no gate')}")
     if key == "seed_full" and r:
-        return f"{r.get('summary', '')}; MFU {r.get('mfu')}"
+        return f"{r.get('summary', '')}; compile {r.get('compile')}; MFU {r.get('mfu')}"
     if key == "seed_bundle" and r:
         return f"{r.get('phase')} step {r.get('step')}: {r.get('bundle_bytes', 0) / 2**20:.1f} MiB in {r.get('parts')}"
     if key.startswith("train") and r.get("modes"):
@@ -180,6 +215,12 @@ def headline(key: str, results: dict) -> str:
                  + (f", {v['ternary_linears']} ternary, bundle {v['bundle_of_float']:.0%} of fp32" if "bundle_mib" in v
                     else "") for m, v in r["modes"].items()]
         return f"{r['shape']}, {r['batch']} x {r['seq']}: " + "; ".join(modes)
+    if key == "serve" and r.get("modes"):
+        return f"{r['shape']}: " + "; ".join(
+            f"{m}: {v['error'][:80]}" if "error" in v else
+            f"{m}: {v['tokens_per_s']:,} tok/s" + (f" ({v['speed_vs_teacher']:.2f}× the teacher)" if "speed_vs_teacher" in v
+                                                   else "") + f", peak {v['peak_gib']} GiB, weights {v['weights_mib']} MiB"
+            for m, v in r["modes"].items())
     if key == "kernels" and r.get("rows"):
         return "; ".join(f"{row['case']}: ours {row['ms']['ours']:.3f} ms, peer/ours "
                          + ", ".join(f"{k} {v:.2f}×" for k, v in row["ratio_vs_ours"].items()) for row in r["rows"])
@@ -217,12 +258,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--carry", type=Path, default=ROOT / ".gpu-carry")
     ap.add_argument("--project", type=Path, default=None, help="default: CARRY/seed")
-    ap.add_argument("--budget", type=float, default=560, help="seconds for the whole run")
+    ap.add_argument("--call", choices=CALLS, default=None, help="one of the GPU session's two commands (CALLS)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: the call's "
+                    "BUDGETS, or ALL_BUDGET)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these parts (keys)")
     ap.add_argument("--cpu-smoke", action="store_true")
     args = ap.parse_args()
     if args.cpu_smoke and args.out.resolve().is_relative_to(RESULTS):
         ap.error(f"a smoke's CPU numbers do not go in {RESULTS.relative_to(ROOT)}/: give --out a temporary directory")
+    if args.budget is None:
+        args.budget = BUDGETS[args.call] if args.call else ALL_BUDGET
+    every = parts(Path("work"), Path("project"), args.carry)
+    keys = args.only or (CALLS[args.call] if args.call else [p.key for p in every])
+    if unknown := sorted(set(keys) - {p.key for p in every}):
+        ap.error(f"no such part: {', '.join(unknown)} (parts: {', '.join(p.key for p in every)})")
+    if problem := plan_problem([p for p in every if p.key in keys], args.budget, args.cpu_smoke):  # order-free
+        ap.error(problem)
     deadline = time.perf_counter() + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="chatpipe-gpu-"))
@@ -230,14 +281,15 @@ def main() -> int:
     source = args.project or args.carry / "seed"
     if source.exists():
         shutil.copytree(source, project)
-        shutil.copytree(source, work / "seed-graphs-project")
+        shutil.copytree(source, work / "seed-compiled-project")
     os.environ["CHATPIPE_GPU_PROJECT"] = str(project)  # tests/train/test_cuda.py trains on its shards
-    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.cpu_smoke, "budget_s": args.budget,
-              "parts": {}}
+    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.cpu_smoke, "call": args.call,
+              "budget_s": args.budget, "parts": {}}
     with open(work / "logs.txt", "w") as log:
         if args.cpu_smoke:
             prepare_smoke_vulkan(work, log)
-        chosen = [p for p in parts(work, project, args.carry) if not args.only or p.key in args.only]
+        planned = {p.key: p for p in parts(work, project, args.carry)}
+        chosen = [planned[key] for key in keys]  # in the call's order: its last parts are the first cut for time
         for i, part in enumerate(chosen):
             entry = report["parts"].setdefault(part.key, {"title": part.title})
             reserve = sum(later.cap for later in chosen[i + 1:] if not (args.cpu_smoke and later.gpu_only)
@@ -245,7 +297,7 @@ def main() -> int:
             left = deadline - time.perf_counter() - reserve
             if part.after and report["parts"].get(part.after, {}).get("ok") is not True:
                 entry.update(status="skipped", why=f"needs {part.after} to pass")
-            elif part.key.startswith("seed") and not project.exists():
+            elif part.seed_project and not project.exists():
                 entry.update(status="skipped", why=f"no seed project at {source} (bench/gpu/prepare.sh builds it)")
             elif args.cpu_smoke and part.gpu_only:
                 entry.update(status="skipped", why=part.gpu_only)
@@ -259,7 +311,7 @@ def main() -> int:
                 entry["results"]["counts"] = tests_counts(work)
             entry["ok"] = entry["status"] in ("ok", "skipped" if part.gpu_only and args.cpu_smoke else "ok") and all(
                 not isinstance(r, dict) or r.get("ok", True) is not False for r in entry["results"].values())
-            if part.key in ("seed_pilot", "seed_graphs") and entry["ok"] and entry["status"] == "ok":  # it ran
+            if part.key == "seed_pilot" and entry["ok"] and entry["status"] == "ok":  # it ran; seed_compiled: speed only
                 gate = entry["results"].get("seed-pilot.json", {}).get("gate", {})
                 entry["ok"] = gate.get("ok") is True
     report["seconds"] = round(args.budget - (deadline - time.perf_counter()), 1)
