@@ -60,7 +60,8 @@ class TorchStep:
         t.optimizers.step()
         t.optimizers.zero_grad()
         parts = {name: t.ranks.mean(value) for name, value in part_sums.items()}
-        parts["moe_aux_loss"] = t.model.last_aux_loss.detach().clone()  # CUDA graphs reuse its memory
+        if t.model.config.moe:  # a dense model's is always 0: not a metric (nor a copy) every step
+            parts["moe_aux_loss"] = t.model.last_aux_loss.detach().clone()  # CUDA graphs reuse its memory
         return loss, grad_norm, parts
 
     def sync(self) -> None:

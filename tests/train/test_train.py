@@ -108,6 +108,7 @@ def test_train_writes_checkpoints_metrics_and_mlflow(project):
     assert run.info.status == "FINISHED" and run.data.params["train.optimizer.name"] == "adamw"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 13))
     assert {x.step for x in client.get_metric_history(run.info.run_id, "val_loss")} == {6, 12}
+    assert "moe_aux_loss" not in run.data.metrics  # a dense model's is always 0: not logged every step
     assert "samples/pilot-step-000012.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
 
 
