@@ -114,6 +114,16 @@ def each_mode(report: dict, names, run) -> None:
             report["modes"][name] = {"error": f"{type(e).__name__}: {e}"}
 
 
+def write_report(report: dict, path: Path, write: bool = True) -> None:
+    """The part's JSON report at `path` (`write`: this process writes it; fsdp: the main rank), then exit 1 unless
+    every mode ran: the suite reads both."""
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["ok"]:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -131,10 +141,7 @@ def main() -> None:
               "seq": seq, "steps": steps, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "modes": {}}
     each_mode(report, args.modes, lambda name: run_mode(name, shape, batch, seq, warmup, steps, device))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "finetune-qwen3-0.6b.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["ok"]:
-        sys.exit(1)
+    write_report(report, args.out / "finetune-qwen3-0.6b.json")
 
 
 if __name__ == "__main__":

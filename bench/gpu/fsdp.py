@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from finetune import each_mode, measure  # noqa: E402  (bench/gpu, this script's folder)
+from finetune import each_mode, measure, write_report  # noqa: E402  (bench/gpu, this script's folder)
 
 from chatpipe.model.presets import preset  # noqa: E402
 from chatpipe.model.transformer import Transformer  # noqa: E402
@@ -72,11 +71,7 @@ def main() -> None:
               "steps": steps, "world_size": ranks.world, "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "modes": {}}
     each_mode(report, parallel.MODES, lambda mode: run_mode(mode, shape, batch, seq, warmup, steps, ranks, device))
-    if ranks.main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fsdp-nano-1b.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["ok"]:
-        sys.exit(1)
+    write_report(report, args.out / "fsdp-nano-1b.json", write=ranks.main)
 
 
 if __name__ == "__main__":

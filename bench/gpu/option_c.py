@@ -24,7 +24,6 @@ not train. Per selection: `--warmup` untimed steps, `--steps` timed; bench/gpu/f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.gpu.finetune import each_mode, measure  # noqa: E402
+from bench.gpu.finetune import each_mode, measure, write_report  # noqa: E402
 from chatpipe.model.config import ModelConfig  # noqa: E402
 from chatpipe.model.info import bundle_bytes  # noqa: E402
 from chatpipe.model.transformer import Transformer  # noqa: E402
@@ -100,10 +99,7 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "modes": {}}
     each_mode(report, args.selections, lambda name: run_selection(name, teacher, batch, seq, warmup, steps, device))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "option-c-smollm2.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["ok"]:
-        sys.exit(1)
+    write_report(report, args.out / "option-c-smollm2.json")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.gpu.finetune import each_mode, write_report  # noqa: E402
 from chatpipe.model.presets import preset  # noqa: E402
 from chatpipe.model.transformer import Transformer  # noqa: E402
 from chatpipe.tasks.common import bundle  # noqa: E402
@@ -105,20 +106,14 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "request": "/v1/completions, greedy, no stop", "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in write_bundles(args.project, Path(tmp), args.smoke).items():
-            try:
-                report["modes"][name] = served(path, device, new_tokens)
-            except Exception as e:  # noqa: BLE001 - recorded, and the part fails
-                report["ok"], report["modes"][name] = False, {"error": f"{type(e).__name__}: {e}"}
-            print(name, report["modes"][name], flush=True)
+        paths = write_bundles(args.project, Path(tmp), args.smoke)
+        each_mode(report, paths, lambda name: served(paths[name], device, new_tokens))
+    print(json.dumps(report["modes"]), flush=True)
     teacher = report["modes"]["teacher"].get("tokens_per_s")
     for name in STUDENTS:
         if teacher and (rate := report["modes"][name].get("tokens_per_s")):
             report["modes"][name]["speed_vs_teacher"] = round(rate / teacher, 3)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve-ternary.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["ok"]:
-        sys.exit(1)
+    write_report(report, args.out / "serve-ternary.json")
 
 
 if __name__ == "__main__":

@@ -281,7 +281,8 @@ def main() -> int:
     source = args.project or args.carry / "seed"
     if source.exists():
         shutil.copytree(source, project)
-        shutil.copytree(source, work / "seed-compiled-project")
+        if "seed_compiled" in keys:  # its own copy: a pilot from step 0
+            shutil.copytree(source, work / "seed-compiled-project")
     os.environ["CHATPIPE_GPU_PROJECT"] = str(project)  # tests/train/test_cuda.py trains on its shards
     report = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.cpu_smoke, "call": args.call,
               "budget_s": args.budget, "parts": {}}
